@@ -1,0 +1,86 @@
+"""hunyuan.checkpoint_io: the one place the pack opens weight files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hunyuan.checkpoint_io import CheckpointError, load_state_dict, strip_prefix, unwrap
+
+
+def test_safetensors_round_trip(tmp_path):
+    sd = {"a.weight": torch.randn(3, 4), "b": torch.arange(5)}
+    save_file(sd, tmp_path / "m.safetensors")
+    loaded = load_state_dict(tmp_path / "m.safetensors")
+    assert set(loaded) == set(sd)
+    for k in sd:
+        assert torch.equal(loaded[k], sd[k])
+
+
+def test_pt_file_is_read_weights_only(tmp_path):
+    sd = {"module": {"x": torch.ones(2)}}
+    torch.save(sd, tmp_path / "m.pt")
+    loaded = unwrap(load_state_dict(tmp_path / "m.pt"))
+    assert torch.equal(loaded["x"], torch.ones(2))
+
+
+class _Boom:
+    """Unpickling this object would create a marker file (a stand-in for malicious code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"w": _Boom(str(marker))}, f)
+    torch.save({"w": _Boom(str(marker))}, tmp_path / "evil_zip.pt")
+    for name in ("evil.pt", "evil_zip.pt"):
+        with pytest.raises(CheckpointError, match="weights_only"):
+            load_state_dict(tmp_path / name)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "does not exist"),
+        (b"", "empty"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "not a readable safetensors"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, content, match):
+    path = tmp_path / "bad.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_state_dict(path)
+    assert str(path) in str(err.value)
+
+
+def test_truncated_safetensors_is_refused(tmp_path):
+    save_file({"w": torch.randn(64, 64)}, tmp_path / "full.safetensors")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        load_state_dict(tmp_path / "cut.safetensors")
+
+
+def test_unknown_suffix_is_refused(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match="suffix '.gguf'"):
+        load_state_dict(tmp_path / "m.gguf")
+
+
+def test_strip_prefix_keeps_only_the_prefixed_model():
+    sd = {"model.diffusion_model.a": 1, "model.diffusion_model.b": 2, "vae.c": 3}
+    assert strip_prefix(sd, ["model.model.", "model.diffusion_model."]) == {"a": 1, "b": 2}
+    assert strip_prefix({"a": 1}, ["x."]) == {"a": 1}
