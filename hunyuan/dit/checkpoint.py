@@ -1,0 +1,148 @@
+"""Loading a DiT checkpoint in any of the known layouts, without ever holding two copies.
+
+Accepted: Tencent bare keys (``.safetensors``, or ``.pt`` holding ``{"module": ...}``), ComfyUI
+files (``model.diffusion_model.`` / ``model.model.`` prefixes, Tencent or ComfyUI-internal names),
+diffusers ``HunyuanVideoTransformer3DModel`` weights, and fp8 (e4m3fn) weights, either plain or
+with per-tensor scales: Tencent ships them next to the weights as ``<name>_map.pt`` (a dict from
+Linear module name, e.g. ``double_blocks.0.img_attn_qkv``, to its scale); ComfyUI "scaled fp8"
+files carry ``<module>.scale_weight`` tensors. fp8 weights stay fp8 in memory and are upcast to
+the compute dtype one layer at a time.
+
+The model is built on the meta device and the tensors are assigned, not copied into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..checkpoint_io import CheckpointError, load_state_dict, strip_prefix, unwrap
+from .config import infer_config
+from .keymap import PREFIXES, detect_layout, to_tencent
+from .model import HunyuanVideoDiT
+
+log = logging.getLogger(__name__)
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+FP8_MAP_SUFFIX = "_map.pt"
+
+
+def _read(src, source: str) -> dict[str, torch.Tensor]:
+    sd = load_state_dict(src) if not isinstance(src, Mapping) else dict(src)
+    sd = unwrap(sd)
+    return strip_prefix(sd, PREFIXES)
+
+
+def fp8_map_path(path: Path) -> Path:
+    """Tencent's scale file for ``x.pt`` is ``x_map.pt`` (``mp_rank_00_model_states_fp8_map.pt``)."""
+    return path.with_name(path.stem + FP8_MAP_SUFFIX)
+
+
+def _split_scales(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pop per-layer scale tensors (``<module>.scale_weight``) and the ``scaled_fp8`` marker."""
+    scales = {}
+    for key in [k for k in sd if k.endswith(SCALE_SUFFIXES)]:
+        scales[key.rsplit(".", 1)[0]] = sd.pop(key)
+    sd.pop("scaled_fp8", None)
+    return scales
+
+
+def _read_scale_map(path: Path | None, scale_map) -> dict[str, torch.Tensor]:
+    if isinstance(scale_map, Mapping):
+        return {k: torch.as_tensor(v) for k, v in scale_map.items()}
+    candidate = Path(scale_map) if scale_map is not None else (fp8_map_path(path) if path else None)
+    if candidate is None or not candidate.is_file():
+        if scale_map is not None:
+            raise CheckpointError(f"fp8 scale map {str(candidate)!r} does not exist")
+        return {}
+    raw = unwrap(load_state_dict(candidate))
+    log.info("DiT: using fp8 scale map %s (%d entries)", candidate, len(raw))
+    return {k: torch.as_tensor(v) for k, v in raw.items()}
+
+
+def _is_block_linear_weight(model: HunyuanVideoDiT, key: str) -> bool:
+    return key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(".weight") and (
+        isinstance(model.get_submodule(key.rsplit(".", 1)[0]), torch.nn.Linear)
+    )
+
+
+def _place(model, sd, *, device, dtype, weight_dtype) -> dict[str, torch.Tensor]:
+    """Cast each tensor to what it should be stored as, one at a time, onto ``device``."""
+    out = {}
+    for key in list(sd):
+        t = sd.pop(key)
+        if t.dtype in FP8_DTYPES and key.endswith(".weight") and t.ndim == 2:
+            target = t.dtype  # keep fp8 storage as shipped
+        elif weight_dtype in FP8_DTYPES and _is_block_linear_weight(model, key):
+            target = weight_dtype
+        else:
+            target = dtype
+        out[key] = t.to(device=device, dtype=target)
+    return out
+
+
+def _check_keys(model, sd, source: str, layout: str) -> None:
+    expected = set(model.state_dict().keys())
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source} ({layout} layout) does not match a HunyuanVideo DiT of the inferred config: "
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+
+
+def _attach_scales(model, scales: dict[str, torch.Tensor], *, device, source: str) -> None:
+    for name, scale in scales.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"{source}: fp8 scale given for {name!r}, which is not a layer of the DiT") from None
+        module.weight_scale = scale.to(device=device, dtype=torch.float32).reshape(())
+    if scales:
+        log.info("DiT: %d fp8 layers carry a per-tensor scale", len(scales))
+
+
+def load_dit(
+    src: str | os.PathLike | Mapping[str, torch.Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    weight_dtype: torch.dtype | None = None,
+    scale_map: str | os.PathLike | Mapping | None = None,
+) -> HunyuanVideoDiT:
+    """Build a :class:`HunyuanVideoDiT` from a file or state dict in any supported layout.
+
+    dtype: compute dtype (and storage dtype of every non-fp8 tensor). weight_dtype: set to
+    ``torch.float8_e4m3fn`` to store the block Linear weights as fp8 (upcast per layer when used).
+    scale_map: fp8 per-tensor scales (path or dict); by default ``<file>_map.pt`` is used if present.
+    """
+    path = None if isinstance(src, Mapping) else Path(src)
+    source = "state dict" if path is None else f"checkpoint {str(path)!r}"
+    sd = _read(src, source)
+    layout = detect_layout(sd)
+    if layout == "unknown":
+        raise CheckpointError(
+            f"{source} is not a HunyuanVideo DiT: none of img_in./double_blocks./txt_in. "
+            f"(Tencent), x_embedder./transformer_blocks. (diffusers) found; first keys: {sorted(sd)[:5]}"
+        )
+    scales = _split_scales(sd)
+    sd = to_tencent(sd, layout)
+    if any(t.dtype in FP8_DTYPES for t in sd.values()):
+        scales.update(_read_scale_map(path, scale_map))
+    config = infer_config(sd, source=source)
+    with torch.device("meta"):
+        model = HunyuanVideoDiT(config, dtype=dtype)
+    _check_keys(model, sd, source, layout)
+    model.load_state_dict(_place(model, sd, device=device, dtype=dtype, weight_dtype=weight_dtype), assign=True)
+    _attach_scales(model, scales, device=device, source=source)
+    model.compute_dtype = dtype
+    model.eval().requires_grad_(False)
+    log.info("DiT: loaded %s (%s layout, hidden %d, %d+%d blocks)", source, layout,
+             config.hidden_size, config.depth_double, config.depth_single)
+    return model

@@ -1,0 +1,208 @@
+"""Key layouts of DiT checkpoints, all mapped to Tencent's bare layout (what our module uses).
+
+* ``tencent``: the released ``mp_rank_00_model_states.pt`` names (``double_blocks.0.img_attn_qkv``).
+* ``comfy``: ComfyUI's internal names (``img_attn.qkv``, ``img_mlp.0``, ``norm.query_norm.scale``),
+  as found in files ComfyUI saved (``model.model.`` prefix). ComfyUI's repackaged downloads keep
+  Tencent names under ``model.diffusion_model.``; both are handled.
+* ``diffusers``: ``HunyuanVideoTransformer3DModel`` (q/k/v split, final adaLN as [scale; shift]).
+
+Each ``from_*`` maps a layout to Tencent's; ``to_*`` goes the other way (tests, export).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+Rules = list[tuple[str, str]]
+
+PREFIXES = ("model.diffusion_model.", "model.model.", "diffusion_model.", "transformer.", "module.")
+
+# (tencent regex, comfy replacement); applied to whole keys, first match wins.
+_TENCENT_TO_COMFY: Rules = [
+    (r"^txt_in\.t_embedder\.mlp\.0\.", "txt_in.t_embedder.in_layer."),
+    (r"^txt_in\.t_embedder\.mlp\.2\.", "txt_in.t_embedder.out_layer."),
+    (r"^txt_in\.c_embedder\.linear_1\.", "txt_in.c_embedder.in_layer."),
+    (r"^txt_in\.c_embedder\.linear_2\.", "txt_in.c_embedder.out_layer."),
+    (r"^(time_in|guidance_in)\.mlp\.0\.", r"\1.in_layer."),
+    (r"^(time_in|guidance_in)\.mlp\.2\.", r"\1.out_layer."),
+    (r"(img|txt)_mod\.linear\.", r"\1_mod.lin."),
+    (r"\.modulation\.linear\.", ".modulation.lin."),
+    (r"(img|txt|self)_attn_qkv\.", r"\1_attn.qkv."),
+    (r"(img|txt|self)_attn_proj\.", r"\1_attn.proj."),
+    (r"(img|txt)_attn_q_norm\.weight$", r"\1_attn.norm.query_norm.scale"),
+    (r"(img|txt)_attn_k_norm\.weight$", r"\1_attn.norm.key_norm.scale"),
+    (r"^(single_blocks\.\d+)\.q_norm\.weight$", r"\1.norm.query_norm.scale"),
+    (r"^(single_blocks\.\d+)\.k_norm\.weight$", r"\1.norm.key_norm.scale"),
+    (r"mlp\.fc1\.", "mlp.0."),
+    (r"mlp\.fc2\.", "mlp.2."),
+]
+
+_COMFY_TO_TENCENT: Rules = [
+    (r"^txt_in\.t_embedder\.in_layer\.", "txt_in.t_embedder.mlp.0."),
+    (r"^txt_in\.t_embedder\.out_layer\.", "txt_in.t_embedder.mlp.2."),
+    (r"^txt_in\.c_embedder\.in_layer\.", "txt_in.c_embedder.linear_1."),
+    (r"^txt_in\.c_embedder\.out_layer\.", "txt_in.c_embedder.linear_2."),
+    (r"^(time_in|guidance_in)\.in_layer\.", r"\1.mlp.0."),
+    (r"^(time_in|guidance_in)\.out_layer\.", r"\1.mlp.2."),
+    (r"(img|txt)_mod\.lin\.", r"\1_mod.linear."),
+    (r"\.modulation\.lin\.", ".modulation.linear."),
+    (r"(img|txt|self)_attn\.qkv\.", r"\1_attn_qkv."),
+    (r"(img|txt|self)_attn\.proj\.", r"\1_attn_proj."),
+    (r"(img|txt)_attn\.norm\.query_norm\.scale$", r"\1_attn_q_norm.weight"),
+    (r"(img|txt)_attn\.norm\.key_norm\.scale$", r"\1_attn_k_norm.weight"),
+    (r"^(single_blocks\.\d+)\.norm\.query_norm\.scale$", r"\1.q_norm.weight"),
+    (r"^(single_blocks\.\d+)\.norm\.key_norm\.scale$", r"\1.k_norm.weight"),
+    (r"(img_mlp|txt_mlp|blocks\.\d+\.mlp)\.0\.", r"\1.fc1."),
+    (r"(img_mlp|txt_mlp|blocks\.\d+\.mlp)\.2\.", r"\1.fc2."),
+]
+
+# Plain renames between Tencent and diffusers as (tencent, diffusers) prefixes; "{i}" is a block
+# index. q/k/v splits are in _FUSED.
+_RB = "txt_in.individual_token_refiner.blocks.{i}."
+_DRB = "context_embedder.token_refiner.refiner_blocks.{i}."
+_DIFFUSERS_PAIRS: list[tuple[str, str]] = [
+    ("img_in.", "x_embedder."),
+    ("txt_in.input_embedder.", "context_embedder.proj_in."),
+    ("txt_in.t_embedder.mlp.0.", "context_embedder.time_text_embed.timestep_embedder.linear_1."),
+    ("txt_in.t_embedder.mlp.2.", "context_embedder.time_text_embed.timestep_embedder.linear_2."),
+    ("txt_in.c_embedder.", "context_embedder.time_text_embed.text_embedder."),
+    (_RB + "self_attn_proj.", _DRB + "attn.to_out.0."),
+    (_RB + "mlp.fc1.", _DRB + "ff.net.0.proj."),
+    (_RB + "mlp.fc2.", _DRB + "ff.net.2."),
+    (_RB + "adaLN_modulation.1.", _DRB + "norm_out.linear."),
+    (_RB + "norm1.", _DRB + "norm1."),
+    (_RB + "norm2.", _DRB + "norm2."),
+    ("time_in.mlp.0.", "time_text_embed.timestep_embedder.linear_1."),
+    ("time_in.mlp.2.", "time_text_embed.timestep_embedder.linear_2."),
+    ("guidance_in.mlp.0.", "time_text_embed.guidance_embedder.linear_1."),
+    ("guidance_in.mlp.2.", "time_text_embed.guidance_embedder.linear_2."),
+    ("vector_in.in_layer.", "time_text_embed.text_embedder.linear_1."),
+    ("vector_in.out_layer.", "time_text_embed.text_embedder.linear_2."),
+    ("double_blocks.{i}.img_mod.linear.", "transformer_blocks.{i}.norm1.linear."),
+    ("double_blocks.{i}.txt_mod.linear.", "transformer_blocks.{i}.norm1_context.linear."),
+    ("double_blocks.{i}.img_attn_q_norm.", "transformer_blocks.{i}.attn.norm_q."),
+    ("double_blocks.{i}.img_attn_k_norm.", "transformer_blocks.{i}.attn.norm_k."),
+    ("double_blocks.{i}.txt_attn_q_norm.", "transformer_blocks.{i}.attn.norm_added_q."),
+    ("double_blocks.{i}.txt_attn_k_norm.", "transformer_blocks.{i}.attn.norm_added_k."),
+    ("double_blocks.{i}.img_attn_proj.", "transformer_blocks.{i}.attn.to_out.0."),
+    ("double_blocks.{i}.txt_attn_proj.", "transformer_blocks.{i}.attn.to_add_out."),
+    ("double_blocks.{i}.img_mlp.fc1.", "transformer_blocks.{i}.ff.net.0.proj."),
+    ("double_blocks.{i}.img_mlp.fc2.", "transformer_blocks.{i}.ff.net.2."),
+    ("double_blocks.{i}.txt_mlp.fc1.", "transformer_blocks.{i}.ff_context.net.0.proj."),
+    ("double_blocks.{i}.txt_mlp.fc2.", "transformer_blocks.{i}.ff_context.net.2."),
+    ("single_blocks.{i}.linear2.", "single_transformer_blocks.{i}.proj_out."),
+    ("single_blocks.{i}.q_norm.", "single_transformer_blocks.{i}.attn.norm_q."),
+    ("single_blocks.{i}.k_norm.", "single_transformer_blocks.{i}.attn.norm_k."),
+    ("single_blocks.{i}.modulation.linear.", "single_transformer_blocks.{i}.norm.linear."),
+    ("final_layer.linear.", "proj_out."),
+    ("final_layer.adaLN_modulation.1.", "norm_out.linear."),
+]
+
+# Fused Tencent tensors that diffusers stores split: (tencent prefix, [diffusers prefixes]).
+_FUSED: list[tuple[str, list[str]]] = [
+    (_RB + "self_attn_qkv.", [_DRB + f"attn.to_{p}." for p in "qkv"]),
+    ("double_blocks.{i}.img_attn_qkv.", [f"transformer_blocks.{{i}}.attn.to_{p}." for p in "qkv"]),
+    ("double_blocks.{i}.txt_attn_qkv.", [f"transformer_blocks.{{i}}.attn.add_{p}_proj." for p in "qkv"]),
+    ("single_blocks.{i}.linear1.",
+     [f"single_transformer_blocks.{{i}}.attn.to_{p}." for p in "qkv"] + ["single_transformer_blocks.{i}.proj_mlp."]),
+]
+
+
+def _prefix_rule(src: str, dst: str) -> tuple[str, str]:
+    """A template pair -> (regex matching a key's prefix, replacement)."""
+    return "^" + re.escape(src).replace(r"\{i\}", r"(\d+)"), dst.replace("{i}", r"\1")
+
+
+_TENCENT_TO_DIFFUSERS: Rules = [_prefix_rule(t, d) for t, d in _DIFFUSERS_PAIRS]
+_DIFFUSERS_TO_TENCENT: Rules = [_prefix_rule(d, t) for t, d in _DIFFUSERS_PAIRS]
+
+
+def _rename(key: str, rules: Rules) -> str:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def _apply_all(key: str, rules: Rules) -> str:
+    """Apply every matching rule in turn (a key may need more than one rename)."""
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def to_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_apply_all(k, _TENCENT_TO_COMFY): v for k, v in sd.items()}
+
+
+def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_apply_all(k, _COMFY_TO_TENCENT): v for k, v in sd.items()}
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    a, b = t.chunk(2, dim=0)
+    return torch.cat((b, a), dim=0)
+
+
+def to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    hidden = sd["img_in.proj.weight"].shape[0]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        for fused, parts in _FUSED:
+            pattern, _ = _prefix_rule(fused, "")
+            m = re.match(pattern, key)
+            if m:
+                sizes = [hidden] * 3 + ([value.shape[0] - 3 * hidden] if len(parts) == 4 else [])
+                for part, chunk in zip(parts, value.split(sizes, dim=0)):
+                    out[part.replace("{i}", m.group(1) if m.groups() else "") + key[m.end():]] = chunk
+                break
+        else:
+            if key.startswith("final_layer.adaLN_modulation.1."):
+                value = _swap_halves(value)
+            out[_rename(key, _TENCENT_TO_DIFFUSERS)] = value
+    return out
+
+
+def from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    pending = dict(sd)
+    for fused, parts in _FUSED:
+        first, _ = _prefix_rule(parts[0], "")
+        for key in [k for k in pending if re.match(first, k)]:
+            m = re.match(first, key)
+            index, rest = (m.group(1) if m.groups() else ""), key[m.end():]
+            names = [p.replace("{i}", index) + rest for p in parts]
+            missing = [n for n in names if n not in pending]
+            if missing:
+                continue  # left for the completeness check to report
+            out[fused.replace("{i}", index) + rest] = torch.cat([pending.pop(n) for n in names], dim=0)
+    for key, value in pending.items():
+        new = _rename(key, _DIFFUSERS_TO_TENCENT)
+        if new.startswith("final_layer.adaLN_modulation.1."):
+            value = _swap_halves(value)
+        out[new] = value
+    return out
+
+
+def detect_layout(keys) -> str:
+    """'tencent', 'comfy' or 'diffusers' from the (prefix-stripped) key names; 'unknown' else."""
+    keys = set(keys)
+    if any(k.startswith(("x_embedder.", "transformer_blocks.", "context_embedder.")) for k in keys):
+        return "diffusers"
+    if any(".img_attn.qkv." in k or ".norm.query_norm.scale" in k or k.startswith("time_in.in_layer.") for k in keys):
+        return "comfy"
+    if any(k.startswith(("img_in.", "double_blocks.", "txt_in.")) for k in keys):
+        return "tencent"
+    return "unknown"
+
+
+def to_tencent(sd: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    if layout == "diffusers":
+        return from_diffusers(sd)
+    if layout == "comfy":
+        return from_comfy(sd)
+    return dict(sd)

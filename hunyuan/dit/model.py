@@ -1,0 +1,143 @@
+"""HunyuanVideo's diffusion transformer, with submodules named after Tencent's checkpoint keys."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .attention import resolve_backend
+from .blocks import DoubleStreamBlock, FinalLayer, SingleStreamBlock
+from .config import DiTConfig
+from .layers import MLPEmbedder, PatchEmbed, TimestepEmbedder
+from .refiner import SingleTokenRefiner, trim_padding
+from .rope import video_rope
+
+log = logging.getLogger(__name__)
+
+
+class HunyuanVideoDiT(nn.Module):
+    """Flow-matching video DiT: 20 double-stream + 40 single-stream blocks in the released model.
+
+    ``compute_dtype`` (set by the loader) is the dtype activations run in; weights may be stored
+    narrower (fp8) and are upcast per layer. ``attention_backend`` names a backend of
+    :mod:`.attention` and is resolved against the input's device at each call.
+    """
+
+    def __init__(self, config: DiTConfig, *, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        c = config
+        self.config = c
+        self.compute_dtype: torch.dtype | None = dtype
+        self.attention_backend = "sdpa"
+        self._detached_refiner: SingleTokenRefiner | None = None
+        self.img_in = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size, **kw)
+        self.txt_in = SingleTokenRefiner(c.text_states_dim, c.hidden_size, c.num_heads, c.refiner_depth, **kw)
+        self.time_in = TimestepEmbedder(c.hidden_size, **kw)
+        self.vector_in = MLPEmbedder(c.text_states_dim_2, c.hidden_size, **kw)
+        self.guidance_in = TimestepEmbedder(c.hidden_size, **kw) if c.guidance_embed else None
+        self.double_blocks = nn.ModuleList(
+            DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_hidden, c.qk_norm_eps, **kw)
+            for _ in range(c.depth_double)
+        )
+        self.single_blocks = nn.ModuleList(
+            SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_hidden, c.qk_norm_eps, **kw)
+            for _ in range(c.depth_single)
+        )
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_volume * c.out_channels, **kw)
+
+    # -- the token refiner can live outside the module tree -------------------------------
+    @property
+    def refiner(self) -> SingleTokenRefiner:
+        """``txt_in``, whether it is attached or was detached with :meth:`detach_refiner`."""
+        return self.txt_in if self.txt_in is not None else self._detached_refiner
+
+    def detach_refiner(self) -> SingleTokenRefiner:
+        """Take ``txt_in`` out of the module tree and return it.
+
+        Afterwards ``.to()``, ``state_dict()`` and memory accounting of the DiT no longer include
+        the refiner (~309M params in the real model): it stays wherever it is (e.g. the offload
+        device) and is run separately by :func:`precompute_refined_text`. ``forward`` then needs
+        ``refined_text``, or runs the refiner where its weights are (slowly, cast per layer).
+        """
+        if self.txt_in is not None:
+            object.__setattr__(self, "_detached_refiner", self.txt_in)
+            self.txt_in = None
+        return self._detached_refiner
+
+    # -- forward ------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> tuple[int, int, int]:
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"latent has shape {tuple(x.shape)}, expected [B, {self.config.in_channels}, T, H, W]"
+            )
+        grid = []
+        for name, size, p in zip("THW", x.shape[2:], self.config.patch_size):
+            if size % p:
+                raise ValueError(f"latent {name}={size} is not a multiple of the patch size {p}")
+            grid.append(size // p)
+        return tuple(grid)
+
+    def _conditioning_vector(self, timestep, pooled, guidance, dtype) -> torch.Tensor:
+        """vec [B, D] = time_in(t) + vector_in(CLIP pooled) (+ guidance_in(1000 g))."""
+        vec = self.time_in(timestep, dtype) + self.vector_in(pooled.to(dtype))
+        if self.guidance_in is not None and guidance is not None:
+            vec = vec + self.guidance_in(guidance.float() * 1000.0, dtype)
+        return vec
+
+    def _unpatchify(self, out: torch.Tensor, grid, shape) -> torch.Tensor:
+        """[B, T'H'W', pt*ph*pw*C] -> [B, C, T, H, W]"""
+        pt, ph, pw = self.config.patch_size
+        b = out.shape[0]
+        out = out.reshape(b, *grid, self.config.out_channels, pt, ph, pw)
+        out = out.permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return out.reshape(b, self.config.out_channels, *shape)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text_states: torch.Tensor | None,
+        text_mask: torch.Tensor,
+        text_pooled: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+        *,
+        refined_text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow velocity.
+
+        x: [B, 16, T, H, W] latent; timestep: [B] in 0..1000; text_states: [B, L, 4096] LLM states
+        (ignored when ``refined_text`` is given); text_mask: [B, L] bool; text_pooled: [B, 768];
+        guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
+        precomputed ``txt_in`` output for this timestep. Returns [B, 16, T, H, W] in x's dtype.
+        """
+        grid = self._check_input(x)
+        dtype = self.compute_dtype or self.img_in.proj.weight.dtype
+        _, attn = resolve_backend(self.attention_backend, x.device)
+        text_mask = text_mask.to(device=x.device, dtype=torch.bool)
+        keep = trim_padding(text_mask)
+        mask = text_mask[:, keep]
+        img = self.img_in(x.to(dtype))
+        timestep = timestep.to(x.device).float().expand(x.shape[0])
+        vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype)
+        if refined_text is not None:
+            txt = refined_text.to(device=x.device, dtype=dtype)[:, keep]
+        else:
+            txt = self.refiner(text_states.to(device=x.device, dtype=dtype)[:, keep], timestep, mask, attn)
+        return self._run_blocks(img, txt, vec, mask, attn, grid, x)
+
+    def _run_blocks(self, img, txt, vec, mask, attn, grid, x) -> torch.Tensor:
+        n_img = img.shape[1]
+        rope = video_rope(grid, self.config.rope_axes, self.config.rope_theta, device=x.device)
+        key_mask = None
+        if not bool(mask.all()):
+            key_mask = torch.cat((mask.new_ones(mask.shape[0], n_img), mask), dim=1)
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, rope, key_mask, attn)
+        seq = torch.cat((img, txt), dim=1)
+        for block in self.single_blocks:
+            seq = block(seq, vec, rope, n_img, key_mask, attn)
+        out = self.final_layer(seq[:, :n_img], vec)
+        return self._unpatchify(out, grid, x.shape[2:]).to(x.dtype)

@@ -1,0 +1,54 @@
+"""Deterministic random-weight DiTs in Tencent's bare on-disk layout (tests, demos, CI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import torch
+from safetensors.torch import save_file
+
+from .config import TINY, DiTConfig
+from .model import HunyuanVideoDiT
+
+TINY_DIT_FILE = "hyvid_tiny_dit.safetensors"
+
+
+def random_state_dict(config: DiTConfig, seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """fp32 weights in Tencent key layout: N(0, std) for weights and biases, ~1 for norm scales.
+
+    Nothing is zero-initialised, so every layer (final layer and gates included) shapes the output.
+    """
+    with torch.device("meta"):
+        skeleton = HunyuanVideoDiT(config)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, meta in skeleton.state_dict().items():
+        t = torch.empty(meta.shape, dtype=torch.float32)
+        if "norm" in key and meta.ndim == 1 and key.endswith("weight"):
+            t.normal_(1.0, 0.1, generator=gen)
+        else:
+            t.normal_(0.0, std, generator=gen)
+        out[key] = t
+    return out
+
+
+def tiny_config(text_states_dim: int = 32, text_states_dim_2: int = 32) -> DiTConfig:
+    return dataclasses.replace(TINY, text_states_dim=text_states_dim, text_states_dim_2=text_states_dim_2)
+
+
+def write_tiny(
+    models_dir: pathlib.Path, seed: int = 0, *, text_states_dim: int = 32, text_states_dim_2: int = 32
+) -> list[pathlib.Path]:
+    """Write ``models_dir/diffusion_models/hyvid_tiny_dit.safetensors`` (~2.5 MB, bf16).
+
+    hidden 64, 4 heads x 16 (RoPE axes 4+6+6), 2 double + 2 single blocks, 2 refiner blocks,
+    guidance embedding. ``text_states_dim`` / ``text_states_dim_2`` must match the tiny LLM's
+    hidden size and the tiny CLIP's pooled size.
+    """
+    config = tiny_config(text_states_dim, text_states_dim_2)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in random_state_dict(config, seed).items()}
+    path = pathlib.Path(models_dir) / "diffusion_models" / TINY_DIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata={"format": "pt", "model": "hunyuan_video_dit_tiny"})
+    return [path]
