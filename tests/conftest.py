@@ -14,3 +14,6 @@ if str(ROOT) not in sys.path:
 # ComfyUI goes last so that its top-level modules (nodes, server, utils...) never shadow ours.
 if COMFYUI_DIR.is_dir() and str(COMFYUI_DIR) not in sys.path:
     sys.path.append(str(COMFYUI_DIR))
+
+# The shared real ComfyUI server (session-scoped, started only by tests that ask for it).
+from tests.harness import artifacts, comfy  # noqa: E402,F401  (fixtures)

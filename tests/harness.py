@@ -1,0 +1,102 @@
+"""A real ComfyUI server for the server and browser tests: one process per test session.
+
+The server gets a fresh ``--base-directory`` with the pack linked into ``custom_nodes/`` and every
+stage's tiny weights in ``models/``. After each test, the part of the server log written during
+that test must not hold a traceback from this pack, except while a test deliberately queued a
+job that must fail (``comfy.run_expect_error``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from hunyuan.tools.make_tiny_models import write_all
+from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed
+
+ARTIFACTS = ROOT / "artifacts"
+
+
+class TestServer(ComfyServer):
+    """ComfyServer that remembers which log spans may contain our tracebacks."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.allowed_spans: list[tuple[int, int]] = []
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def run_expect_error(self, prompt: dict, timeout: float = 300.0) -> str:
+        start = self.log_size()
+        try:
+            return super().run_expect_error(prompt, timeout)
+        finally:
+            self.allowed_spans.append((start, self.log_size()))
+
+    def expect_failure(self, fn, *args, **kwargs) -> JobFailed:
+        """Call ``fn`` (e.g. ``self.run_cli``), which must raise JobFailed; allow its tracebacks."""
+        start = self.log_size()
+        try:
+            fn(*args, **kwargs)
+        except JobFailed as failure:
+            return failure
+        finally:
+            self.allowed_spans.append((start, self.log_size()))
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} was expected to fail but succeeded")
+
+
+_PACK_FRAME = re.compile(rf"File \"[^\"]*(custom_nodes/{re.escape(PACK_NAME)}|{re.escape(str(ROOT))})/")
+
+
+def pack_tracebacks(text: str) -> list[str]:
+    """Traceback blocks in ``text`` with at least one frame inside this pack."""
+    blocks = re.split(r"(?=Traceback \(most recent call last\):)", text)
+    return [b[:3000] for b in blocks[1:] if _PACK_FRAME.search(b.split("\n\n")[0])]
+
+
+def _log_outside(server: TestServer, start: int, end: int) -> str:
+    raw = server.log_path.read_bytes()[start:end]
+    for a, b in sorted(server.allowed_spans, reverse=True):
+        lo, hi = max(a, start) - start, min(b, end) - start
+        if lo < hi:
+            raw = raw[:lo] + raw[hi:]
+    return raw.decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory) -> TestServer:
+    base = tmp_path_factory.mktemp("comfyui-base")
+    write_all(base / "models", seed=0)
+    server = TestServer(base, python=sys.executable)
+    server.start()
+    try:
+        log = server.log_text()
+        assert f"IMPORT FAILED: {PACK_NAME}" not in log and "Cannot import" not in _pack_lines(log), server.log_tail()
+        yield server
+    finally:
+        server.stop()
+
+
+def _pack_lines(log: str) -> str:
+    return "\n".join(line for line in log.splitlines() if PACK_NAME in line)
+
+
+@pytest.fixture(autouse=True)
+def no_pack_tracebacks(comfy: TestServer):
+    start = comfy.log_size()
+    yield
+    text = _log_outside(comfy, start, comfy.log_size())
+    found = pack_tracebacks(text)
+    assert not found, "the server log shows a traceback from this pack:\n" + "\n---\n".join(found)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
