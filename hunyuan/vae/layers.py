@@ -1,0 +1,197 @@
+"""Building blocks of the causal 3D VAE.
+
+Every tensor is laid out [B, C, T, H, W]. Convolutions are causal in time: frames are padded only
+at the front (by repeating the first frame), so frame t never sees frame t+1. The module and
+parameter names follow the released (Tencent == diffusers) checkpoint so it loads directly.
+
+Two optional behaviours are switched by a :class:`Runtime` the tiling code attaches to the model:
+streaming (each causal conv keeps the tail of its input so the next chunk of frames continues
+exactly where the last one stopped) and shared GroupNorm statistics (every tile is normalised
+with the same whole-video mean/variance instead of its own, which is what removes seams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Runtime:
+    """Per-run state shared by every conv and norm of a model while it decodes chunk by chunk."""
+
+    conv_cache: dict[int, torch.Tensor] | None = None  # None: plain (non-streaming) forward
+    first_chunk: bool = True  # the chunk holding frame 0 (which is upsampled in space only)
+    norm_mode: str = "local"  # "local": own statistics; "collect": also record; "shared": use recorded
+    core: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # counted part of the tile (y0,y1,x0,x1)
+    sums: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # norm id -> [sum, sumsq, count]
+
+    def start_tile(self, core: tuple[float, float, float, float]) -> None:
+        self.conv_cache = {}
+        self.first_chunk = True
+        self.core = core
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d with replicate padding: symmetric in space, front-only (causal) in time."""
+
+    runtime: Runtime | None = None
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride=1) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kt, kh, kw = self.conv.kernel_size
+        space = (kw // 2, kw // 2, kh // 2, kh // 2)
+        rt = self.runtime
+        cache = rt.conv_cache if rt is not None else None
+        prev = cache.get(id(self)) if cache is not None else None
+        if prev is not None:
+            x = torch.cat([prev, F.pad(x, space, mode="replicate")], dim=2)
+        elif kt > 1 or kh > 1:
+            x = F.pad(x, space + (kt - 1, 0), mode="replicate")
+        if cache is not None and kt > 1:
+            st = self.conv.stride[0]
+            used = ((x.shape[2] - kt) // st + 1) * st  # start of the next window
+            cache[id(self)] = x[:, :, used:].clone()
+        return self.conv(x)
+
+
+class GroupNorm3d(nn.GroupNorm):
+    """GroupNorm over (C/G, T, H, W) that can record or reuse statistics across tiles."""
+
+    runtime: Runtime | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rt = self.runtime
+        if rt is None or rt.norm_mode == "local":
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if rt.norm_mode == "collect":
+            self._record(rt, x)
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        total, total_sq, count = rt.sums[id(self)]
+        mean = total / count
+        rstd = torch.rsqrt((total_sq / count - mean * mean).clamp_min(0) + self.eps)
+        b, c = x.shape[:2]
+        y = x.reshape(b, self.num_groups, -1) - mean.to(x.dtype)[..., None]
+        y.mul_(rstd.to(x.dtype)[..., None])
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        return y.view(x.shape).mul_(self.weight.view(shape)).add_(self.bias.view(shape))
+
+    def _record(self, rt: Runtime, x: torch.Tensor) -> None:
+        """Add this tile's core-region sums (per sample and group) to ``rt.sums``."""
+        h, w = x.shape[-2:]
+        y0, y1, x0, x1 = rt.core
+        region = x[..., round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)]
+        var, mean = torch.var_mean(region.float(), dim=(2, 3, 4), correction=0)
+        n = region[0, 0].numel()
+        b, c = mean.shape
+        total = (mean.double() * n).view(b, self.num_groups, -1).sum(-1)
+        total_sq = ((var.double() + mean.double() ** 2) * n).view(b, self.num_groups, -1).sum(-1)
+        count = n * (c // self.num_groups)
+        acc = rt.sums.get(id(self))
+        if acc is None:
+            rt.sums[id(self)] = [total, total_sq, count]
+        else:
+            acc[0] += total
+            acc[1] += total_sq
+            acc[2] += count
+
+
+class ResBlock(nn.Module):
+    """norm -> SiLU -> causal conv, twice, plus a (1x1x1-projected when widths differ) skip."""
+
+    def __init__(self, cin: int, cout: int, groups: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = GroupNorm3d(groups, cin, eps=eps)
+        self.conv1 = CausalConv3d(cin, cout)
+        self.norm2 = GroupNorm3d(groups, cout, eps=eps)
+        self.conv2 = CausalConv3d(cout, cout)
+        self.conv_shortcut = CausalConv3d(cin, cout, kernel=1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return h.add_(skip)
+
+
+class CausalFrameAttention(nn.Module):
+    """Single-head self-attention over all tokens, where a frame attends to itself and earlier frames."""
+
+    def __init__(self, channels: int, groups: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.group_norm = GroupNorm3d(groups, channels, eps=eps)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        tokens = self.group_norm(x).permute(0, 2, 3, 4, 1).reshape(b, 1, t * h * w, c)
+        q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
+        out = torch.empty_like(q)
+        per_frame = h * w
+        for f in range(t):  # query frame f sees key frames 0..f: no mask needed
+            end = (f + 1) * per_frame
+            out[:, :, f * per_frame : end] = F.scaled_dot_product_attention(
+                q[:, :, f * per_frame : end], k[:, :, :end], v[:, :, :end]
+            )
+        out = self.to_out[0](out).view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        return x + out
+
+
+class Downsample(nn.Module):
+    """Strided causal conv: (1,2,2) or (2,2,2)."""
+
+    def __init__(self, channels: int, stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest upsampling then a causal conv. Frame 0 of the video is upsampled in space only."""
+
+    runtime: Runtime | None = None
+
+    def __init__(self, channels: int, factor: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = CausalConv3d(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.runtime is None or self.runtime.first_chunk
+        if first:
+            head = F.interpolate(x[:, :, 0], scale_factor=self.factor[1:], mode="nearest").unsqueeze(2)
+            rest = x[:, :, 1:]
+        else:
+            head, rest = None, x
+        if rest.shape[2] > 0:
+            rest = F.interpolate(rest.contiguous(), scale_factor=self.factor, mode="nearest")
+            x = rest if head is None else torch.cat([head, rest], dim=2)
+        else:
+            x = head
+        return self.conv(x)
+
+
+class MidBlock(nn.Module):
+    """resnet -> causal attention -> resnet, at the innermost resolution."""
+
+    def __init__(self, channels: int, groups: int, attention: bool) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList([ResBlock(channels, channels, groups), ResBlock(channels, channels, groups)])
+        self.attentions = nn.ModuleList([CausalFrameAttention(channels, groups)]) if attention else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resnets[0](x)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
+        return self.resnets[1](x)
