@@ -1,0 +1,78 @@
+"""Weight storage / compute dtype choices, including fp8 weight storage.
+
+fp8 storage keeps every ``nn.Linear`` weight of the decoder layers in ``float8_e4m3fn`` (half
+the bytes of bf16) and casts it to the compute dtype inside ``forward``; embeddings and norms
+stay in the compute dtype. Weights from ComfyUI's fp8_scaled files keep their per-tensor scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8 = torch.float8_e4m3fn
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """storage: dtype the weights live in (None = keep the file's); compute: dtype of activations."""
+
+    storage: torch.dtype | None
+    compute: torch.dtype | None
+
+    @property
+    def fp8(self) -> bool:
+        return self.storage == FP8
+
+
+DTYPE_CHOICES = {
+    "auto": DtypeChoice(None, None),
+    "bf16": DtypeChoice(torch.bfloat16, torch.bfloat16),
+    "fp16": DtypeChoice(torch.float16, torch.float16),
+    "fp32": DtypeChoice(torch.float32, torch.float32),
+    "fp8_e4m3fn (bf16 compute)": DtypeChoice(FP8, torch.bfloat16),
+    "fp8_e4m3fn (fp16 compute)": DtypeChoice(FP8, torch.float16),
+}
+
+
+def parse_dtype(name: str) -> DtypeChoice:
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"dtype={name!r} is unknown; expected one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPE_CHOICES[name]
+
+
+def resolve(choice: DtypeChoice, file_dtype: torch.dtype) -> DtypeChoice:
+    """Fill in ``auto``: keep the file's dtype (zero-copy); fp8 files compute in bf16."""
+    if choice.storage is not None:
+        return choice
+    if file_dtype == FP8:
+        return DtypeChoice(FP8, torch.bfloat16)
+    return DtypeChoice(file_dtype, file_dtype)
+
+
+class Fp8Linear(nn.Linear):
+    """A Linear whose weight is stored in fp8 and dequantized (x scale) on every call."""
+
+    weight_scale: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, weight, bias)
+
+
+def make_fp8_linears(model: nn.Module, under: str = "layers.") -> set[str]:
+    """Turn Linear modules whose name starts with ``under`` into :class:`Fp8Linear` (still on meta).
+
+    Returns the parameter names (``<module>.weight``) that must be stored in fp8.
+    """
+    names = set()
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and name.startswith(under):
+            module.__class__ = Fp8Linear
+            module.register_buffer("weight_scale", torch.ones((), dtype=torch.float32))
+            names.add(f"{name}.weight")
+    return names

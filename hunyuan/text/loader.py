@@ -1,0 +1,153 @@
+"""Building the LLM (transformers ``LlamaModel``) and CLIP-L (``CLIPTextModel``) without copies.
+
+Streaming load: the module is created with empty (meta) parameters, then the memory-mapped
+tensors from :mod:`.layouts` are assigned in place (``load_state_dict(assign=True)``). When the
+requested dtype equals the file's, the parameters ARE the file's pages, so peak RAM is about one
+copy of the weights. A dtype change converts tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+from ..checkpoint_io import CheckpointError
+from .dtypes import FP8, DtypeChoice, make_fp8_linears, resolve
+from .layouts import FoundWeights, find_clip, find_llm
+
+log = logging.getLogger(__name__)
+
+# LLaVA-Llama-3-8B (xtuner/llava-llama-3-8b-v1_1) language model; shapes are re-read from the weights.
+LLAVA_LLAMA3_8B = dict(
+    vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+    rms_norm_eps=1e-5, rope_theta=500000.0, bos_token_id=128000, eos_token_id=128001, pad_token_id=128258,
+)
+CLIP_L = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+
+
+def _heads_for(hidden: int, head_dim: int) -> int:
+    """Single files carry no config: real widths use the model's head_dim, test-sized ones 4 heads."""
+    return hidden // head_dim if hidden >= 4 * head_dim else 4
+
+
+def llama_config(found: FoundWeights) -> LlamaConfig:
+    """The config from the folder (if any) with every shape re-read from the weights."""
+    sd = found.tensors
+    base = {**LLAVA_LLAMA3_8B, **(found.config or {})}
+    vocab, hidden = sd["embed_tokens.weight"].shape
+    if found.config is None or "num_attention_heads" not in found.config:
+        base["num_attention_heads"] = _heads_for(hidden, 128)
+    heads = base["num_attention_heads"]
+    head_dim = hidden // heads
+    layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers."))
+    base.update(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, head_dim=head_dim,
+        intermediate_size=sd["layers.0.mlp.gate_proj.weight"].shape[0],
+        num_key_value_heads=sd["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
+    )
+    for key in ("architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path"):
+        base.pop(key, None)
+    return LlamaConfig(**base)
+
+
+def clip_config(found: FoundWeights) -> CLIPTextConfig:
+    sd = found.tensors
+    base = {**CLIP_L, **(found.config or {})}
+    vocab, hidden = sd["text_model.embeddings.token_embedding.weight"].shape
+    if found.config is None or "num_attention_heads" not in found.config:
+        base["num_attention_heads"] = _heads_for(hidden, 64)
+    base.update(
+        vocab_size=vocab, hidden_size=hidden,
+        num_hidden_layers=1 + max(int(k.split(".")[3]) for k in sd if k.startswith("text_model.encoder.layers.")),
+        intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
+    )
+    for key in ("architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path"):
+        base.pop(key, None)
+    return CLIPTextConfig(**base)
+
+
+def _file_dtype(sd: dict[str, torch.Tensor], key: str) -> torch.dtype:
+    return sd[key].dtype
+
+
+def _cast(name: str, tensor: torch.Tensor, scale, dtype: DtypeChoice, fp8_names: set[str]) -> torch.Tensor:
+    """One tensor into its storage dtype (no copy when it already is)."""
+    if name in fp8_names:
+        return tensor if tensor.dtype == FP8 else tensor.to(FP8)
+    if tensor.dtype == FP8:  # fp8 file, non-fp8 storage: dequantize
+        tensor = tensor.to(torch.float32) * (scale if scale is not None else 1.0)
+    return tensor if tensor.dtype == dtype.compute else tensor.to(dtype.compute)
+
+
+def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8_names: set[str], what: str):
+    state = {}
+    for name in list(found.tensors):
+        tensor = found.tensors.pop(name)  # drop our reference as we go
+        scale = found.scales.get(name)
+        state[name] = _cast(name, tensor, scale, dtype, fp8_names)
+        if name in fp8_names:
+            keep = scale is not None and tensor.dtype == FP8
+            state[name[: -len("weight")] + "weight_scale"] = (
+                scale.to(torch.float32).reshape(()) if keep else torch.ones((), dtype=torch.float32))
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} checkpoint {str(found.source)!r} does not match the model built from its shapes: "
+            f"missing {missing[:5]} ({len(missing)} total), unexpected {unexpected[:5]} ({len(unexpected)} total)"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def build_llm(found: FoundWeights, dtype: DtypeChoice) -> LlamaModel:
+    dtype = resolve(dtype, _file_dtype(found.tensors, "embed_tokens.weight"))
+    config = llama_config(found)
+    config._attn_implementation = "sdpa"
+    with init_empty_weights():
+        model = LlamaModel(config)
+    fp8_names = make_fp8_linears(model) if dtype.fp8 else set()
+    _assign(model, found, dtype, fp8_names, "LLM")
+    return model.eval().requires_grad_(False)
+
+
+def build_clip(found: FoundWeights, dtype: DtypeChoice) -> CLIPTextModel:
+    key = "text_model.embeddings.token_embedding.weight"
+    dtype = resolve(dtype, _file_dtype(found.tensors, key))
+    if dtype.fp8:  # CLIP-L is 123M params: fp8 storage is not worth its accuracy cost
+        dtype = DtypeChoice(dtype.compute, dtype.compute)
+    config = clip_config(found)
+    config._attn_implementation = "sdpa"
+    with init_empty_weights():
+        model = CLIPTextModel(config)
+    _assign(model, found, dtype, set(), "CLIP")
+    return model.eval().requires_grad_(False)
+
+
+def load_llm(path: str | Path, dtype: DtypeChoice) -> LlamaModel:
+    """LLaVA-Llama-3 language model from any layout (see :mod:`.layouts`), on the CPU."""
+    return build_llm(find_llm(path), dtype)
+
+
+def load_clip(path: str | Path, dtype: DtypeChoice) -> CLIPTextModel:
+    return build_clip(find_clip(path), dtype)
+
+
+@dataclass
+class TextEncoders:
+    """Both encoders and their tokenizers, as the encode step needs them."""
+
+    llm: LlamaModel
+    llm_tokenizer: object
+    clip: CLIPTextModel
+    clip_tokenizer: object

@@ -1,0 +1,160 @@
+"""Deterministic tiny text encoders in every real on-disk layout, for tests and the demo.
+
+``write_tiny(models_dir)`` writes, with the REAL Llama-3 and CLIP tokenizers ComfyUI ships:
+
+* ``LLM/hyvid_tiny_llama/``       HF folder (Tencent's text-encoder split layout)
+* ``LLM/hyvid_tiny_llava/``       full LLaVA layout: 3 shards + index (the last holds only the vision tower and projector)
+* ``text_encoders/hyvid_tiny_llava_llama3_fp16.safetensors``  ComfyUI single file (``model.*``)
+* ``text_encoders/hyvid_tiny_clip_l.safetensors``             ComfyUI single file (``text_model.*``)
+* ``clip/hyvid_tiny_clip_l/``     HF CLIPTextModel folder
+
+Widths: LLM hidden 32 (4 layers, so hidden_state_skip_layer=2 is meaningful) and CLIP hidden 32,
+matching the tiny DiT's default text_states_dim / text_states_dim_2. The vocabularies stay real
+(LLaVA's 128320 rows: the tokenizer's pad id 128258 must exist; CLIP's 49408). All tensors are
+fp16 on disk, so every layout holds bit-identical values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM
+
+from .loader import CLIP_L, LLAVA_LLAMA3_8B
+
+LLAMA_DIR, LLAVA_DIR, CLIP_DIR = "hyvid_tiny_llama", "hyvid_tiny_llava", "hyvid_tiny_clip_l"
+LLAMA_FILE, CLIP_FILE = "hyvid_tiny_llava_llama3_fp16.safetensors", "hyvid_tiny_clip_l.safetensors"
+TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8)
+TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, projection_dim=32)
+TINY_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   image_size=28, patch_size=14, projection_dim=16)
+
+
+def comfy_dir() -> Path:
+    """ComfyUI tree holding the tokenizer files: $COMFYUI_PATH, else the repo's .comfyui/ComfyUI."""
+    env = os.environ.get("COMFYUI_PATH")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".comfyui" / "ComfyUI"
+
+
+def llama_tokenizer_dir() -> Path:
+    return comfy_dir() / "comfy" / "text_encoders" / "llama_tokenizer"
+
+
+def clip_tokenizer_dir() -> Path:
+    return comfy_dir() / "comfy" / "sd1_tokenizer"
+
+
+def _shapes(model_cls, config) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        model = model_cls(config)
+    return {k: v.shape for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+
+
+def _randomize(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
+    """fp16 values: norm weights near 1, everything else N(0, 0.1)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=gen)
+        is_norm = "norm" in name and name.endswith("weight")
+        out[name] = (1.0 + 0.1 * noise if is_norm else 0.1 * noise).to(torch.float16).contiguous()
+    return out
+
+
+def tiny_llama_config() -> LlamaConfig:
+    return LlamaConfig(**{**LLAVA_LLAMA3_8B, **TINY_LLAMA, "max_position_embeddings": 1024})
+
+
+def tiny_llama_weights(seed: int = 0) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    """LlamaForCausalLM-named fp16 weights (``model.*`` + ``lm_head.weight``)."""
+    config = tiny_llama_config()
+    return config, _randomize(_shapes(LlamaForCausalLM, config), seed)
+
+
+def tiny_clip_weights(seed: int = 0) -> tuple[CLIPTextConfig, dict[str, torch.Tensor]]:
+    """CLIPTextModel-named fp16 weights (``text_model.*``)."""
+    config = CLIPTextConfig(**{**CLIP_L, **TINY_CLIP})
+    return config, _randomize(_shapes(CLIPTextModel, config), seed + 1)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for file in sorted(src.iterdir()):
+        if file.is_file():
+            shutil.copyfile(file, dst / file.name)
+
+
+def _write_config(folder: Path, config) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(config.to_json_string())
+
+
+def write_tiny_llama_folder(folder: Path, config: LlamaConfig, sd: dict) -> Path:
+    _write_config(folder, config)
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _copy_tokenizer(llama_tokenizer_dir(), folder)
+    return folder
+
+
+def write_tiny_llava_folder(folder: Path, config: LlamaConfig, sd: dict, seed: int) -> Path:
+    """xtuner's on-disk LLaVA layout: ``language_model.model.*`` in 2 shards, vision tower + projector in a 3rd."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(**TINY_VISION)
+    llava = LlavaConfig(vision_config=vision, text_config=config, image_token_index=128257)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(llava.to_json_string())
+    old_names = {"model.language_model.": "language_model.model.", "model.vision_tower.": "vision_tower.",
+                 "model.multi_modal_projector.": "multi_modal_projector.", "lm_head.": "language_model.lm_head."}
+    others = {}
+    for key, shape in _shapes(LlavaForConditionalGeneration, llava).items():
+        if not key.startswith(("model.language_model.", "lm_head.")):
+            new = next(old + key[len(new):] for new, old in old_names.items() if key.startswith(new))
+            others[new] = shape
+    extra = _randomize(others, seed + 2)
+    renamed = {("language_model." + k): v for k, v in sd.items()}
+    renamed.update(extra)
+    half = config.num_hidden_layers // 2
+    first_prefixes = ("language_model.model.embed_tokens.",) + tuple(
+        f"language_model.model.layers.{i}." for i in range(half))
+    first = {k: v for k, v in renamed.items() if k.startswith(first_prefixes)}
+    vision = {k: v for k, v in renamed.items() if not k.startswith("language_model.")}
+    second = {k: v for k, v in renamed.items() if k not in first and k not in vision}
+    shards = {f"model-0000{i + 1}-of-00003.safetensors": part for i, part in enumerate((first, second, vision))}
+    for name, part in shards.items():
+        save_file(part, str(folder / name), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in renamed.values())},
+             "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    _copy_tokenizer(llama_tokenizer_dir(), folder)
+    return folder
+
+
+def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
+    """Write every tiny text-encoder layout under ``models_dir``; returns the written paths."""
+    models_dir = Path(models_dir)
+    config, llama = tiny_llama_weights(seed)
+    clip_config, clip = tiny_clip_weights(seed)
+    written = [
+        write_tiny_llama_folder(models_dir / "LLM" / LLAMA_DIR, config, llama),
+        write_tiny_llava_folder(models_dir / "LLM" / LLAVA_DIR, config, llama, seed),
+    ]
+    te_dir = models_dir / "text_encoders"
+    te_dir.mkdir(parents=True, exist_ok=True)
+    single = {k: v for k, v in llama.items() if not k.startswith("lm_head.")}
+    save_file(single, str(te_dir / LLAMA_FILE))
+    gen = torch.Generator().manual_seed(seed + 3)
+    projection = (0.1 * torch.randn(TINY_CLIP["projection_dim"], TINY_CLIP["hidden_size"], generator=gen)).half()
+    save_file({**clip, "text_projection.weight": projection}, str(te_dir / CLIP_FILE))
+    written += [te_dir / LLAMA_FILE, te_dir / CLIP_FILE]
+    clip_folder = models_dir / "clip" / CLIP_DIR
+    _write_config(clip_folder, clip_config)
+    save_file(clip, str(clip_folder / "model.safetensors"), metadata={"format": "pt"})
+    _copy_tokenizer(clip_tokenizer_dir(), clip_folder)
+    written.append(clip_folder)
+    return written
