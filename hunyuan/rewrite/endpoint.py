@@ -1,0 +1,175 @@
+"""An OpenAI-compatible chat-completions endpoint as a rewrite backend (stdlib urllib only).
+
+``timeout_s`` is a total deadline: every attempt, retry and back-off pause fits inside it, so
+a dead or hanging server costs at most ``timeout_s`` seconds. The API key is read from the
+environment variable *named* by ``api_key_env`` at call time; it is never stored, logged, or
+part of the cache key.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from .core import ProgressFn, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_EXPECTED = "an OpenAI-compatible POST /v1/chat/completions endpoint"
+
+
+def chat_completions_url(url: str) -> str:
+    """Accept a base URL (``http://host:8000`` or ``.../v1``) or the full completions URL."""
+    url = (url or "").strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"endpoint_url={url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:8000/v1")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path = f"{path}/chat/completions" if path.endswith("/v1") or path else "/v1/chat/completions"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+@dataclass(frozen=True)
+class EndpointBackend:
+    """Where and how to ask. ``api_key_env=""`` sends no Authorization header (local servers)."""
+
+    url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", chat_completions_url(self.url))
+        if not self.model.strip():
+            raise ValueError("model='' is empty; expected the model name the endpoint serves")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s={self.timeout_s} must be > 0 seconds")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries={self.max_retries} must be >= 0")
+        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError(
+                f"api_key_env={self.api_key_env!r} is not an environment variable name; expected "
+                "the NAME of a variable holding the key (e.g. OPENAI_API_KEY), never the key itself"
+            )
+
+    def identity(self) -> tuple:
+        return ("endpoint", self.url, self.model, self.api_key_env)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env, "").strip()
+            if not key:
+                raise ValueError(
+                    f"api_key_env={self.api_key_env!r}: that environment variable is not set in the "
+                    f"ComfyUI process; set it to the key for {self.url} (or clear api_key_env if the "
+                    "endpoint needs no key)"
+                )
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def request_body(self, messages: list[dict[str, str]], params: SamplingParams) -> dict:
+        return {
+            "model": self.model,
+            "messages": messages,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+            "seed": params.seed,
+            "stream": False,
+        }
+
+    def complete(
+        self, messages: list[dict[str, str]], params: SamplingParams, progress: ProgressFn | None = None
+    ) -> str:
+        """POST the chat and return the assistant's content; RuntimeError when it cannot."""
+        headers = self._headers()
+        body = json.dumps(self.request_body(messages, params)).encode("utf-8")
+        deadline = time.monotonic() + self.timeout_s
+        attempts = self.max_retries + 1
+        failures: list[str] = []
+        for attempt in range(attempts):
+            if progress is not None:
+                progress(attempt, attempts)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return parse_reply(self.url, self._post(body, headers, remaining))
+            except _Retryable as exc:
+                failures.append(str(exc))
+                log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts, exc)
+            pause = min(0.25 * 2**attempt, deadline - time.monotonic())
+            if attempt + 1 < attempts and pause > 0:
+                time.sleep(pause)
+        tried = f"{len(failures)} attempt(s) within timeout_s={self.timeout_s:g}"
+        last = failures[-1] if failures else "no time left for an attempt"
+        raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
+
+    def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> bytes:
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            detail = _short(exc.read())
+            if exc.code in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {exc.code} {exc.reason}: {detail}") from exc
+            hint = {401: f" (check the key in ${self.api_key_env})", 403: f" (check the key in ${self.api_key_env})",
+                    404: " (check the URL and model name)"}.get(exc.code, "")
+            raise RuntimeError(
+                f"rewrite endpoint {self.url} answered HTTP {exc.code} {exc.reason}{hint}: {detail}; "
+                f"expected {_EXPECTED}"
+            ) from exc
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, ConnectionRefusedError):
+                raise _Retryable("connection refused (is the server running?)") from exc
+            if isinstance(reason, TimeoutError):
+                raise _Retryable(f"no answer within {timeout:.1f} s (timed out)") from exc
+            raise _Retryable(f"cannot connect: {reason}") from exc
+        except TimeoutError as exc:
+            raise _Retryable(f"no answer within {timeout:.1f} s (timed out)") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Retryable(f"connection failed: {exc.__class__.__name__}: {exc}") from exc
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt while the deadline allows."""
+
+
+def _short(data: bytes, limit: int = 300) -> str:
+    text = data.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_reply(url: str, data: bytes) -> str:
+    """The first choice's message content from a chat-completions JSON response."""
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RuntimeError(
+            f"rewrite endpoint {url} returned malformed JSON ({exc.__class__.__name__}: {exc}): "
+            f"{_short(data, 200)!r}; expected {_EXPECTED}"
+        ) from exc
+    try:
+        message = payload["choices"][0]["message"]
+        content = message.get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise RuntimeError(
+            f"rewrite endpoint {url} returned JSON without choices[0].message: {_short(data, 200)!r}; "
+            f"expected {_EXPECTED}"
+        ) from exc
+    if not isinstance(content, str):
+        raise RuntimeError(f"rewrite endpoint {url} returned non-text content {content!r}; expected a string")
+    return content

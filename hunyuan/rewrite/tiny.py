@@ -1,0 +1,83 @@
+"""A tiny random-weight chat LM in the real Hugging Face folder layout, for tests and demos.
+
+``models_dir/LLM/hyvid_tiny_rewrite_lm/`` gets config.json, generation_config.json,
+model.safetensors, and the real Llama-3 tokenizer that ComfyUI ships, with a Llama-3-style
+chat template stored in tokenizer_config.json. Its replies are gibberish; what it proves is
+the plumbing: loading, the chat template, seeded sampling, model management.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+TINY_NAME = "hyvid_tiny_rewrite_lm"
+
+# Llama-3 chat format, written here as data: a header per turn, <|eot_id|> after each turn.
+LLAMA3_STYLE_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+_BOS, _EOS, _EOT = 128000, 128001, 128009
+
+
+def llama_tokenizer_dir() -> Path:
+    """ComfyUI's copy of the Llama-3 tokenizer (from $COMFYUI_PATH or the repo's .comfyui)."""
+    root = os.environ.get("COMFYUI_PATH") or Path(__file__).resolve().parents[2] / ".comfyui" / "ComfyUI"
+    folder = Path(root) / "comfy" / "text_encoders" / "llama_tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"Llama-3 tokenizer not found at {str(folder)!r}; set COMFYUI_PATH to a ComfyUI tree "
+            "(it ships comfy/text_encoders/llama_tokenizer/)"
+        )
+    return folder
+
+
+def _write_tokenizer(source: Path, target: Path) -> None:
+    shutil.copyfile(source / "tokenizer.json", target / "tokenizer.json")
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    config.pop("processor_class", None)  # a LLaVA leftover; this folder is a plain LM
+    config.update(
+        tokenizer_class="PreTrainedTokenizerFast",
+        chat_template=LLAMA3_STYLE_CHAT_TEMPLATE,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        add_bos_token=False,
+        model_max_length=4096,
+    )
+    config.pop("unk_token", None)
+    (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
+    """Write the tiny LM folder under ``models_dir/LLM`` and return the files written."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    target = Path(models_dir) / "LLM" / TINY_NAME
+    target.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=_BOS, eos_token_id=[_EOS, _EOT],
+        dtype="float32",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        # Logits with a std of ~2 instead of ~0.1: seeded sampling visibly depends on the seed,
+        # and greedy decoding is not a tie between near-equal logits.
+        torch.nn.init.normal_(model.lm_head.weight, std=0.5)
+    model.generation_config = GenerationConfig(bos_token_id=_BOS, eos_token_id=[_EOS, _EOT])
+    model.save_pretrained(str(target), safe_serialization=True)
+    _write_tokenizer(llama_tokenizer_dir(), target)
+    return sorted(p for p in target.iterdir() if p.is_file())

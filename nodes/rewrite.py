@@ -1,0 +1,179 @@
+"""Prompt rewrite nodes: a local LM loader, an endpoint node, and the rewrite node itself.
+
+Both backend nodes output the same ``HYVID_REWRITE_MODEL`` socket, so the rewrite node has
+one set of inputs whichever backend is wired in. All logic lives in ``hunyuan/rewrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..hunyuan.rewrite import MODES, SamplingParams, rewrite
+from ..hunyuan.rewrite.endpoint import EndpointBackend
+from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm, weight_files
+from .types import CATEGORY, RewriteModel
+
+log = logging.getLogger(__name__)
+
+LLM_FOLDER = "LLM"
+folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+
+_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SEED_MAX = 2**53 - 1  # exact in the browser's numbers and within an OpenAI int64 seed
+
+
+def llm_folders() -> list[str]:
+    """Model folders (with a config.json) directly inside every registered models/LLM path."""
+    names: set[str] = set()
+    for root in folder_paths.get_folder_paths(LLM_FOLDER):
+        if os.path.isdir(root):
+            names.update(e.name for e in os.scandir(root) if e.is_dir() and os.path.isfile(os.path.join(e.path, "config.json")))
+    return sorted(names)
+
+
+def _resolve_folder(name: str) -> Path:
+    for root in folder_paths.get_folder_paths(LLM_FOLDER):
+        candidate = Path(root) / name
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ValueError(f"model_name={name!r} is not a model folder in models/{LLM_FOLDER}; found: {llm_folders()}")
+
+
+def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if _DTYPES.get(choice) is not None:
+        return _DTYPES[choice]
+    if mm.is_device_cpu(device):
+        return torch.float32  # portable and exact on CPUs without fast bf16
+    return torch.bfloat16 if mm.should_use_bf16(device, prioritize_performance=False) else torch.float16
+
+
+def _session(patcher: comfy.model_patcher.ModelPatcher):
+    """Load the LM through ComfyUI's model management for one call, then offload it."""
+
+    @contextlib.contextmanager
+    def run(memory_required: int) -> Iterator[torch.device]:
+        # Plain HF modules have no lowvram casting, so the model must load whole.
+        mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+        local: LocalLM = patcher.model
+        local.buffers_to(patcher.load_device)
+        try:
+            yield patcher.load_device
+        finally:
+            patcher.detach(unpatch_all=True)  # back to the offload device; stays in the manager
+
+    return run
+
+
+class HunyuanVideoRewriteModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoRewriteModelLoader",
+            display_name="HunyuanVideo Rewrite Model Loader (local LM)",
+            category=CATEGORY,
+            description="Loads a chat/instruct causal LM from models/LLM for prompt rewrite.",
+            inputs=[
+                io.Combo.Input("model_name", options=llm_folders(),
+                               tooltip="A Hugging Face model folder in models/LLM with a chat template "
+                                       "(e.g. Qwen2.5-3B-Instruct)."),
+                io.Combo.Input("dtype", options=list(_DTYPES), default="auto",
+                               tooltip="Weight dtype; auto = fp32 on CPU, bf16/fp16 on GPU."),
+            ],
+            outputs=[RewriteModel.Output(display_name="rewrite_model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
+        folder = _resolve_folder(model_name)
+        load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
+        weight_dtype = _pick_dtype(dtype, load_device)
+        local = load_local_lm(folder, weight_dtype)
+        patcher = comfy.model_patcher.ModelPatcher(local, load_device=load_device, offload_device=offload_device)
+        stamp = max(p.stat().st_mtime_ns for p in weight_files(folder))
+        backend = LocalBackend(local, (str(folder), str(weight_dtype), stamp), session=_session(patcher))
+        return io.NodeOutput(backend)
+
+
+class HunyuanVideoRewriteEndpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoRewriteEndpoint",
+            display_name="HunyuanVideo Rewrite Endpoint (OpenAI-compatible)",
+            category=CATEGORY,
+            description="Rewrite with a chat-completions server (vLLM, llama.cpp, Ollama, OpenAI...).",
+            inputs=[
+                io.String.Input("endpoint_url", default="http://127.0.0.1:8000/v1",
+                                tooltip="Base URL (.../v1) or the full .../v1/chat/completions URL."),
+                io.String.Input("model", default="hunyuan-rewrite",
+                                tooltip="Model name the server expects in the request."),
+                io.String.Input("api_key_env", default="OPENAI_API_KEY",
+                                tooltip="NAME of the environment variable holding the API key (the key "
+                                        "itself never goes into the workflow). Empty = send no key."),
+                io.Float.Input("timeout_s", default=60.0, min=1.0, max=600.0, step=1.0,
+                               tooltip="Total deadline in seconds for the request, retries included."),
+                io.Int.Input("max_retries", default=2, min=0, max=10,
+                             tooltip="Extra attempts after a refused connection, timeout or HTTP 5xx/429."),
+            ],
+            outputs=[RewriteModel.Output(display_name="rewrite_model")],
+        )
+
+    @classmethod
+    def execute(cls, endpoint_url: str, model: str, api_key_env: str, timeout_s: float,
+                max_retries: int) -> io.NodeOutput:
+        return io.NodeOutput(EndpointBackend(endpoint_url, model, api_key_env.strip(), timeout_s, max_retries))
+
+
+class HunyuanVideoPromptRewrite(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoPromptRewrite",
+            display_name="HunyuanVideo Prompt Rewrite",
+            category=CATEGORY,
+            description="Expands a short prompt into the detailed English description HunyuanVideo expects.",
+            is_output_node=True,
+            inputs=[
+                RewriteModel.Input("rewrite_model", tooltip="A local LM loader or an endpoint node."),
+                io.String.Input("prompt", multiline=True, tooltip="The prompt to rewrite (any language)."),
+                io.Combo.Input("mode", options=list(MODES), default="Normal",
+                               tooltip="Normal: a compact description. Master: also composition, "
+                                       "lighting and camera movement in detail."),
+                io.Float.Input("temperature", default=0.7, min=0.0, max=2.0, step=0.05,
+                               tooltip="Sampling temperature; 0 = greedy (always the same text)."),
+                io.Float.Input("top_p", default=0.9, min=0.05, max=1.0, step=0.05,
+                               tooltip="Nucleus sampling: keep the smallest token set with this much probability."),
+                io.Int.Input("max_new_tokens", default=400, min=1, max=4096,
+                             tooltip="Upper bound on the length of the rewritten prompt, in tokens."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=False,
+                             tooltip="Sampling seed: the same seed and inputs give the same rewrite."),
+            ],
+            outputs=[io.String.Output(display_name="prompt")],
+        )
+
+    @classmethod
+    def execute(cls, rewrite_model, prompt: str, mode: str, temperature: float, top_p: float,
+                max_new_tokens: int, seed: int) -> io.NodeOutput:
+        params = SamplingParams(temperature, top_p, max_new_tokens, seed)
+        bar = comfy.utils.ProgressBar(max_new_tokens)
+
+        def progress(done: int, total: int) -> None:
+            mm.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total)
+
+        result = rewrite(prompt, mode, rewrite_model, params, progress=progress)
+        return io.NodeOutput(result.text, ui=ui.PreviewText(result.ui_text()))
+
+
+NODES = [HunyuanVideoRewriteModelLoader, HunyuanVideoRewriteEndpoint, HunyuanVideoPromptRewrite]

@@ -1,0 +1,164 @@
+"""A real HTTP server that speaks (a little) OpenAI chat-completions, for tests.
+
+It listens on 127.0.0.1 on a free port, in a daemon thread, and answers
+``POST /v1/chat/completions`` according to its ``mode``, which a test may change at any time:
+
+- ``"normal"``: 200 with ``reply`` as the assistant content (``"{prompt}"`` in ``reply`` is
+  replaced by the last user message, so tests can see what was sent);
+- ``"error500"``: 500 with a JSON error body;
+- ``"hang"``: sleeps ``hang_s`` seconds before answering (longer than any test timeout);
+- ``"garbage"``: 200 with a body that is not JSON;
+- ``"empty"``: 200 with empty assistant content;
+- ``"flaky"``: 500 for the first ``flaky_failures`` requests, then like ``"normal"``.
+
+Every request is recorded (path, headers, parsed JSON body) in ``requests``. ``closed_port()``
+gives a URL where nothing listens, for connection-refused tests.
+
+    with FakeOpenAIServer() as server:
+        server.mode = "hang"
+        url = server.url  # http://127.0.0.1:PORT/v1
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky")
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict | None
+    raw: bytes = b""
+    time: float = field(default_factory=time.monotonic)
+
+
+class FakeOpenAIServer:
+    def __init__(self, mode: str = "normal", reply: str = "A rewritten prompt about {prompt}.",
+                 hang_s: float = 30.0, flaky_failures: int = 1) -> None:
+        self.mode = mode
+        self.reply = reply
+        self.hang_s = hang_s
+        self.flaky_failures = flaky_failures
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The base URL a client is configured with (``.../v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # wakes "hang" handlers so the process does not linger
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def record(self, request: RecordedRequest) -> int:
+        with self._lock:
+            self.requests.append(request)
+            return len(self.requests)
+
+    def reset(self, mode: str = "normal") -> None:
+        with self._lock:
+            self.requests.clear()
+        self.mode = mode
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 whose port was just free and is closed: connections are refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def _completion(content: str, model: str) -> dict:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+                self.close_connection = True
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            if self.path.rstrip("/").endswith("/models"):
+                self._send(200, json.dumps({"data": [{"id": "fake-model"}]}).encode())
+            else:
+                self._send(404, b'{"error": "not found"}')
+
+        def do_POST(self) -> None:  # noqa: N802
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            count = server.record(RecordedRequest(self.path, dict(self.headers.items()), body, raw))
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                self._send(404, b'{"error": {"message": "unknown path"}}')
+                return
+            mode = server.mode
+            if mode == "flaky":
+                mode = "error500" if count <= server.flaky_failures else "normal"
+            if mode == "hang":
+                server._stop.wait(server.hang_s)
+                mode = "normal"
+            if mode == "error500":
+                self._send(500, b'{"error": {"message": "fake internal error"}}')
+            elif mode == "garbage":
+                self._send(200, b"<html>this is not json", "text/html")
+            elif mode == "empty":
+                self._send(200, json.dumps(_completion("", "fake-model")).encode())
+            else:
+                prompt = ""
+                if body and body.get("messages"):
+                    prompt = body["messages"][-1].get("content", "")
+                content = server.reply.replace("{prompt}", prompt)
+                self._send(200, json.dumps(_completion(content, (body or {}).get("model", "?"))).encode())
+
+    return Handler

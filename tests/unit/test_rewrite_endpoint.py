@@ -1,0 +1,174 @@
+"""The endpoint backend against a real local HTTP server (tests/fake_openai_server.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hunyuan.rewrite import RewriteCache, SamplingParams, build_messages, rewrite
+from hunyuan.rewrite.endpoint import EndpointBackend, chat_completions_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fake_openai_server import FakeOpenAIServer, closed_port_url  # noqa: E402
+
+KEY_ENV = "HYVID_TEST_REWRITE_KEY"
+TIMEOUT = 1.5
+SLACK = 1.0  # scheduling noise on a shared 2-core machine; a hang would take hang_s=30 s
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer(hang_s=30.0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fake(server, monkeypatch):
+    server.reset("normal")
+    server.reply = "Sure! Here is the rewritten prompt: A cinematic shot of {prompt}."
+    monkeypatch.setenv(KEY_ENV, "sk-test-123")
+    return server
+
+
+def backend(url: str, **kw) -> EndpointBackend:
+    kw.setdefault("api_key_env", KEY_ENV)
+    kw.setdefault("timeout_s", TIMEOUT)
+    kw.setdefault("max_retries", 2)
+    return EndpointBackend(url, "fake-model", **kw)
+
+
+def timed_error(call, error=RuntimeError):
+    start = time.monotonic()
+    with pytest.raises(error) as info:
+        call()
+    return str(info.value), time.monotonic() - start
+
+
+def test_normal_reply_and_request_contents(fake):
+    params = SamplingParams(temperature=0.2, top_p=0.95, max_new_tokens=77, seed=1234)
+    result = rewrite("a red fox", "Master", backend(fake.url), params, cache=None)
+    assert result.text == "A cinematic shot of a red fox."
+    (request,) = fake.requests
+    assert request.path == "/v1/chat/completions"
+    assert request.headers["Authorization"] == "Bearer sk-test-123"
+    assert request.headers["Content-Type"] == "application/json"
+    body = request.body
+    assert body["model"] == "fake-model"
+    assert body["messages"] == build_messages("a red fox", "Master")
+    assert (body["seed"], body["temperature"], body["top_p"], body["max_tokens"]) == (1234, 0.2, 0.95, 77)
+    assert body["stream"] is False
+
+
+def test_key_comes_from_the_named_env_var_only(fake, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-other")
+    b = backend(fake.url)
+    b.complete(build_messages("x", "Normal"), SamplingParams())
+    assert fake.requests[-1].headers["Authorization"] == "Bearer sk-other"
+    assert "sk-other" not in repr(b.identity()) and "sk-other" not in repr(b)
+
+
+def test_no_key_env_sends_no_authorization(fake):
+    backend(fake.url, api_key_env="").complete(build_messages("x", "Normal"), SamplingParams())
+    assert "Authorization" not in fake.requests[-1].headers
+
+
+def test_missing_env_var_is_a_clear_error_without_a_request(fake, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    message, _ = timed_error(lambda: backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams()),
+                             ValueError)
+    assert KEY_ENV in message and "not set" in message and fake.url in message
+    assert fake.requests == []
+
+
+def test_key_value_instead_of_name_is_rejected():
+    with pytest.raises(ValueError, match="NAME of a variable"):
+        EndpointBackend("http://127.0.0.1:1/v1", "m", api_key_env="sk-abc-123")
+
+
+def test_http_500_retries_then_fails_within_timeout(fake):
+    fake.mode = "error500"
+    message, elapsed = timed_error(
+        lambda: backend(fake.url, max_retries=2).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "HTTP 500" in message and fake.url in message and "chat/completions endpoint" in message
+    assert len(fake.requests) == 3
+    assert elapsed < TIMEOUT + SLACK
+
+
+def test_transient_500_is_retried(fake):
+    fake.mode = "flaky"
+    fake.flaky_failures = 1
+    text = backend(fake.url, timeout_s=5.0).complete(build_messages("a boat", "Normal"), SamplingParams())
+    assert "a boat" in text and len(fake.requests) == 2
+
+
+def test_hang_fails_within_timeout(fake):
+    fake.mode = "hang"
+    message, elapsed = timed_error(
+        lambda: backend(fake.url, max_retries=3).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "timed out" in message and fake.url in message and f"timeout_s={TIMEOUT:g}" in message
+    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + SLACK  # retries share one deadline
+
+
+def test_malformed_json_is_a_clear_error_without_retry(fake):
+    fake.mode = "garbage"
+    message, elapsed = timed_error(
+        lambda: backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "malformed JSON" in message and fake.url in message and "<html>" in message
+    assert len(fake.requests) == 1 and elapsed < TIMEOUT
+
+
+def test_json_without_choices_is_a_clear_error():
+    from hunyuan.rewrite.endpoint import parse_reply
+
+    with pytest.raises(RuntimeError, match=r"without choices\[0\]\.message"):
+        parse_reply("http://h/v1/chat/completions", json.dumps({"error": "nope"}).encode())
+
+
+def test_connection_refused_fails_within_timeout(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-test-123")
+    url = closed_port_url()
+    message, elapsed = timed_error(
+        lambda: backend(url, max_retries=2).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "connection refused" in message and url in message
+    assert elapsed < TIMEOUT + SLACK
+
+
+def test_empty_content_falls_back(fake):
+    fake.mode = "empty"
+    result = rewrite("a lighthouse", "Normal", backend(fake.url), SamplingParams(), cache=RewriteCache())
+    assert result.fell_back and result.text == "a lighthouse" and "fell back" in result.ui_text()
+
+
+def test_cache_avoids_a_second_request(fake):
+    cache = RewriteCache()
+    b = backend(fake.url)
+    params = SamplingParams(seed=5)
+    first = rewrite("a kite", "Normal", b, params, cache=cache)
+    second = rewrite("a kite", "Normal", b, params, cache=cache)
+    assert second.cached and second.text == first.text and len(fake.requests) == 1
+    rewrite("a kite", "Normal", b, SamplingParams(seed=6), cache=cache)
+    assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("https://api.example.com/v1/chat/completions", "https://api.example.com/v1/chat/completions"),
+        ("http://host/openai/v1", "http://host/openai/v1/chat/completions"),
+    ],
+)
+def test_url_forms(given, expected):
+    assert chat_completions_url(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "127.0.0.1:8000", "ftp://host/v1", "http://"])
+def test_bad_url_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="endpoint_url="):
+        chat_completions_url(bad)
