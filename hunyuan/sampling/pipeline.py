@@ -1,0 +1,120 @@
+"""Sampling a video latent with the DiT: the glue between the loop and the model.
+
+Latent spaces: ``LATENT`` (what ComfyUI nodes pass around) is the *raw* VAE latent. The DiT
+works on ``raw * MODEL_LATENT_SCALE`` (the VAE's scaling factor), and the noise is drawn in
+that model space; the result is divided back before it leaves. This matches ComfyUI's
+``latent_formats.HunyuanVideo`` (process_in / process_out) and diffusers' pipeline (which
+divides by ``vae.config.scaling_factor`` before decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..conditioning import RefinedConditioning, RefinedText
+from .loop import StepCallback, guided_velocity, noise_latent, sample_flow
+from .schedule import NUM_TRAIN_TIMESTEPS, check_sigmas, denoise_start_index
+from .solvers import VelocityFn
+
+MODEL_LATENT_SCALE = 0.476986
+SCHEDULE_TOLERANCE = 1e-5
+
+
+def check_schedule_match(text: RefinedText, sigmas: torch.Tensor, which: str = "positive") -> None:
+    """The refined tokens were computed for one schedule; sampling must use the same one."""
+    own = text.sigmas.detach().to("cpu", torch.float32)
+    if own.shape != sigmas.shape or not torch.allclose(own, sigmas, atol=SCHEDULE_TOLERANCE, rtol=0):
+        raise ValueError(
+            f"the {which} conditioning was refined for {len(own) - 1} steps (sigmas {_brief(own)}) but the "
+            f"sampler got {len(sigmas) - 1} steps (sigmas {_brief(sigmas)}); connect the same SIGMAS "
+            "to the token refiner and the sampler"
+        )
+    if text.tokens.shape[0] != len(sigmas) - 1:
+        raise ValueError(f"the {which} conditioning has tokens for {text.tokens.shape[0]} steps, expected {len(sigmas) - 1}")
+
+
+def _brief(sigmas: torch.Tensor) -> str:
+    values = [f"{v:.4f}" for v in sigmas.tolist()]
+    return "[" + ", ".join(values if len(values) <= 6 else values[:3] + ["..."] + values[-2:]) + "]"
+
+
+def text_velocity(
+    model: Callable[..., torch.Tensor],
+    text: RefinedText,
+    sigmas: torch.Tensor,
+    *,
+    offset: int,
+    guidance: float | None,
+) -> VelocityFn:
+    """velocity(x, i): the DiT at ``sigmas[i]`` with the refined tokens of schedule step offset+i.
+
+    x: [B,16,T,H,W] float32 model space -> [B,16,T,H,W] float32 velocity.
+    """
+
+    def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
+        batch = x.shape[0]
+        tokens, mask, pooled = text.tokens[offset + i], text.mask, text.pooled
+        if tokens.shape[0] != batch:
+            if tokens.shape[0] != 1:
+                raise ValueError(f"conditioning batch {tokens.shape[0]} does not match latent batch {batch}")
+            tokens, mask, pooled = (t.expand(batch, *t.shape[1:]) for t in (tokens, mask, pooled))
+        timestep = (sigmas[i] * NUM_TRAIN_TIMESTEPS).to(x.device).expand(batch)
+        g = None if guidance is None else torch.full((batch,), float(guidance), device=x.device)
+        out = model(x, timestep, None, mask, pooled, g, refined_text=tokens)
+        return out.to(torch.float32)
+
+    return velocity
+
+
+def sample_video(
+    model: Callable[..., torch.Tensor],
+    conditioning: RefinedConditioning,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    latent: torch.Tensor | None = None,
+    denoise: float = 1.0,
+    cfg: float = 1.0,
+    embedded_guidance: float | None = 6.0,
+    solver: str = "euler",
+    device: torch.device | str = "cpu",
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample a video latent.
+
+    noise:   [B,16,T,H,W] standard normal (drawn in model space), any device
+    latent:  [B,16,T,H,W] raw VAE latent to start from (video-to-video), or None
+    denoise: the noise level the input latent is brought to; sampling starts at the first step
+             whose sigma is <= denoise (1.0 = from pure noise)
+    cfg:     true classifier-free guidance with the conditioning's negative (off at 1.0)
+    Returns: [B,16,T,H,W] float32 raw VAE latent on ``device``.
+    """
+    sigmas = check_sigmas(sigmas)
+    check_schedule_match(conditioning.positive, sigmas, "positive")
+    negative = conditioning.negative if cfg != 1.0 else None
+    if negative is not None:
+        check_schedule_match(negative, sigmas, "negative")
+    start = denoise_start_index(sigmas, denoise)
+    run = sigmas[start:].to(device)
+    if solver == "heun" and float(run[-1]) != 0.0:
+        raise ValueError("solver='heun' needs a schedule that ends at sigma 0 (its corrector has no tokens past the end)")
+    noise = noise.to(device=device, dtype=torch.float32)
+    if latent is None:
+        if float(run[0]) < 1.0:
+            raise ValueError(
+                f"the schedule starts at sigma {float(run[0]):.4f} (< 1, denoise={denoise}) but no input latent "
+                "was given: partial denoising needs a latent to start from"
+            )
+        x = noise
+    else:
+        if latent.shape != noise.shape:
+            raise ValueError(f"latent has shape {tuple(latent.shape)}, expected {tuple(noise.shape)} for this size")
+        x = noise_latent(latent.to(device) * MODEL_LATENT_SCALE, noise, float(run[0]))
+    cond = text_velocity(model, conditioning.positive, run, offset=start, guidance=embedded_guidance)
+    uncond = None
+    if negative is not None:
+        uncond = text_velocity(model, negative, run, offset=start, guidance=embedded_guidance)
+    out = sample_flow(guided_velocity(cond, uncond, cfg), x, run, solver=solver, callback=callback)
+    return out / MODEL_LATENT_SCALE
