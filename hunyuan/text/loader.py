@@ -77,8 +77,11 @@ def clip_config(found: FoundWeights) -> CLIPTextConfig:
     return CLIPTextConfig(**base)
 
 
-def _file_dtype(sd: dict[str, torch.Tensor], key: str) -> torch.dtype:
-    return sd[key].dtype
+def _file_dtype(found: FoundWeights, key: str) -> torch.dtype:
+    """The file's dtype; fp8 as soon as any weight is fp8 (ComfyUI's fp8_scaled keeps embeddings 16-bit)."""
+    if found.scales or any(t.dtype == FP8 for t in found.tensors.values()):
+        return FP8
+    return found.tensors[key].dtype
 
 
 def _cast(name: str, tensor: torch.Tensor, scale, dtype: DtypeChoice, fp8_names: set[str]) -> torch.Tensor:
@@ -111,7 +114,7 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
 
 
 def build_llm(found: FoundWeights, dtype: DtypeChoice) -> LlamaModel:
-    dtype = resolve(dtype, _file_dtype(found.tensors, "embed_tokens.weight"))
+    dtype = resolve(dtype, _file_dtype(found, "embed_tokens.weight"))
     config = llama_config(found)
     config._attn_implementation = "sdpa"
     with init_empty_weights():
@@ -123,7 +126,7 @@ def build_llm(found: FoundWeights, dtype: DtypeChoice) -> LlamaModel:
 
 def build_clip(found: FoundWeights, dtype: DtypeChoice) -> CLIPTextModel:
     key = "text_model.embeddings.token_embedding.weight"
-    dtype = resolve(dtype, _file_dtype(found.tensors, key))
+    dtype = resolve(dtype, _file_dtype(found, key))
     if dtype.fp8:  # CLIP-L is 123M params: fp8 storage is not worth its accuracy cost
         dtype = DtypeChoice(dtype.compute, dtype.compute)
     config = clip_config(found)
