@@ -87,9 +87,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv3d(in_ch, hidden, kernel_size=patch, stride=patch, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.proj.weight, self.proj.bias
-        if w.dtype != x.dtype:
-            w, b = w.to(x.dtype), b.to(x.dtype)
+        w, b = self.proj.weight.to(x), self.proj.bias.to(x)
         return F.conv3d(x, w, b, stride=self.proj.stride).flatten(2).transpose(1, 2)
 
 
@@ -104,7 +102,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        return normed * self.weight.to(x.dtype)
+        return normed * self.weight.to(x)
 
 
 class MLP(nn.Module):

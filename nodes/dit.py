@@ -1,0 +1,171 @@
+"""DiT stage nodes: load the DiT, and precompute the token refiner's output for a schedule.
+
+The loader takes the token refiner (``txt_in``, ~309M params in the real model) out of the DiT
+and gives it its own ModelPatcher: the DiT patcher then sizes and moves only what sampling needs,
+and the refiner is loaded by the refiner node alone, through ComfyUI's model management.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.ldm.modules.attention
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..hunyuan.conditioning import PromptEmbeds, RefinedConditioning
+from ..hunyuan.dit import (
+    available_backends,
+    precompute_refined_text,
+    register_attention_backend,
+    resolve_backend,
+)
+from ..hunyuan.dit.attention import per_item_valid_keys
+from ..hunyuan.dit.checkpoint import load_dit
+from .types import CATEGORY, Conditioning, DiT, TextEmbeds
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {
+    "default": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+}
+
+
+def _comfy_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask=None) -> torch.Tensor:
+    """ComfyUI's optimized attention (whatever --use-*-attention picked): [B,H,N,D] -> [B,N,H*D]."""
+    return comfy.ldm.modules.attention.optimized_attention(q, k, v, q.shape[1], skip_reshape=True)
+
+
+# ComfyUI's backends take masks in different forms; running each item on its valid keys needs none.
+register_attention_backend("comfy", per_item_valid_keys(_comfy_attention))
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where supported (and on CPUs, where it is the fast GEMM dtype), else fp16."""
+    if mm.is_device_cpu(device) or mm.should_use_bf16(device):
+        return torch.bfloat16
+    return torch.float16
+
+
+def refiner_patcher(dit: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
+    """The refiner's own patcher; created (and ``txt_in`` detached) on first use if needed."""
+    model = dit.model
+    patcher = getattr(model, "refiner_patcher", None)
+    if patcher is None:
+        refiner = model.detach_refiner()
+        patcher = comfy.model_patcher.ModelPatcher(refiner, load_device=dit.load_device, offload_device=dit.offload_device)
+        model.refiner_patcher = patcher
+    return patcher
+
+
+class HunyuanVideoDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoDiTLoader",
+            display_name="HunyuanVideo DiT Loader",
+            category=CATEGORY,
+            description="Loads the HunyuanVideo transformer from Tencent, ComfyUI or diffusers files (bf16/fp16/fp8).",
+            inputs=[
+                io.Combo.Input(
+                    "dit_name",
+                    options=folder_paths.get_filename_list("diffusion_models"),
+                    tooltip="DiT weights in models/diffusion_models: Tencent .pt/.safetensors, ComfyUI "
+                    "repackaged or diffusers layout; an fp8 Tencent file uses its *_map.pt scales.",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(WEIGHT_DTYPES),
+                    default="default",
+                    tooltip="Storage dtype of the weights. fp8_e4m3fn halves memory: block weights stay "
+                    "fp8 and are upcast one layer at a time. 'default' = bf16 (fp16 where bf16 is slow).",
+                ),
+                io.Combo.Input(
+                    "attention",
+                    options=available_backends(),
+                    default="auto",
+                    tooltip="Attention kernel: auto picks sage, then flash, then sdpa; 'comfy' uses "
+                    "ComfyUI's own choice. A backend that cannot run here is reported at load.",
+                ),
+            ],
+            outputs=[DiT.Output(display_name="dit", tooltip="The DiT in ComfyUI's model manager.")],
+        )
+
+    @classmethod
+    def execute(cls, dit_name: str, weight_dtype: str, attention: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("diffusion_models", dit_name)
+        load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+        resolve_backend(attention, load_device)  # fail here, not in the middle of sampling
+        storage = WEIGHT_DTYPES[weight_dtype]
+        dtype = storage if storage in (torch.bfloat16, torch.float16, torch.float32) else compute_dtype(load_device)
+        fp8 = storage if storage == torch.float8_e4m3fn else None
+        model = load_dit(path, device=offload_device, dtype=dtype, weight_dtype=fp8)
+        model.attention_backend = attention
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        refiner_patcher(patcher)
+        log.info("HunyuanVideo DiT %s: compute %s, attention %s, %.0f MB without txt_in",
+                 dit_name, dtype, attention, patcher.model_size() / 2**20)
+        return io.NodeOutput(patcher)
+
+
+class HunyuanVideoTokenRefiner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoTokenRefiner",
+            display_name="HunyuanVideo Token Refiner",
+            category=CATEGORY,
+            description="Runs the DiT's token refiner once per step of the schedule, so sampling never "
+            "needs it on the device.",
+            inputs=[
+                DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader (its token refiner is used)."),
+                TextEmbeds.Input("text_embeds", tooltip="Positive (and optional negative) prompt embeddings."),
+                io.Sigmas.Input(
+                    "sigmas",
+                    tooltip="The sampling schedule; the sampler must use the same one (it checks).",
+                ),
+            ],
+            outputs=[Conditioning.Output(display_name="conditioning",
+                                         tooltip="Refined text tokens for every step, positive and negative.")],
+        )
+
+    @classmethod
+    def execute(cls, dit, text_embeds: PromptEmbeds, sigmas: torch.Tensor) -> io.NodeOutput:
+        if not isinstance(text_embeds, PromptEmbeds):
+            raise ValueError(f"text_embeds is a {type(text_embeds).__name__}, expected PromptEmbeds from the text encoder")
+        if sigmas.ndim != 1 or sigmas.numel() < 2:
+            raise ValueError(f"sigmas has shape {tuple(sigmas.shape)}, expected [steps + 1] with at least 2 values")
+        patcher = refiner_patcher(dit)
+        model = dit.model
+        embeds = [text_embeds.positive] + ([text_embeds.negative] if text_embeds.negative is not None else [])
+        tokens = max(e.states.shape[0] * e.states.shape[1] for e in embeds)
+        memory = tokens * model.config.hidden_size * 4 * 24  # activations of one refiner block, generous
+        mm.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
+        device = patcher.load_device
+        _, attn = resolve_backend(model.attention_backend, device)
+        out = [
+            precompute_refined_text(patcher.model, e, sigmas, device=device, dtype=model.compute_dtype, attn=attn)
+            for e in embeds
+        ]
+        out = [_to_intermediate(r) for r in out]
+        return io.NodeOutput(RefinedConditioning(positive=out[0], negative=out[1] if len(out) > 1 else None))
+
+
+def _to_intermediate(refined):
+    device = mm.intermediate_device()
+    return type(refined)(
+        sigmas=refined.sigmas,
+        tokens=refined.tokens.to(device),
+        mask=refined.mask.to(device),
+        pooled=refined.pooled.to(device),
+    )
+
+
+NODES = [HunyuanVideoDiTLoader, HunyuanVideoTokenRefiner]
