@@ -1,0 +1,263 @@
+"""Text-encoder nodes: load LLaVA-Llama-3 + CLIP-L, encode prompts, bridge native CONDITIONING.
+
+The model code is in ``hunyuan/text``; this module finds files in ComfyUI's model folders,
+passes ComfyUI's shipped tokenizer folders for single-file checkpoints, and runs the encoders
+through ComfyUI's model management.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd1_clip
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..hunyuan.conditioning import PromptEmbeds, TextEmbeds
+from ..hunyuan.text import (
+    DTYPE_CHOICES,
+    TEMPLATE_NAMES,
+    EncodeOptions,
+    TextEncoders,
+    encode_prompts,
+    get_template,
+    load_clip,
+    load_clip_tokenizer,
+    load_llm,
+    load_llm_tokenizer,
+    parse_dtype,
+)
+from .types import CATEGORY, TextEncoder
+from .types import TextEmbeds as TextEmbedsSocket
+
+log = logging.getLogger(__name__)
+
+LLM_FOLDER, TE_FOLDER = "LLM", "text_encoders"  # "clip" is an alias of text_encoders in ComfyUI
+folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+COMFY_DIR = Path(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)))
+LLAMA_TOKENIZER = COMFY_DIR / "text_encoders" / "llama_tokenizer"
+CLIP_TOKENIZER = COMFY_DIR / "sd1_tokenizer"
+
+
+def _hf_folders(kind: str) -> dict[str, Path]:
+    found = {}
+    for root in folder_paths.get_folder_paths(kind):
+        if os.path.isdir(root):
+            for entry in sorted(os.scandir(root), key=lambda e: e.name):
+                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json")):
+                    found.setdefault(entry.name, Path(entry.path))
+    return found
+
+
+def _single_files() -> list[str]:
+    """text_encoders/clip files that are not inside an HF folder."""
+    folders = set(_hf_folders(TE_FOLDER))
+    return [f for f in folder_paths.get_filename_list(TE_FOLDER) if f.replace("\\", "/").split("/")[0] not in folders]
+
+
+def llm_sources() -> list[str]:
+    return sorted(_hf_folders(LLM_FOLDER)) + _single_files()
+
+
+def clip_sources() -> list[str]:
+    return sorted(_hf_folders(TE_FOLDER)) + _single_files()
+
+
+def _resolve(name: str, folders: dict[str, Path], what: str) -> Path:
+    if name in folders:
+        return folders[name]
+    path = folder_paths.get_full_path(TE_FOLDER, name)
+    if path is None:
+        raise ValueError(f"{what}={name!r} is neither a model folder nor a file in models/{TE_FOLDER}")
+    return Path(path)
+
+
+def _tokenizer_dir(source: Path, needed: str, fallback: Path) -> Path:
+    """An HF folder's own tokenizer when it has one, else the one ComfyUI ships."""
+    return source if source.is_dir() and (source / needed).is_file() else fallback
+
+
+class HeldModel(torch.nn.Module):
+    """Holds an HF model for ModelPatcher (which writes attributes such as ``device`` on it)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
+@dataclass
+class LoadedTextEncoder:
+    """What travels on the HYVID_TEXT_ENCODER socket."""
+
+    llm: comfy.model_patcher.ModelPatcher
+    clip: comfy.model_patcher.ModelPatcher
+    llm_tokenizer: object
+    clip_tokenizer: object
+
+
+def _patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    return comfy.model_patcher.ModelPatcher(
+        HeldModel(model), load_device=mm.text_encoder_device(), offload_device=mm.text_encoder_offload_device())
+
+
+class HunyuanVideoTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoTextEncoderLoader",
+            display_name="HunyuanVideo Text Encoder Loader",
+            category=CATEGORY,
+            description="Loads the LLaVA-Llama-3 language model and CLIP-L from any layout (HF folder, full "
+                        "LLaVA checkpoint, ComfyUI single files). The LLaVA vision tower is never read.",
+            inputs=[
+                io.Combo.Input("llm", options=llm_sources(),
+                               tooltip="models/LLM folder (text-encoder split or the full LLaVA-Llama-3 "
+                                       "checkpoint) or a models/text_encoders file such as llava_llama3_fp16."),
+                io.Combo.Input("clip", options=clip_sources(),
+                               tooltip="CLIP-L: a models/clip HF folder or a file such as clip_l.safetensors."),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
+                               tooltip="Weight storage. auto keeps the file's dtype (no copy in RAM); fp8 "
+                                       "stores LLM linear weights in float8 and computes in bf16/fp16."),
+            ],
+            outputs=[TextEncoder.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, llm: str, clip: str, dtype: str) -> io.NodeOutput:
+        choice = parse_dtype(dtype)
+        llm_path = _resolve(llm, _hf_folders(LLM_FOLDER), "llm")
+        clip_path = _resolve(clip, _hf_folders(TE_FOLDER), "clip")
+        llm_tok = load_llm_tokenizer(_tokenizer_dir(llm_path, "tokenizer.json", LLAMA_TOKENIZER))
+        clip_tok = load_clip_tokenizer(_tokenizer_dir(clip_path, "vocab.json", CLIP_TOKENIZER))
+        encoder = LoadedTextEncoder(_patcher(load_llm(llm_path, choice)), _patcher(load_clip(clip_path, choice)),
+                                    llm_tok, clip_tok)
+        return io.NodeOutput(encoder)
+
+
+def _memory_required(encoder: LoadedTextEncoder, batch: int) -> int:
+    config = encoder.llm.model.inner.config
+    tokens = batch * (256 + 128)  # prompt budget + template
+    return tokens * (config.intermediate_size * 3 + config.hidden_size * 6) * 4 + (64 << 20)
+
+
+def run_encode(encoder: LoadedTextEncoder, prompts: list[str], options: EncodeOptions,
+               negative: list[str] | None) -> PromptEmbeds:
+    """Load both encoders through ComfyUI's manager, encode, return embeds on the intermediate device."""
+    batch = len(prompts) * (2 if negative else 1)
+    mm.load_models_gpu([encoder.llm, encoder.clip], memory_required=_memory_required(encoder, batch),
+                       force_full_load=True)
+    try:
+        models = TextEncoders(encoder.llm.model.inner, encoder.llm_tokenizer, encoder.clip.model.inner,
+                              encoder.clip_tokenizer)
+        embeds = encode_prompts(models, prompts, options, encoder.llm.load_device, negative=negative)
+    finally:
+        for patcher in (encoder.llm, encoder.clip):
+            patcher.detach(unpatch_all=True)  # back to the offload device; stays in the manager
+    return _to_device(embeds, mm.intermediate_device())
+
+
+def _move(t: TextEmbeds, device) -> TextEmbeds:
+    return TextEmbeds(states=t.states.to(device), mask=t.mask.to(device), pooled=t.pooled.to(device))
+
+
+def _to_device(embeds: PromptEmbeds, device) -> PromptEmbeds:
+    negative = None if embeds.negative is None else _move(embeds.negative, device)
+    return PromptEmbeds(positive=_move(embeds.positive, device), negative=negative)
+
+
+class HunyuanVideoTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoTextEncode",
+            display_name="HunyuanVideo Text Encode",
+            category=CATEGORY,
+            description="Encodes a prompt (and an optional negative prompt for true CFG) into LLM states + "
+                        "mask and the CLIP-L pooled vector. The prompt gets the full 256 LLM tokens after "
+                        "the template; longer prompts are truncated with a warning in the log. One prompt "
+                        "per node (batches of prompts: hunyuan.text.encode_prompts).",
+            inputs=[
+                TextEncoder.Input("text_encoder", tooltip="From HunyuanVideo Text Encoder Loader."),
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True,
+                                tooltip="What the video shows. Up to 256 LLM tokens and 77 CLIP tokens are used."),
+                io.String.Input("negative_prompt", multiline=True, default="", optional=True,
+                                tooltip="For true CFG only. Empty = no negative embeds."),
+                io.Combo.Input("template", options=list(TEMPLATE_NAMES), default="video",
+                               tooltip="video/image: Tencent's prompt templates; custom: use custom_template."),
+                io.String.Input("custom_template", multiline=True, default="",
+                                tooltip="Used when template=custom: chat text with one {} where the prompt goes. "
+                                        "The crop offset is measured with the tokenizer."),
+                io.Int.Input("hidden_state_skip_layer", default=2, min=0, max=31,
+                             tooltip="Take the LLM hidden state this many layers below the top (2 = "
+                                     "hidden_states[-3], what HunyuanVideo was trained with)."),
+                io.Boolean.Input("apply_final_norm", default=False,
+                                 tooltip="Apply the LLM's final RMSNorm to the chosen hidden state (off for "
+                                         "HunyuanVideo)."),
+            ],
+            outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder: LoadedTextEncoder, prompt: str, template: str, custom_template: str,
+                hidden_state_skip_layer: int, apply_final_norm: bool, negative_prompt: str = "") -> io.NodeOutput:
+        options = EncodeOptions(get_template(template, custom_template), hidden_state_skip_layer, apply_final_norm)
+        negative = [negative_prompt] if negative_prompt.strip() else None
+        return io.NodeOutput(run_encode(text_encoder, [prompt], options, negative))
+
+
+def conditioning_to_embeds(conditioning: list, name: str) -> TextEmbeds:
+    """Native CONDITIONING ``[[cond [B,L,D], {"pooled_output": [B,768], "attention_mask"?: [B,L]}], ...]``.
+
+    Several entries are stacked along the batch, right-padded to the longest (mask False there).
+    """
+    if not conditioning:
+        raise ValueError(f"{name} is an empty CONDITIONING; expected the output of CLIPTextEncode")
+    states, masks, pooled = [], [], []
+    for cond, extra in conditioning:
+        if extra.get("pooled_output") is None:
+            raise ValueError(f"{name} has no pooled_output; expected CLIPTextEncode with a CLIPLoader of "
+                             "type hunyuan_video (LLaVA-Llama-3 + CLIP-L)")
+        mask = extra.get("attention_mask")
+        mask = torch.ones(cond.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+        states.append(cond)
+        masks.append(mask.to(cond.device))
+        pooled.append(extra["pooled_output"])
+    length = max(s.shape[1] for s in states)
+    states = [torch.nn.functional.pad(s, (0, 0, 0, length - s.shape[1])) for s in states]
+    masks = [torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks]
+    return TextEmbeds(states=torch.cat(states), mask=torch.cat(masks), pooled=torch.cat(pooled))
+
+
+class HunyuanVideoConditioningBridge(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoConditioningBridge",
+            display_name="HunyuanVideo Conditioning Bridge",
+            category=CATEGORY,
+            description="Uses native ComfyUI text encoding (CLIPLoader type hunyuan_video + CLIPTextEncode) "
+                        "with this pack's sampler. Native encoding keeps only the prompt tokens, unpadded.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="CONDITIONING from CLIPTextEncode (hunyuan_video CLIP)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Optional negative CONDITIONING for true CFG."),
+            ],
+            outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
+        )
+
+    @classmethod
+    def execute(cls, positive: list, negative: list | None = None) -> io.NodeOutput:
+        embeds = PromptEmbeds(
+            positive=conditioning_to_embeds(positive, "positive"),
+            negative=None if negative is None else conditioning_to_embeds(negative, "negative"),
+        )
+        return io.NodeOutput(_to_device(embeds, mm.intermediate_device()))
+
+
+NODES = [HunyuanVideoTextEncoderLoader, HunyuanVideoTextEncode, HunyuanVideoConditioningBridge]
