@@ -146,17 +146,34 @@ def encode_chat(local: LocalLM, messages: list[dict[str, str]]) -> torch.Tensor:
 
 
 def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Choose the next token from ``logits`` [V] (float32, CPU): argmax or top-p sampling."""
+    """Choose the next token from ``logits`` [V] (float32, CPU): argmax or top-p sampling.
+
+    Sampling inverts the cumulative distribution with one uniform draw from ``generator``
+    (``torch.multinomial`` is slow on a 100k+ vocabulary).
+    """
     if params.greedy:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    probs = torch.softmax(logits.double() / params.temperature, dim=-1)
+    ids = None
     if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly better tokens
-        sorted_probs = torch.where(before < params.top_p, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        probs, ids = nucleus(probs, params.top_p)
+    cdf = torch.cumsum(probs, dim=-1)
+    draw = torch.rand(1, generator=generator, dtype=torch.float64) * cdf[-1]
+    pos = min(int(torch.searchsorted(cdf, draw, right=True)), probs.numel() - 1)
+    return pos if ids is None else int(ids[pos])
+
+
+def nucleus(probs: torch.Tensor, top_p: float, first_k: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest set of most likely tokens whose mass reaches ``top_p``: (probs, ids), most
+    likely first. Looks at the top ``first_k`` and widens only when they fall short."""
+    k = min(first_k, probs.numel())
+    while True:
+        top, ids = torch.topk(probs, k)
+        before = torch.cumsum(top, dim=-1) - top  # mass of the strictly more likely tokens
+        if float(before[-1] + top[-1]) >= top_p or k == probs.numel():
+            keep = before < top_p
+            return top[keep], ids[keep]
+        k = min(k * 8, probs.numel())
 
 
 @torch.inference_mode()
