@@ -1,0 +1,127 @@
+"""Memory planner vs measurement (CPU) and vs the published 13B figures.
+
+    .venv/bin/python bench/bench_planner.py
+
+CPU measurement: a fresh subprocess builds a DiT, runs one small warm-up forward (so library
+code pages are already resident), records its RSS, runs the measured forward and reads the
+peak RSS (``ru_maxrss``). glibc is told to serve every large allocation with mmap
+(``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS at once and the peak is the peak of
+live tensors. Writes bench/results/bench_planner.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+# (name, DiT config overrides, dtype, latent T/H/W, text tokens, text padding)
+CPU_CASES = [
+    ("d512-fp32", dict(hidden_size=512, num_heads=4, depth_double=1, depth_single=1), "float32", (4, 64, 64), 64, False),
+    ("d512-bf16", dict(hidden_size=512, num_heads=4, depth_double=1, depth_single=1), "bfloat16", (4, 64, 64), 64, False),
+    ("d512-bf16-pad", dict(hidden_size=512, num_heads=4, depth_double=1, depth_single=1), "bfloat16", (4, 64, 64), 64, True),
+    ("d1024-fp32", dict(hidden_size=1024, num_heads=8, depth_double=1, depth_single=1), "float32", (8, 48, 48), 128, False),
+    ("d1024-bf16", dict(hidden_size=1024, num_heads=8, depth_double=1, depth_single=1), "bfloat16", (8, 48, 48), 128, False),
+]
+PUBLISHED_GB = {(1280, 720, 129): 60.0, (960, 544, 129): 45.0}  # Tencent README, no offload, 1 GPU
+
+CHILD = r"""
+import gc, json, resource, sys
+import torch
+sys.path.insert(0, sys.argv[2])
+from hunyuan.dit import DiTConfig, HunyuanVideoDiT
+spec = json.loads(sys.argv[1])
+torch.manual_seed(0)
+dtype = getattr(torch, spec["dtype"])
+cfg = DiTConfig(text_states_dim=64, text_states_dim_2=32, **spec["config"])
+model = HunyuanVideoDiT(cfg, dtype=dtype).eval()
+model.detach_refiner()
+L = spec["text"]
+mask = torch.ones(1, L, dtype=torch.bool)
+if spec["pad"]:
+    mask[:, L // 2:] = False
+pooled = torch.randn(1, cfg.text_states_dim_2)
+tokens = torch.randn(1, L, cfg.hidden_size, dtype=dtype)
+def run(t, h, w):
+    x = torch.randn(1, 16, t, h, w)
+    with torch.no_grad():
+        return model(x, torch.tensor([900.0]), None, mask, pooled, torch.tensor([6.0]), refined_text=tokens)
+run(1, 4, 4)
+gc.collect()
+with open("/proc/self/statm") as f:
+    base = int(f.read().split()[1]) * 4096
+run(*spec["latent"])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"base": base, "peak": peak}))
+"""
+
+
+def measure_forward_peak(config: dict, dtype: str, latent: tuple[int, int, int], text: int, pad: bool) -> int:
+    """Peak bytes above the resident model during one DiT forward on the CPU (subprocess)."""
+    spec = json.dumps({"config": config, "dtype": dtype, "latent": list(latent), "text": text, "pad": pad})
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, spec, str(ROOT)], env=env, capture_output=True, text=True, check=True, timeout=300
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["peak"] - result["base"]
+
+
+def predicted_forward_peak(config: dict, dtype: str, latent: tuple[int, int, int], text: int) -> int:
+    import torch
+
+    from hunyuan.dit import DiTConfig
+    from hunyuan.memory import estimate_sampling_memory
+
+    cfg = DiTConfig(text_states_dim=64, text_states_dim_2=32, **config)
+    t, h, w = latent
+    est = estimate_sampling_memory(
+        cfg, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, text_tokens=text,
+        weight_dtype=getattr(torch, dtype), attention="flash",
+    )
+    return est.activation_bytes
+
+
+def run_cpu_cases() -> list[dict]:
+    rows = []
+    for name, config, dtype, latent, text, pad in CPU_CASES:
+        measured = measure_forward_peak(config, dtype, latent, text, pad)
+        predicted = predicted_forward_peak(config, dtype, latent, text)
+        rows.append({"case": name, "measured_mib": measured / 2**20, "predicted_mib": predicted / 2**20,
+                     "error_pct": 100.0 * (predicted - measured) / measured})
+    return rows
+
+
+def run_published() -> list[dict]:
+    from hunyuan.memory import estimate_sampling_memory
+
+    rows = []
+    for (w, h, f), published in PUBLISHED_GB.items():
+        est = estimate_sampling_memory(width=w, height=h, frames=f)
+        rows.append({"size": f"{w}x{h}x{f}", "published_gb": published, "predicted_gb": est.peak_bytes / 1e9,
+                     "weights_gb": est.weights_bytes / 1e9, "activations_gb": est.activation_bytes / 1e9,
+                     "ratio": est.peak_bytes / 1e9 / published})
+    return rows
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    cpu, published = run_cpu_cases(), run_published()
+    print(f"{'case':<16}{'measured MiB':>14}{'predicted MiB':>15}{'error %':>9}")
+    for r in cpu:
+        print(f"{r['case']:<16}{r['measured_mib']:>14.1f}{r['predicted_mib']:>15.1f}{r['error_pct']:>9.1f}")
+    print(f"\n{'13B size':<16}{'published GB':>14}{'predicted GB':>14}{'weights':>9}{'activ.':>8}{'ratio':>7}")
+    for r in published:
+        print(f"{r['size']:<16}{r['published_gb']:>14.1f}{r['predicted_gb']:>14.1f}{r['weights_gb']:>9.1f}"
+              f"{r['activations_gb']:>8.1f}{r['ratio']:>7.2f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench_planner.json").write_text(json.dumps({"cpu": cpu, "published_13b": published}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

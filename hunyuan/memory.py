@@ -1,0 +1,244 @@
+"""Memory planner: predict the peak device memory of sampling, and pick swap counts that fit.
+
+The estimate has four parts (bytes):
+
+* weights: every DiT weight that is resident (not swapped), plus the swapped blocks in flight
+  (the one computing and ``prefetch`` ahead), plus a compute-dtype copy of the largest Linear
+  weight when weights are stored narrower (fp8 upcasts one layer at a time);
+* activations: the peak inside one forward. Read off the block code (``hunyuan/dit/blocks.py``):
+  the single-stream block peaks right after its MLP activation, holding the residual stream and
+  the carried-over double-stream outputs (2), the fused ``linear1`` output (3D+M), q and k (2),
+  the attention output (1), GELU(mlp) (M) and its concatenation with the attention (D+M), and
+  the attention kernels keep contiguous head-major copies of q/k (2). With M = 4D that is 23
+  [N, D] tensors in the compute dtype (CPU measurements agree within a few percent: see
+  tests/unit/test_memory_planner.py). Plus the fp32 RoPE tables, plus the attention matrix when
+  the backend materialises it (``attention="math"``: scores and probabilities, heads x N x N);
+* sampler state: the fp32 latent, noise, velocities, x0 predictions (a handful of latents);
+* text: the refined tokens for every step (positive, and negative with true CFG).
+
+It does not include the CUDA context (~0.3-0.5 GB outside PyTorch's allocator).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .dit.config import REAL, DiTConfig
+from .dit.model import HunyuanVideoDiT
+from .offload.settings import SwapSettings
+from .sampling.schedule import check_video_size, latent_shape
+
+ACTIVATION_TENSORS = 23  # [N, D] compute-dtype tensors alive at the forward's peak (see above)
+LATENT_COPIES = 8  # x, noise, velocity (x2 with CFG), x0, previous x0, Heun predictor, output
+ATTENTION_MATRICES = 2  # scores and probabilities when attention is materialised
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
+ATTENTION_KINDS = ("flash", "math")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: int
+    activation_bytes: int
+    attention_bytes: int
+    state_bytes: int
+    text_bytes: int
+    video_tokens: int
+    text_tokens: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.weights_bytes + self.activation_bytes + self.state_bytes + self.text_bytes
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "peak_bytes": self.peak_bytes}
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """Parameter counts of the DiT's parts (from a meta-device model: exact, no memory)."""
+
+    total: int
+    double: int
+    single: int
+    txt_in: int
+    img_in: int
+    largest_linear: int
+
+
+@functools.lru_cache(maxsize=8)
+def _sizes(config: DiTConfig) -> _Sizes:
+    with torch.device("meta"):
+        model = HunyuanVideoDiT(config)
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    linears = [m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return _Sizes(
+        total=count(model),
+        double=count(model.double_blocks[0]) if config.depth_double else 0,
+        single=count(model.single_blocks[0]) if config.depth_single else 0,
+        txt_in=count(model.txt_in),
+        img_in=count(model.img_in),
+        largest_linear=max(linears),
+    )
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def weight_bytes(config: DiTConfig, weight_dtype: torch.dtype, swap: SwapSettings, compute_dtype: torch.dtype) -> int:
+    """Resident weight bytes during sampling (refined text given, so txt_in never runs)."""
+    s, w = _sizes(config), _itemsize(weight_dtype)
+    swap = swap.clamp(config.depth_double, config.depth_single)
+    swapped_blocks = swap.double_blocks * s.double + swap.single_blocks * s.single
+    swapped = swapped_blocks + (s.txt_in if swap.offload_txt_in else 0) + (s.img_in if swap.offload_img_in else 0)
+    largest = s.double if swap.double_blocks else (s.single if swap.single_blocks else 0)
+    in_flight = min(swap.prefetch + 1, swap.double_blocks + swap.single_blocks) * largest
+    if swap.offload_img_in:
+        in_flight += s.img_in
+    upcast = s.largest_linear * _itemsize(compute_dtype) if weight_dtype != compute_dtype else 0
+    return (s.total - swapped + in_flight) * w + upcast
+
+
+def estimate_sampling_memory(
+    config: DiTConfig = REAL,
+    *,
+    width: int,
+    height: int,
+    frames: int,
+    text_tokens: int = 256,
+    batch: int = 1,
+    steps: int = 50,
+    cfg: bool = False,
+    weight_dtype: torch.dtype = torch.bfloat16,
+    compute_dtype: torch.dtype | None = None,
+    swap: SwapSettings | None = None,
+    attention: str = "flash",
+) -> MemoryEstimate:
+    """Peak device bytes for sampling one video (see the module docstring for the model)."""
+    check_video_size(width, height, frames)
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention={attention!r} is not one of {ATTENTION_KINDS}")
+    compute_dtype = compute_dtype or (weight_dtype if weight_dtype.itemsize >= 2 else torch.bfloat16)
+    swap = swap or SwapSettings()
+    e = _itemsize(compute_dtype)
+    shape = latent_shape(batch, width, height, frames, config.in_channels)
+    pt, ph, pw = config.patch_size
+    n_img = (shape[2] // pt) * (shape[3] // ph) * (shape[4] // pw)
+    n = n_img + text_tokens
+    d, m = config.hidden_size, config.mlp_hidden
+    per_token = (11 * d + 3 * m) * e  # = 23 D e for the released mlp ratio 4 (module docstring)
+    activations = batch * n * per_token + n_img * config.head_dim * 4 * 2
+    attention_bytes = 0
+    if attention == "math":
+        attention_bytes = ATTENTION_MATRICES * batch * config.num_heads * n * n * e
+    state = LATENT_COPIES * math.prod(shape) * 4
+    text = (2 if cfg else 1) * steps * batch * text_tokens * d * e
+    return MemoryEstimate(
+        weights_bytes=weight_bytes(config, weight_dtype, swap, compute_dtype),
+        activation_bytes=activations + attention_bytes,
+        attention_bytes=attention_bytes,
+        state_bytes=state,
+        text_bytes=text,
+        video_tokens=n_img,
+        text_tokens=text_tokens,
+    )
+
+
+def _fits(config: DiTConfig, free_bytes: int, swap: SwapSettings, kwargs: dict) -> tuple[bool, int]:
+    peak = estimate_sampling_memory(config, swap=swap, **kwargs).peak_bytes
+    return peak <= free_bytes, peak
+
+
+def auto_swap(config: DiTConfig, free_bytes: int, base: SwapSettings | None = None, **kwargs) -> SwapSettings:
+    """The swap counts with the least swapped weight (least copying per step) whose predicted
+    peak fits in ``free_bytes``; ties go to fewer blocks. ``kwargs`` as for
+    :func:`estimate_sampling_memory`. Raises ValueError when even swapping everything does not fit.
+    """
+    base = base or SwapSettings()
+    s = _sizes(config)
+    best = None
+    for nd in range(config.depth_double + 1):
+        for ns in range(config.depth_single + 1):
+            cost = (nd * s.double + ns * s.single, nd + ns)
+            if best is not None and cost >= best[0]:
+                continue
+            if _fits(config, free_bytes, base.with_counts(nd, ns), kwargs)[0]:
+                best = (cost, nd, ns)
+    if best is None:
+        _, peak = _fits(config, free_bytes, base.with_counts(config.depth_double, config.depth_single), kwargs)
+        raise ValueError(
+            f"sampling needs about {peak / 2**30:.1f} GiB even with every block swapped, but only "
+            f"{free_bytes / 2**30:.1f} GiB is free; lower width/height/frames or free memory"
+        )
+    return base.with_counts(best[1], best[2])
+
+
+_REQUEST_INTS = {
+    "width": 1280, "height": 720, "frames": 129, "double_blocks": 0, "single_blocks": 0,
+    "prefetch": 1, "text_tokens": 256, "batch": 1, "steps": 50,
+}
+_REQUEST_FLAGS = {"cfg": False, "offload_txt_in": False, "offload_img_in": False}
+_REQUEST_CHOICES = {"weight_dtype": ("bf16", tuple(DTYPES)), "attention": ("flash", ATTENTION_KINDS)}
+
+
+def _parse_int(name: str, value) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if not number.is_integer() or number < 0:
+        raise ValueError(f"{name}={value!r} must be a whole number >= 0")
+    return int(number)
+
+
+def _parse_flag(name: str, value) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean (true/false)")
+
+
+def estimate_for_request(params: dict) -> dict:
+    """The planner for the web UI: string or number parameters in, a JSON-able dict out.
+
+    Known keys (all optional): width, height, frames, double_blocks, single_blocks, prefetch,
+    text_tokens, batch, steps, cfg, offload_txt_in, offload_img_in, weight_dtype
+    (fp32/bf16/fp16/fp8), attention (flash/math). Always the released 13B model. Bad values
+    raise ValueError naming the parameter.
+    """
+    unknown = sorted(set(params) - set(_REQUEST_INTS) - set(_REQUEST_FLAGS) - set(_REQUEST_CHOICES))
+    if unknown:
+        known = sorted([*_REQUEST_INTS, *_REQUEST_FLAGS, *_REQUEST_CHOICES])
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; expected some of {', '.join(known)}")
+    ints = {k: _parse_int(k, params.get(k, d)) for k, d in _REQUEST_INTS.items()}
+    flags = {k: _parse_flag(k, params.get(k, d)) for k, d in _REQUEST_FLAGS.items()}
+    choices = {}
+    for key, (default, allowed) in _REQUEST_CHOICES.items():
+        choices[key] = str(params.get(key, default))
+        if choices[key] not in allowed:
+            raise ValueError(f"{key}={choices[key]!r} is not one of {', '.join(allowed)}")
+    for key in ("batch", "steps", "text_tokens"):
+        if ints[key] < 1:
+            raise ValueError(f"{key}={ints[key]} must be >= 1")
+    swap = SwapSettings(
+        double_blocks=min(ints["double_blocks"], REAL.depth_double),
+        single_blocks=min(ints["single_blocks"], REAL.depth_single),
+        prefetch=ints["prefetch"],
+        offload_txt_in=flags["offload_txt_in"],
+        offload_img_in=flags["offload_img_in"],
+    )
+    estimate = estimate_sampling_memory(
+        REAL, width=ints["width"], height=ints["height"], frames=ints["frames"], text_tokens=ints["text_tokens"],
+        batch=ints["batch"], steps=ints["steps"], cfg=flags["cfg"], weight_dtype=DTYPES[choices["weight_dtype"]],
+        swap=swap, attention=choices["attention"],
+    )
+    return {**estimate.as_dict(), "model": "HunyuanVideo 13B", "inputs": {**ints, **flags, **choices}}
