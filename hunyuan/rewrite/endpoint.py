@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _EXPECTED = "an OpenAI-compatible POST /v1/chat/completions endpoint"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 
 
 def chat_completions_url(url: str) -> str:
@@ -56,7 +59,7 @@ class EndpointBackend:
             raise ValueError(f"timeout_s={self.timeout_s} must be > 0 seconds")
         if self.max_retries < 0:
             raise ValueError(f"max_retries={self.max_retries} must be >= 0")
-        if self.api_key_env and not self.api_key_env.replace("_", "").isalnum():
+        if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
             raise ValueError(
                 f"api_key_env={self.api_key_env!r} is not an environment variable name; expected "
                 "the NAME of a variable holding the key (e.g. OPENAI_API_KEY), never the key itself"
@@ -70,8 +73,11 @@ class EndpointBackend:
         if self.api_key_env:
             key = os.environ.get(self.api_key_env, "").strip()
             if not key:
+                # A lower-case or digit-heavy "name" may be a pasted key: never echo it.
+                shown = repr(self.api_key_env) if _CONVENTIONAL_ENV_NAME.fullmatch(self.api_key_env) else (
+                    "(not shown: it does not look like a variable name and may be a key)")
                 raise ValueError(
-                    f"api_key_env={self.api_key_env!r}: that environment variable is not set in the "
+                    f"api_key_env={shown}: that environment variable is not set in the "
                     f"ComfyUI process; set it to the key for {self.url} (or clear api_key_env if the "
                     "endpoint needs no key)"
                 )

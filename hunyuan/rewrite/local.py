@@ -136,11 +136,14 @@ def stop_token_ids(local: LocalLM) -> set[int]:
 def encode_chat(local: LocalLM, messages: list[dict[str, str]]) -> torch.Tensor:
     """Token ids [1, L] of the chat, with the assistant turn opened; folds the system turn
     into the user turn when the model's template refuses a system role."""
+    # enable_thinking=False asks templates with a reasoning switch (Qwen3) for a direct answer;
+    # templates without the switch ignore the extra variable.
+    options = {"tokenize": False, "add_generation_prompt": True, "enable_thinking": False}
     try:
-        text = local.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = local.tokenizer.apply_chat_template(messages, **options)
     except Exception as exc:  # jinja TemplateError raised by templates without a system role
         log.info("chat template of %s refused the system turn (%s); folding it into the user turn", local.name, exc)
-        text = local.tokenizer.apply_chat_template(fold_system(messages), tokenize=False, add_generation_prompt=True)
+        text = local.tokenizer.apply_chat_template(fold_system(messages), **options)
     ids = local.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     return ids.to(torch.long)
 

@@ -77,7 +77,11 @@ def test_nodes_and_sockets(comfy):
 def test_local_backend_is_deterministic_and_seed_reruns(comfy):
     prompt = unique("a cat playing piano")
     first = shown_text(comfy.run(local_graph(prompt, seed=1)))
+    mark = comfy.log_size()
     other = shown_text(comfy.run(local_graph(prompt, seed=2)))  # a new seed re-executes the node
+    # The first run offloaded the LM (ModelPatcher.detach), so this run had to load it again.
+    # Had it stayed loaded, ModelPatcher.partially_load would return early without this line.
+    assert "loaded completely" in comfy.log_path.read_bytes()[mark:].decode(errors="replace")
     again = shown_text(comfy.run(local_graph(prompt, seed=1)))
     assert first and other and first == again
     assert other != first

@@ -84,6 +84,13 @@ def test_missing_env_var_is_a_clear_error_without_a_request(fake, monkeypatch):
     assert fake.requests == []
 
 
+def test_key_like_name_is_not_echoed(fake):
+    pasted = "a1b2c3d4e5f6a7b8c9d0"  # a key without dashes passes the name check...
+    message, _ = timed_error(lambda: backend(fake.url, api_key_env=pasted).complete(
+        build_messages("x", "Normal"), SamplingParams()), ValueError)
+    assert pasted not in message and "may be a key" in message  # ...but is never echoed
+
+
 def test_key_value_instead_of_name_is_rejected():
     with pytest.raises(ValueError, match="NAME of a variable"):
         EndpointBackend("http://127.0.0.1:1/v1", "m", api_key_env="sk-abc-123")

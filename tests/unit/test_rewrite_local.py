@@ -88,6 +88,19 @@ def test_template_without_system_role_gets_folded(local, messages):
     assert text.startswith("<user>You turn a user's idea") and text.endswith("a cat playing piano<assistant>")
 
 
+def test_template_reasoning_switch_is_off(local, messages):
+    original = local.tokenizer.chat_template
+    local.tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+        "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+    )
+    try:
+        text = local.tokenizer.decode(encode_chat(local, messages)[0])
+    finally:
+        local.tokenizer.chat_template = original
+    assert text.endswith("<assistant><think></think>")
+
+
 def test_same_seed_same_tokens(local, messages):
     first = run(local, messages, temperature=1.0, seed=11)
     assert len(first) == TOKENS
