@@ -1,0 +1,86 @@
+"""Parity with ComfyUI's own HunyuanVideo text path (comfy/text_encoders/llama.py, hunyuan_video.py).
+
+ComfyUI hard-codes Llama-8B widths in ``Llama2Config`` (and ``head_dim`` is a class attribute),
+so its CLIPLoader cannot load our tiny files; here ComfyUI's Llama module is built directly with
+the tiny widths, loads our tiny ComfyUI-layout single file strictly, and its ``intermediate_output=-3``
+hidden state (what native CLIPTextEncode uses) must equal ours on the real prompt tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hunyuan.text import (
+    VIDEO,
+    EncodeOptions,
+    crop_start,
+    load_llm,
+    load_llm_tokenizer,
+    parse_dtype,
+)
+from hunyuan.text.encode import encode_llm
+from hunyuan.text.tiny import LLAMA_FILE, TINY_LLAMA, llama_tokenizer_dir, write_tiny
+
+PROMPT = "A panda eats bamboo in the rain, cinematic lighting."
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_tiny(root)
+    return root / "text_encoders" / LLAMA_FILE
+
+
+def comfy_llama(sd: dict):
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.ops
+    import comfy.text_encoders.llama as llama
+
+    widths = {k: v for k, v in TINY_LLAMA.items() if k != "head_dim"}
+    config = llama.Llama2Config(**widths, max_position_embeddings=1024)
+    config.head_dim = TINY_LLAMA["head_dim"]  # a class attribute (128) in ComfyUI, not a field
+    model = llama.Llama2_(config, device="cpu", dtype=torch.float32, ops=comfy.ops.manual_cast)
+    missing, unexpected = model.load_state_dict({k[len("model."):]: v.float() for k, v in sd.items()}, strict=True)
+    assert not missing and not unexpected
+    return model.eval()
+
+
+def test_single_file_hidden_states_match_comfyui(single_file):
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    ids = torch.tensor([tokenizer(VIDEO.apply(PROMPT))["input_ids"]])
+    peer = comfy_llama(load_file(single_file))
+    with torch.no_grad():
+        _, hidden = peer(ids, attention_mask=torch.ones_like(ids), intermediate_output=-3,
+                         final_layer_norm_intermediate=False)
+    crop = crop_start(tokenizer, VIDEO)
+    ours = load_llm(single_file, parse_dtype("fp32"))
+    states, mask = encode_llm(ours, tokenizer, [PROMPT], EncodeOptions(VIDEO), "cpu")
+    n = int(mask.sum())
+    assert n == ids.shape[1] - crop  # prompt tokens + <|eot_id|>, the same span native encoding keeps
+    assert rel_err(states[0, :n], hidden[0, crop:]) <= 1e-5
+
+
+def test_comfyui_template_and_crop_match_ours():
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    from comfy.text_encoders.hunyuan_video import HunyuanVideoTokenizer
+
+    native = HunyuanVideoTokenizer()
+    assert native.llama_template == VIDEO.text
+    pairs = native.tokenize_with_weights(PROMPT)["llama"][0]
+    native_ids = [int(p[0]) for p in pairs]
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    ours = tokenizer(VIDEO.apply(PROMPT))["input_ids"]
+    assert native_ids == ours
+    # ComfyUI crops after "<|start_header_id|>user<|end_header_id|>\n\n" (ids 128006, 882, 128007, 271).
+    crop = crop_start(tokenizer, VIDEO)
+    assert native_ids[crop - 4:crop] == [128006, 882, 128007, 271]
