@@ -70,7 +70,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> LocalLM:
     """Build the causal LM of an HF folder on the CPU in ``dtype``; needs a chat template."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -85,9 +85,17 @@ def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> Loc
             "chat_template.jinja); prompt rewrite needs an instruct/chat model"
         )
     config = AutoConfig.from_pretrained(str(folder))
-    with _meta_params():
-        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    try:
+        with _meta_params():
+            lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"model folder {str(folder)!r} (model_type {getattr(config, 'model_type', '?')!r}) is not a causal "
+            f"LM transformers can build ({exc}); expected a text-only chat model such as Qwen2.5-3B-Instruct"
+        ) from exc
     _load_weights(lm, weight_files(folder), dtype, folder)
+    if (folder / "generation_config.json").is_file():  # instruct models list their end-of-turn ids here
+        lm.generation_config = GenerationConfig.from_pretrained(str(folder))
     lm.eval().requires_grad_(False)
     return LocalLM(lm, tokenizer, folder.name)
 

@@ -186,6 +186,16 @@ def test_missing_weights_is_a_clear_error(tmp_path, tiny_dir):
         load_local_lm(copy)
 
 
+def test_non_causal_lm_is_a_clear_error(tmp_path, tiny_dir):
+    copy = tmp_path / "not_an_lm"
+    shutil.copytree(tiny_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(model_type="clip_vision_model", architectures=["CLIPVisionModel"])
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not a causal LM"):
+        load_local_lm(copy)
+
+
 def test_missing_config_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         load_local_lm(tmp_path)
