@@ -16,6 +16,7 @@ in host memory and no device copy alive (see :meth:`BlockSwapEngine.release_all`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,12 +135,13 @@ class BlockSwapEngine:
         self._units = {i: by_module[id(self._order[i])] for i in self._ring}
         self._on_demand = [_Unit(n, m, _slots(m)) for n, m in on_demand]
         self._handles: list = []
+        self._placed = False
         self.stats = {"fetches": 0, "sync_loads": 0, "max_live": 0}
 
-    # -- placement ---------------------------------------------------------------------------
-    def attach(self) -> BlockSwapEngine:
-        """Move swapped units to host memory, everything else to the device; install hooks."""
-        if self._handles:
+    # -- placement and activation ----------------------------------------------------------
+    def place(self) -> BlockSwapEngine:
+        """Move swapped units to host memory (pinned for CUDA), everything else to the device."""
+        if self._placed:
             return self
         units = list(self._units.values()) + self._on_demand
         swapped_ids = {id(m) for u in units for m in u.module.modules()}
@@ -153,7 +155,7 @@ class BlockSwapEngine:
                 host = _get(slot).detach().to(self.offload_device)
                 unit.host[str(i)] = host.pin_memory() if pin and not host.is_pinned() else host
             _bind(unit, unit.host)
-        self._install_hooks()
+        self._placed = True
         log.info(
             "block swap: %d block(s) + %d other unit(s) in host memory (%.1f MiB), prefetch %d, device %s",
             len(self._ring), len(self._on_demand), sum(u.nbytes for u in units) / 2**20, self.settings.prefetch,
@@ -161,12 +163,37 @@ class BlockSwapEngine:
         )
         return self
 
-    def detach(self) -> None:
+    def activate(self) -> BlockSwapEngine:
+        """Install the hooks that stream the swapped units in and out around each use."""
+        if not self._placed:
+            raise RuntimeError("BlockSwapEngine.activate() before place(): the swapped blocks are not in host memory")
+        if not self._handles:
+            self._install_hooks()
+        return self
+
+    def deactivate(self) -> None:
         """Free every device copy and remove the hooks; swapped weights stay in host memory."""
         self.release_all()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def attach(self) -> BlockSwapEngine:
+        return self.place().activate()
+
+    def detach(self) -> None:
+        self.deactivate()
+
+    @contextlib.contextmanager
+    def running(self, on_block: Callable[[], None] | None = None):
+        """Hooks on for the duration of a sampling run; always off (and copies freed) after it."""
+        previous, self.on_block = self.on_block, on_block
+        self.activate()
+        try:
+            yield self
+        finally:
+            self.deactivate()
+            self.on_block = previous
 
     def __enter__(self) -> BlockSwapEngine:
         return self.attach()

@@ -210,3 +210,20 @@ def test_detached_refiner_is_skipped():
 def test_settings_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SwapSettings(**kwargs)
+
+
+def test_place_then_running_scopes_the_hooks_to_one_run():
+    model = _model()
+    engine = _engine(model, SwapSettings(double_blocks=1, single_blocks=1, prefetch=1))
+    engine.place()
+    assert not engine.attached and not model.double_blocks[0]._forward_pre_hooks
+    seen = []
+    with torch.no_grad():
+        ref = model(*_inputs())  # placed but inactive: plain forward on the host copies
+        with engine.running(on_block=lambda: seen.append(1)):
+            assert engine.attached
+            out = model(*_inputs())
+    assert torch.equal(out, ref) and len(seen) == len(model.double_blocks) + len(model.single_blocks)
+    assert not engine.attached and engine.live_copies() == 0 and engine.on_block is None
+    with pytest.raises(RuntimeError, match="before place"):
+        _engine(model, SwapSettings(double_blocks=1)).activate()

@@ -1,0 +1,315 @@
+"""Sampling stage nodes: the flow-matching schedule, block swap for the DiT, and the sampler.
+
+All the maths lives in ``hunyuan/sampling`` (schedule, solvers, loop), ``hunyuan/offload``
+(block swap) and ``hunyuan/memory`` (planner). Here: sockets, ComfyUI's model management,
+progress with previews, and interruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io
+
+from ..hunyuan.conditioning import RefinedConditioning, RefinedText
+from ..hunyuan.memory import auto_swap, estimate_sampling_memory
+from ..hunyuan.offload import BlockSwapEngine, SwapSettings, make_engine, resident_bytes
+from ..hunyuan.sampling import (
+    SOLVERS,
+    check_sigmas,
+    check_video_size,
+    flow_sigmas,
+    latent_shape,
+    seeded_noise,
+)
+from ..hunyuan.sampling.pipeline import sample_video
+from .types import CATEGORY, Conditioning, DiT
+
+log = logging.getLogger(__name__)
+
+MAX_SIZE = 8192
+MAX_FRAMES = 1025
+ENGINE_ATTR = "hyvid_swap_engine"
+
+
+class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
+    """A ModelPatcher that keeps the swapped DiT blocks in host memory when it loads the model.
+
+    ComfyUI sizes models by ``model_size()``: here that is the real resident size (weights not
+    swapped + the blocks in flight), so its memory planning sees what the GPU will really hold.
+    Each swap placement has its own ``patches_uuid`` so switching between this patcher and the
+    plain DiT patcher (same module) always re-places the weights.
+    """
+
+    swap_settings: SwapSettings = SwapSettings()
+
+    @classmethod
+    def from_patcher(cls, patcher: comfy.model_patcher.ModelPatcher, settings: SwapSettings) -> BlockSwapPatcher:
+        clone = patcher.clone()
+        clone.__class__ = cls  # same state, our load/size behaviour
+        clone.swap_settings = settings
+        clone.patches_uuid = uuid.uuid4()
+        return clone
+
+    def clone(self):
+        n = super().clone()
+        n.swap_settings = self.swap_settings
+        return n
+
+    def _swapping(self) -> bool:
+        load, offload = torch.device(self.load_device), torch.device(self.offload_device)
+        return self.swap_settings.swaps_anything and load != offload and load.type != "cpu"
+
+    def model_size(self) -> int:
+        if not self._swapping():
+            return super().model_size()
+        return resident_bytes(self.model, self.swap_settings)
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        engine = make_engine(self.model, self.swap_settings, device_to or self.load_device, offload_device=self.offload_device)
+        if engine is None:
+            return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
+        if self.patches:
+            log.warning("block swap: %d weight patch(es) are not applied to swapped blocks", len(self.patches))
+        with self.use_ejected():
+            engine.place()
+            setattr(self.model, ENGINE_ATTR, engine)
+            self.model.device = device_to
+            self.model.model_loaded_weight_memory = engine.resident_bytes()
+            self.model.model_lowvram = False
+            self.model.current_weight_patches_uuid = self.patches_uuid
+            for callback in self.get_all_callbacks(comfy.model_patcher.CallbacksMP.ON_LOAD):
+                callback(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        engine = getattr(self.model, ENGINE_ATTR, None)
+        if unpatch_weights and engine is not None:
+            engine.deactivate()
+            delattr(self.model, ENGINE_ATTR)
+        return super().unpatch_model(device_to, unpatch_weights)
+
+
+def active_engine(patcher) -> BlockSwapEngine | None:
+    """The engine that placed this patcher's model, if that placement is the current one."""
+    engine = getattr(patcher.model, ENGINE_ATTR, None)
+    if engine is None or patcher.model.current_weight_patches_uuid != patcher.patches_uuid:
+        return None
+    return engine
+
+
+class HunyuanVideoScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoScheduler",
+            display_name="HunyuanVideo Scheduler",
+            category=CATEGORY,
+            description="Flow-matching sigmas of the reference: linspace(1, 0, steps+1) with the flow shift.",
+            inputs=[
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Number of sampling steps (reference: 50)."),
+                io.Float.Input("shift", default=7.0, min=0.01, max=100.0, step=0.1,
+                               tooltip="Flow shift s: sigma' = s*sigma / (1 + (s-1)*sigma). Higher spends more steps "
+                               "at high noise (reference: 7.0; ~5 for small sizes)."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="Start at the first step whose noise level is <= this (video-to-video). "
+                               "1.0 = the whole schedule."),
+            ],
+            outputs=[io.Sigmas.Output(display_name="sigmas",
+                                      tooltip="1-D float tensor ending with 0; works with native sigma nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, steps: int, shift: float, denoise: float) -> io.NodeOutput:
+        return io.NodeOutput(flow_sigmas(steps, shift, denoise))
+
+
+class HunyuanVideoBlockSwap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoBlockSwap",
+            display_name="HunyuanVideo Block Swap",
+            category=CATEGORY,
+            description="Keeps some DiT blocks in (pinned) system memory and streams them to the GPU just "
+            "ahead of use, so the 13B model fits on smaller GPUs.",
+            inputs=[
+                DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader."),
+                io.Int.Input("double_blocks", default=20, min=0, max=20,
+                             tooltip="How many of the 20 double-stream blocks (~648 MiB each in bf16) to keep in "
+                             "system memory (manual mode)."),
+                io.Int.Input("single_blocks", default=0, min=0, max=40,
+                             tooltip="How many of the 40 single-stream blocks (~270 MiB each in bf16) to keep in "
+                             "system memory (manual mode)."),
+                io.Int.Input("prefetch", default=1, min=0, max=8,
+                             tooltip="Blocks copied ahead while the current one computes. Each costs one block of "
+                             "GPU memory; 1-2 hides the copy time on most PCIe systems. 0 = load on use."),
+                io.Boolean.Input("offload_txt_in", default=False,
+                                 tooltip="Keep the token refiner in system memory. The loader already gives it its "
+                                 "own model (sampling never needs it), so this matters only for a DiT that still "
+                                 "carries it."),
+                io.Boolean.Input("offload_img_in", default=False,
+                                 tooltip="Keep the patch embedding (tiny, ~0.4 MB) in system memory too."),
+                io.Combo.Input("mode", options=["manual", "auto"], default="manual",
+                               tooltip="manual: swap the counts above. auto: at sampling time pick the fewest "
+                               "swapped bytes that fit the free VRAM for that video size (counts ignored)."),
+            ],
+            outputs=[DiT.Output(display_name="dit", tooltip="A clone of the DiT carrying the swap settings.")],
+        )
+
+    @classmethod
+    def execute(cls, dit, double_blocks, single_blocks, prefetch, offload_txt_in, offload_img_in, mode) -> io.NodeOutput:
+        settings = SwapSettings(double_blocks, single_blocks, prefetch, offload_txt_in, offload_img_in, mode)
+        config = dit.model.config
+        settings = settings.clamp(config.depth_double, config.depth_single)
+        return io.NodeOutput(BlockSwapPatcher.from_patcher(dit, settings))
+
+
+def _check_conditioning(conditioning) -> RefinedConditioning:
+    if not isinstance(conditioning, RefinedConditioning) or not isinstance(conditioning.positive, RefinedText):
+        raise ValueError(
+            f"conditioning is a {type(conditioning).__name__}, expected the output of HunyuanVideo Token Refiner"
+        )
+    return conditioning
+
+
+def _start_latent(latent: dict | None, shape: tuple[int, ...], width: int, height: int, frames: int):
+    """The input latent for video-to-video, checked against the requested size (raw VAE space)."""
+    if latent is None:
+        return None
+    samples = latent["samples"]
+    if samples.ndim == 4:  # a single image latent [B, 16, H, W]
+        samples = samples.unsqueeze(2)
+    if tuple(samples.shape[1:]) != tuple(shape[1:]):
+        _, c, t, h, w = samples.shape
+        raise ValueError(
+            f"latent has shape {tuple(samples.shape)} ({c} channels, {(t - 1) * 4 + 1} frames, {w * 8}x{h * 8}) but "
+            f"width={width}, height={height}, frames={frames} need {tuple(shape[1:])}; set them to the latent's size"
+        )
+    return samples.to(torch.float32)
+
+
+def _swap_for_run(dit, shape, text_tokens: int, cfg: bool):
+    """The patcher to load: auto mode resolves counts for this video and free memory (cached)."""
+    settings = getattr(dit, "swap_settings", None)
+    if settings is None or settings.mode != "auto" or torch.device(dit.load_device).type == "cpu":
+        return dit
+    config, model = dit.model.config, dit.model
+    free = mm.get_free_memory(dit.load_device) + (dit.loaded_size() if active_engine(dit) else 0)
+    free -= mm.extra_reserved_memory()
+    _, _, t, h, w = shape
+    chosen = auto_swap(
+        config, int(free), base=settings, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, batch=shape[0],
+        text_tokens=text_tokens, cfg=cfg, weight_dtype=_weight_dtype(model),
+        compute_dtype=model.compute_dtype,
+    )
+    cache = dit.__dict__.setdefault("_hyvid_auto_clones", {})
+    if chosen not in cache:
+        log.info("block swap auto: %d double + %d single blocks for %s", chosen.double_blocks, chosen.single_blocks, shape)
+        cache[chosen] = BlockSwapPatcher.from_patcher(dit, chosen)
+    return cache[chosen]
+
+
+def _weight_dtype(model) -> torch.dtype:
+    """Storage dtype of the bulk of the weights (fp8 checkpoints keep norms wider)."""
+    return max(model.parameters(), key=lambda p: p.numel()).dtype
+
+
+def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int) -> int:
+    """Working memory (not weights) the sampler needs on the device, from the planner."""
+    _, _, t, h, w = shape
+    est = estimate_sampling_memory(
+        model.config, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, batch=shape[0], text_tokens=text_tokens,
+        steps=steps, cfg=cfg, weight_dtype=_weight_dtype(model), compute_dtype=model.compute_dtype,
+    )
+    return est.activation_bytes + est.state_bytes + est.text_bytes
+
+
+def _progress(total: int, device):
+    """Step callback: progress bar with a latent preview, then the interrupt check."""
+    pbar = comfy.utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(device, comfy.latent_formats.HunyuanVideo())
+
+    def callback(info) -> None:
+        preview = previewer.decode_latent_to_preview_image("JPEG", info.denoised) if previewer else None
+        pbar.update_absolute(info.index + 1, info.total, preview)
+        mm.throw_exception_if_processing_interrupted()
+
+    return callback
+
+
+class HunyuanVideoSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoSampler",
+            display_name="HunyuanVideo Sampler",
+            category=CATEGORY,
+            description="Samples a video latent with the DiT (flow matching, embedded guidance, optional true CFG). "
+            "Output is a raw VAE latent, decodable by our VAE Decode or native nodes.",
+            inputs=[
+                DiT.Input("dit", tooltip="The DiT (from the loader, or from Block Swap)."),
+                Conditioning.Input("conditioning", tooltip="Refined text from HunyuanVideo Token Refiner; its "
+                                   "negative prompt, if any, is used for true CFG."),
+                io.Sigmas.Input("sigmas", tooltip="The schedule; must be the one the token refiner used."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; the same seed gives the same noise as native ComfyUI samplers."),
+                io.Int.Input("width", default=848, min=16, max=MAX_SIZE, step=16, tooltip="Video width in pixels, "
+                             "a multiple of 16."),
+                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16, tooltip="Video height in pixels, "
+                             "a multiple of 16."),
+                io.Int.Input("frames", default=61, min=1, max=MAX_FRAMES, step=4,
+                             tooltip="Number of frames, 4k+1 (e.g. 61, 129)."),
+                io.Float.Input("embedded_guidance", default=6.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Guidance strength fed to the distilled model (reference: 6.0)."),
+                io.Float.Input("cfg", default=1.0, min=1.0, max=30.0, step=0.1,
+                               tooltip="True classifier-free guidance with the negative prompt: 1.0 = off (one "
+                               "DiT pass per step); >1 doubles the cost."),
+                io.Combo.Input("solver", options=list(SOLVERS), default="euler",
+                               tooltip="euler: the reference. dpmpp_2m: 2nd order at the same cost. heun: 2nd "
+                               "order, two DiT passes per step."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional video latent to start from (video-to-video), raw VAE space."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="With a latent: the noise level it is brought to; sampling starts at the first "
+                               "step whose sigma is <= this. Ignored (must be 1) without a latent."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="{'samples': [B,16,T,H/8,W/8]} raw VAE latent.")],
+        )
+
+    @classmethod
+    def execute(cls, dit, conditioning, sigmas, seed, width, height, frames, embedded_guidance, cfg, solver,
+                latent=None, denoise=1.0) -> io.NodeOutput:
+        check_video_size(width, height, frames)
+        conditioning = _check_conditioning(conditioning)
+        sigmas = check_sigmas(sigmas)
+        batch = latent["samples"].shape[0] if latent is not None else conditioning.positive.tokens.shape[1]
+        shape = latent_shape(batch, width, height, frames)
+        start = _start_latent(latent, shape, width, height, frames)
+        if start is None and denoise < 1.0:
+            raise ValueError(f"denoise={denoise} needs an input latent (video-to-video); connect one or set 1.0")
+        text_tokens, use_cfg = conditioning.positive.tokens.shape[2], cfg != 1.0 and conditioning.negative is not None
+        patcher = _swap_for_run(dit, shape, text_tokens, use_cfg)
+        memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1)
+        mm.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
+        device = patcher.load_device
+        noise = seeded_noise(seed, shape)
+        engine = active_engine(patcher)
+        guard = engine.running(mm.throw_exception_if_processing_interrupted) if engine else contextlib.nullcontext()
+        with torch.inference_mode(), guard:
+            out = sample_video(
+                patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
+                embedded_guidance=embedded_guidance, solver=solver, device=device,
+                callback=_progress(len(sigmas) - 1, device),
+            )
+        return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
+
+
+NODES = [HunyuanVideoScheduler, HunyuanVideoBlockSwap, HunyuanVideoSampler]
