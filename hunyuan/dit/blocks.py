@@ -2,7 +2,7 @@
 attention), single-stream (one set of weights over the concatenated sequence), final layer.
 
 Shapes: img [B, Ni, D] video tokens; txt [B, Nt, D] text tokens; vec [B, D] conditioning;
-rope = (cos, sin) [Ni, head_dim]; key_mask None or bool [B, Ni + Nt].
+rope: complex rotations [Ni, head_dim // 2] (see :mod:`.rope`); key_mask None or bool [B, Ni + Nt].
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .attention import AttentionFn
 from .layers import MLP, Linear, Modulation, RMSNorm, layer_norm, modulate
 from .rope import apply_rope
 
-Rope = tuple[torch.Tensor, torch.Tensor]
+Rope = torch.Tensor
 
 
 def split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,15 +51,15 @@ class DoubleStreamBlock(nn.Module):
 
     def _finish(self, stream: str, x, attn_out, mods):
         _, _, gate1, shift2, scale2, gate2 = mods
-        x = x + getattr(self, f"{stream}_attn_proj")(attn_out) * gate1
+        x = torch.addcmul(x, getattr(self, f"{stream}_attn_proj")(attn_out), gate1)
         mlp = getattr(self, f"{stream}_mlp")
-        return x + mlp(modulate(layer_norm(x), shift2, scale2)) * gate2
+        return torch.addcmul(x, mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
 
     def forward(self, img, txt, vec, rope: Rope, key_mask, attn: AttentionFn):
         img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
         iq, ik, iv = self._qkv("img", img, img_mods[0], img_mods[1])
         tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
-        iq, ik = apply_rope(iq, *rope), apply_rope(ik, *rope)
+        iq, ik = apply_rope(iq, rope), apply_rope(ik, rope)
         q, k, v = to_heads_first(torch.cat((iq, tq), 1), torch.cat((ik, tk), 1), torch.cat((iv, tv), 1))
         out = attn(q, k, v, key_mask)
         n_img = img.shape[1]
@@ -90,11 +90,11 @@ class SingleStreamBlock(nn.Module):
             [3 * self.hidden, self.linear1.out_features - 3 * self.hidden], dim=-1
         )
         q, k, v = split_qkv(qkv, self.heads)
-        q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
-        q = torch.cat((apply_rope(q[:, :n_img], *rope), q[:, n_img:]), 1)
-        k = torch.cat((apply_rope(k[:, :n_img], *rope), k[:, n_img:]), 1)
+        q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)  # fresh tensors: rotate in place
+        q[:, :n_img] = apply_rope(q[:, :n_img], rope)
+        k[:, :n_img] = apply_rope(k[:, :n_img], rope)
         out = attn(*to_heads_first(q, k, v), key_mask)
-        return x + self.linear2(torch.cat((out, self.mlp_act(mlp)), dim=-1)) * gate
+        return torch.addcmul(x, self.linear2(torch.cat((out, self.mlp_act(mlp)), dim=-1)), gate)
 
 
 class FinalLayer(nn.Module):

@@ -43,8 +43,8 @@ class RefinerBlock(nn.Module):
         """x: [B, L, D]; c: [B, D]; key_mask: None or bool [B, L]."""
         gate_attn, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
         q, k, v = to_heads_first(*split_qkv(self.self_attn_qkv(self.norm1(x)), self.heads))
-        x = x + self.self_attn_proj(attn(q, k, v, key_mask)) * gate_attn
-        return x + self.mlp(self.norm2(x)) * gate_mlp
+        x = torch.addcmul(x, self.self_attn_proj(attn(q, k, v, key_mask)), gate_attn)
+        return torch.addcmul(x, self.mlp(self.norm2(x)), gate_mlp)
 
 
 class IndividualTokenRefiner(nn.Module):

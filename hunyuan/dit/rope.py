@@ -3,6 +3,8 @@
 Each head's channels are split into (t, h, w) groups of sizes ``axes`` (16, 56, 56 in the
 released model). Inside a group, consecutive channel pairs (0,1), (2,3)... are rotated by
 ``position * theta ** (-2i / axis_dim)``. Text tokens get no rotation.
+
+A pair (a, b) is treated as the complex number a + ib, so a rotation is one complex multiply.
 """
 
 from __future__ import annotations
@@ -16,13 +18,8 @@ def axis_frequencies(dim: int, theta: float, device=None) -> torch.Tensor:
     return (1.0 / theta**exponent).float()
 
 
-def video_rope(
-    grid: tuple[int, int, int], axes: tuple[int, ...], theta: float, device=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables for a (T', H', W') token grid flattened t-major.
-
-    Returns two fp32 tensors [T'H'W', head_dim], each value repeated for both members of a pair.
-    """
+def video_rope(grid: tuple[int, int, int], axes: tuple[int, ...], theta: float, device=None) -> torch.Tensor:
+    """Unit complex rotations for a (T', H', W') token grid flattened t-major: [T'H'W', head_dim // 2]."""
     t, h, w = grid
     positions = torch.stack(
         torch.meshgrid(
@@ -36,14 +33,10 @@ def video_rope(
     angles = torch.cat(
         [torch.outer(positions[:, i], axis_frequencies(d, theta, device)) for i, d in enumerate(axes)], dim=-1
     )
-    angles = angles.repeat_interleave(2, dim=-1)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of x: [B, N, heads, head_dim] by cos/sin [N, head_dim] (fp32 math)."""
-    xf = x.float()
-    pairs = xf.unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return (xf * cos + rotated * sin).to(x.dtype)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of x: [B, N, heads, head_dim] by ``rotation`` [N, head_dim // 2] (fp32 math)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation[:, None, :]).flatten(-2).to(x.dtype)
