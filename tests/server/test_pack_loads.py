@@ -21,6 +21,8 @@ EXPECTED_NODES = {
     "HunyuanVideoVAELoader",
     "HunyuanVideoVAEDecode",
     "HunyuanVideoVAEEncode",
+    "HunyuanVideoRewriteModelLoader",
+    "HunyuanVideoRewriteEndpoint",
     "HunyuanVideoPromptRewrite",
 }
 
