@@ -84,10 +84,21 @@ def _file_dtype(found: FoundWeights, key: str) -> torch.dtype:
     return found.tensors[key].dtype
 
 
-def _cast(name: str, tensor: torch.Tensor, scale, dtype: DtypeChoice, fp8_names: set[str]) -> torch.Tensor:
-    """One tensor into its storage dtype (no copy when it already is)."""
-    if name in fp8_names:
-        return tensor if tensor.dtype == FP8 else tensor.to(FP8)
+def _to_fp8(tensor: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 weight, float32 scalar scale) with weight * scale ~= the original.
+
+    Weights already in fp8 keep the file's scale (ComfyUI fp8_scaled) or 1. Others get a per-tensor
+    scale amax / 448, so the full e4m3 range is used instead of flushing small weights to subnormals.
+    """
+    if tensor.dtype == FP8:
+        return tensor, (torch.ones(()) if scale is None else scale.to(torch.float32).reshape(()))
+    amax = tensor.abs().max().to(torch.float32)
+    scale = torch.where(amax > 0, amax / torch.finfo(FP8).max, torch.ones(()))
+    return (tensor.to(torch.float32) / scale).to(FP8), scale
+
+
+def _cast(tensor: torch.Tensor, scale: torch.Tensor | None, dtype: DtypeChoice) -> torch.Tensor:
+    """One non-fp8-stored tensor into the compute dtype (no copy when it already is)."""
     if tensor.dtype == FP8:  # fp8 file, non-fp8 storage: dequantize
         tensor = tensor.to(torch.float32) * (scale if scale is not None else 1.0)
     return tensor if tensor.dtype == dtype.compute else tensor.to(dtype.compute)
@@ -98,11 +109,10 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
     for name in list(found.tensors):
         tensor = found.tensors.pop(name)  # drop our reference as we go
         scale = found.scales.get(name)
-        state[name] = _cast(name, tensor, scale, dtype, fp8_names)
         if name in fp8_names:
-            keep = scale is not None and tensor.dtype == FP8
-            state[name[: -len("weight")] + "weight_scale"] = (
-                scale.to(torch.float32).reshape(()) if keep else torch.ones((), dtype=torch.float32))
+            state[name], state[name[: -len("weight")] + "weight_scale"] = _to_fp8(tensor, scale)
+        else:
+            state[name] = _cast(tensor, scale, dtype)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

@@ -8,6 +8,10 @@ hidden state (what native CLIPTextEncode uses) must equal ours on the real promp
 
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,6 +27,7 @@ from hunyuan.text import (
 from hunyuan.text.encode import encode_llm
 from hunyuan.text.tiny import LLAMA_FILE, TINY_LLAMA, llama_tokenizer_dir, write_tiny
 
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "A panda eats bamboo in the rain, cinematic lighting."
 
 
@@ -51,6 +56,27 @@ def comfy_llama(sd: dict):
     missing, unexpected = model.load_state_dict({k[len("model."):]: v.float() for k, v in sd.items()}, strict=True)
     assert not missing and not unexpected
     return model.eval()
+
+
+def pack_module(name: str):
+    """Import one of the pack's nodes/ modules the way ComfyUI does: as a package named after the folder."""
+    if str(ROOT.parent) not in sys.path:
+        sys.path.insert(0, str(ROOT.parent))
+    return importlib.import_module(f"{ROOT.name}.{name}")
+
+
+def native_hidden(single_file, tokenizer, prompts: list[str]) -> list[torch.Tensor]:
+    """What native CLIPTextEncode keeps per prompt: layer -3 states of prompt tokens + <|eot_id|>."""
+    peer = comfy_llama(load_file(single_file))
+    crop = crop_start(tokenizer, VIDEO)
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(VIDEO.apply(prompt))["input_ids"]])
+        with torch.no_grad():
+            _, hidden = peer(ids, attention_mask=torch.ones_like(ids), intermediate_output=-3,
+                             final_layer_norm_intermediate=False)
+        out.append(hidden[:, crop:])
+    return out
 
 
 def test_single_file_hidden_states_match_comfyui(single_file):
@@ -84,3 +110,28 @@ def test_comfyui_template_and_crop_match_ours():
     # ComfyUI crops after "<|start_header_id|>user<|end_header_id|>\n\n" (ids 128006, 882, 128007, 271).
     crop = crop_start(tokenizer, VIDEO)
     assert native_ids[crop - 4:crop] == [128006, 882, 128007, 271]
+
+
+def test_bridge_turns_native_conditioning_into_our_embeds(single_file):
+    """Native CONDITIONING (unpadded, mask dropped when full) -> our TextEmbeds == our own encoding."""
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    prompts = [PROMPT, "a dog"]
+    native = native_hidden(single_file, tokenizer, prompts)
+    pooled = torch.randn(2, 32)
+    conditioning = [[native[0], {"pooled_output": pooled[:1]}],
+                    [native[1], {"pooled_output": pooled[1:], "attention_mask": torch.ones(1, native[1].shape[1])}]]
+    bridged = pack_module("nodes.text").conditioning_to_embeds(conditioning, "positive")
+    ours_states, ours_mask = encode_llm(load_llm(single_file, parse_dtype("fp32")), tokenizer, prompts,
+                                        EncodeOptions(VIDEO), "cpu")
+    length = bridged.states.shape[1]
+    assert length == native[0].shape[1] > native[1].shape[1]
+    assert torch.equal(bridged.mask, ours_mask[:, :length])
+    assert torch.equal(bridged.pooled, pooled)
+    keep = bridged.mask
+    assert rel_err(bridged.states[keep], ours_states[:, :length][keep]) <= 1e-5
+    assert bridged.states[~keep].abs().max() == 0
+
+
+def test_bridge_rejects_conditioning_without_pooled_output():
+    with pytest.raises(ValueError, match="positive has no pooled_output.*hunyuan_video"):
+        pack_module("nodes.text").conditioning_to_embeds([[torch.zeros(1, 3, 32), {}]], "positive")

@@ -139,9 +139,16 @@ def test_fp8_storage_and_comfy_scaled_fp8_file(models, tmp_path):
 
 def test_fp8_choice_on_fp16_file(models):
     model = load_llm(models / "LLM" / LLAMA_DIR, parse_dtype("fp8_e4m3fn (fp16 compute)"))
-    assert model.layers[0].self_attn.q_proj.weight.dtype == FP8
+    proj = model.layers[0].self_attn.q_proj
+    assert proj.weight.dtype == FP8
     assert model.norm.weight.dtype == torch.float16
     assert model.embed_tokens.weight.dtype == torch.float16
+    # per-tensor scale puts the largest weight at the top of the e4m3 range (448)
+    ref = load_llm(models / "LLM" / LLAMA_DIR, FP32).layers[0].self_attn.q_proj.weight
+    assert torch.allclose(proj.weight_scale, ref.abs().max() / 448)
+    deq = proj.weight.float() * proj.weight_scale
+    rel = ((deq - ref).abs().max() / ref.abs().max()).item()
+    assert 0 < rel < 0.07  # e4m3 keeps 3 mantissa bits: about 1/16 relative error at most
 
 
 def test_unknown_dtype():
