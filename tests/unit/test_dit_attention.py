@@ -88,3 +88,14 @@ def test_registered_backend_is_used_by_the_model():
 def test_builtin_names_are_reserved():
     with pytest.raises(ValueError, match="reserved"):
         A.register_attention_backend("sdpa", A.sdpa_attention)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_on_cuda_matches_sdpa():
+    q, k, v = (t.cuda().half() for t in qkv(n=64, d=64))
+    mask = torch.ones(2, 64, dtype=torch.bool, device="cuda")
+    mask[1, 40:] = False
+    _, fn = A.resolve_backend("auto", "cuda")
+    torch.testing.assert_close(fn(q, k, v, mask).float(), A.sdpa_attention(q, k, v, mask).float(),
+                               rtol=2e-2, atol=2e-2)
