@@ -97,13 +97,25 @@ def _check_keys(model, sd, source: str, layout: str) -> None:
         )
 
 
+def _scale_shape(scale: torch.Tensor, module, name: str, source: str) -> torch.Tensor:
+    """A per-tensor scale becomes a scalar; a per-output-row scale [out] becomes [out, 1]."""
+    if scale.numel() == 1:
+        return scale.reshape(())
+    if scale.numel() == module.weight.shape[0]:
+        return scale.reshape(-1, 1)
+    raise CheckpointError(
+        f"{source}: fp8 scale for {name!r} has shape {tuple(scale.shape)}, expected one value "
+        f"or one per output row ({module.weight.shape[0]})"
+    )
+
+
 def _attach_scales(model, scales: dict[str, torch.Tensor], *, device, source: str) -> None:
     for name, scale in scales.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"{source}: fp8 scale given for {name!r}, which is not a layer of the DiT") from None
-        module.weight_scale = scale.to(device=device, dtype=torch.float32).reshape(())
+        module.weight_scale = _scale_shape(scale.to(device=device, dtype=torch.float32), module, name, source)
     if scales:
         log.info("DiT: %d fp8 layers carry a per-tensor scale", len(scales))
 

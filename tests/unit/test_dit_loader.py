@@ -137,3 +137,19 @@ def test_write_tiny_is_deterministic_and_loads(tmp_path):
     model = load_dit(a[0], dtype=torch.float32)
     assert model.config.text_states_dim == 40 and model.config.text_states_dim_2 == 24
     assert model.config.depth_double == 2 and model.config.depth_single == 2 and model.config.guidance_embed
+
+
+def test_per_row_fp8_scales(sd, reference):
+    q, scales = {}, {}
+    for k, v in sd.items():
+        if k.startswith("single_blocks.") and k.endswith(".weight") and v.ndim == 2:
+            row_scale = v.abs().amax(dim=1) / 448.0
+            q[k] = (v / row_scale[:, None]).to(torch.float8_e4m3fn)
+            scales[k[: -len(".weight")]] = row_scale
+        else:
+            q[k] = v
+    model = load_dit(q, dtype=torch.float32, scale_map=scales)
+    assert model.single_blocks[0].linear1.weight_scale.shape == (q["single_blocks.0.linear1.weight"].shape[0], 1)
+    assert rel_err(run(model), run(reference)) < 0.05
+    with pytest.raises(CheckpointError, match="expected one value or one per output row"):
+        load_dit(q, dtype=torch.float32, scale_map={"single_blocks.0.linear1": torch.ones(3)})
