@@ -1,0 +1,125 @@
+"""Block swap on a real GPU: step time and peak VRAM for swap counts 0 / 10 / 20 / all.
+
+    .venv/bin/python bench/gpu_blockswap.py [--width 544 --height 320 --frames 33] [--config real|half]
+        [--prefetch 1] [--repeats 3]
+
+Builds a random-weight DiT (the real 13B layout with ``--config real``: needs ~26 GB of host RAM
+in bf16), runs one DiT forward per measurement with the swap engine (side CUDA stream, pinned
+host memory) and reports median forward time, peak allocated VRAM and the planner's prediction.
+"Swap N" swaps N double blocks and then single blocks up to N in total; "all" swaps every block.
+Exits with a clear message when no CUDA device is present. Writes bench/results/gpu_blockswap.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hunyuan.dit import REAL, HunyuanVideoDiT  # noqa: E402
+from hunyuan.memory import estimate_sampling_memory  # noqa: E402
+from hunyuan.offload import BlockSwapEngine, SwapSettings  # noqa: E402
+from hunyuan.sampling import latent_shape  # noqa: E402
+
+CONFIGS = {"real": REAL, "half": dataclasses.replace(REAL, depth_double=10, depth_single=20)}
+TEXT = 256
+
+
+def swap_for(total: int, config) -> SwapSettings:
+    double = min(total, config.depth_double)
+    return SwapSettings(double_blocks=double, single_blocks=min(total - double, config.depth_single))
+
+
+def run_case(model, config, settings, args, inputs, device) -> dict:
+    engine = BlockSwapEngine(model, settings, device).place() if settings.swaps_anything else None
+    if engine is None:
+        model.to(device)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.repeats + 1):
+        guard = engine.running() if engine is not None else _null()
+        with guard, torch.no_grad():
+            start = time.perf_counter()
+            model(*inputs[:-1], refined_text=inputs[-1])
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device)
+    predicted = estimate_sampling_memory(
+        config, width=args.width, height=args.height, frames=args.frames, text_tokens=TEXT, steps=1, swap=settings,
+        compute_dtype=torch.bfloat16,
+    )
+    model.to("cpu")
+    return {"double": settings.double_blocks, "single": settings.single_blocks, "prefetch": settings.prefetch,
+            "median_s": statistics.median(times[1:]), "peak_gib": peak / 2**30,
+            "predicted_gib": (predicted.weights_bytes + predicted.activation_bytes) / 2**30,
+            "sync_loads": engine.stats["sync_loads"] if engine else 0}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=544)
+    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--frames", type=int, default=33)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="real")
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_blockswap: no CUDA device here; this benchmark measures GPU step time and VRAM and needs one. "
+              "Run it on a machine with an NVIDIA GPU (the CPU swap cost is bench/bench_blockswap.py).")
+        sys.exit(2)
+    device = torch.device("cuda", torch.cuda.current_device())
+    config = CONFIGS[args.config]
+    torch.manual_seed(0)
+    model = HunyuanVideoDiT(config, dtype=torch.bfloat16).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    model.detach_refiner()
+    shape = latent_shape(1, args.width, args.height, args.frames)
+    inputs = (torch.randn(shape, device=device), torch.tensor([900.0], device=device), None,
+              torch.ones(1, TEXT, dtype=torch.bool, device=device), torch.randn(1, config.text_states_dim_2, device=device),
+              torch.tensor([6.0], device=device), torch.randn(1, TEXT, config.hidden_size, device=device, dtype=torch.bfloat16))
+    total = config.depth_double + config.depth_single
+    rows = []
+    for count in (0, 10, 20, total):
+        settings = dataclasses.replace(swap_for(count, config), prefetch=args.prefetch)
+        try:
+            rows.append(run_case(model, config, settings, args, inputs, device))
+        except torch.OutOfMemoryError:
+            rows.append({"double": settings.double_blocks, "single": settings.single_blocks, "oom": True})
+            model.to("cpu")
+            torch.cuda.empty_cache()
+    print(f"{torch.cuda.get_device_name(device)}; {args.config} config, {args.width}x{args.height}x{args.frames}, "
+          f"bf16, prefetch {args.prefetch}")
+    print(f"{'double':>7}{'single':>7}{'step s':>9}{'peak GiB':>10}{'planner GiB':>13}{'sync loads':>12}")
+    for r in rows:
+        if r.get("oom"):
+            print(f"{r['double']:>7}{r['single']:>7}{'OOM':>9}")
+            continue
+        print(f"{r['double']:>7}{r['single']:>7}{r['median_s']:>9.3f}{r['peak_gib']:>10.2f}{r['predicted_gib']:>13.2f}"
+              f"{r['sync_loads']:>12}")
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "gpu_blockswap.json").write_text(
+        json.dumps({"device": torch.cuda.get_device_name(device), "args": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
