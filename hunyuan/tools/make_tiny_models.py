@@ -26,7 +26,7 @@ def write_all(models_dir: Path, seed: int = 0) -> list[Path]:
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    package = __name__.rsplit(".", 2)[0]  # "hunyuan", or "<pack>.hunyuan" inside ComfyUI
+    package = __package__.rsplit(".", 1)[0]  # "hunyuan", or "<pack>.hunyuan" inside ComfyUI
     for stage in STAGES:
         try:
             tiny = importlib.import_module(f"{package}.{stage}.tiny")
