@@ -1,0 +1,100 @@
+"""The Block Swap node's ModelPatcher: real resident size, placement on load, clean unpatch.
+
+ComfyUI on this machine runs on the CPU, where swapping is a no-op; here the patcher is made to
+believe it has a separate device and the engine copies CPU -> CPU, so the placement path that a
+GPU takes runs for real."""
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import comfy.cli_args
+import pytest
+import torch
+
+comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (no GPU here)
+
+import comfy.model_patcher  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+if "hyvid_pack" not in sys.modules:  # the pack as ComfyUI imports it: a package around the repo root
+    pack = types.ModuleType("hyvid_pack")
+    pack.__path__ = [str(ROOT)]
+    sys.modules["hyvid_pack"] = pack
+sampler = importlib.import_module("hyvid_pack.nodes.sampler")
+dit = importlib.import_module("hyvid_pack.hunyuan.dit")
+offload = importlib.import_module("hyvid_pack.hunyuan.offload")
+
+CPU = torch.device("cpu")
+SETTINGS = offload.SwapSettings(double_blocks=2, single_blocks=1, prefetch=1)
+
+
+@pytest.fixture
+def patchers():
+    torch.manual_seed(0)
+    model = dit.HunyuanVideoDiT(dit.TINY).eval()
+    model.detach_refiner()
+    base = comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    return model, base, sampler.BlockSwapPatcher.from_patcher(base, SETTINGS)
+
+
+@pytest.fixture
+def pretend_device(monkeypatch):
+    monkeypatch.setattr(sampler.BlockSwapPatcher, "_swapping", lambda self: True)
+
+    def engine(model, settings, device, offload_device):
+        return offload.BlockSwapEngine(model, settings, CPU, transport=offload.CopyTransport(CPU))
+
+    monkeypatch.setattr(sampler, "make_engine", engine)
+
+
+def test_clone_keeps_settings_and_gets_its_own_placement_id(patchers):
+    model, base, swap = patchers
+    assert type(swap) is sampler.BlockSwapPatcher and swap.swap_settings == SETTINGS
+    assert swap.patches_uuid != base.patches_uuid and swap.model is base.model
+    again = swap.clone()
+    assert type(again) is sampler.BlockSwapPatcher and again.swap_settings == SETTINGS
+    assert again.patches_uuid == swap.patches_uuid  # same placement: no reload between them
+    assert type(base) is comfy.model_patcher.ModelPatcher  # the input patcher is untouched
+
+
+def test_model_size_is_the_real_resident_size(patchers, pretend_device):
+    model, base, swap = patchers
+    full = offload.module_bytes(model)
+    assert base.model_size() == full
+    assert swap.model_size() == offload.resident_bytes(model, SETTINGS) < full
+
+
+def test_cpu_only_swap_reports_the_full_size(patchers):
+    model, _, swap = patchers
+    assert swap.model_size() == offload.module_bytes(model)
+
+
+def test_load_places_blocks_and_unpatch_cleans_up(patchers, pretend_device):
+    model, base, swap = patchers
+    x = torch.randn(1, 16, 2, 4, 4)
+    args = (x, torch.tensor([500.0]), None, torch.ones(1, 3, dtype=torch.bool), torch.randn(1, dit.TINY.text_states_dim_2),
+            torch.tensor([6.0]))
+    tokens = torch.randn(1, 3, dit.TINY.hidden_size)
+    with torch.no_grad():
+        ref = model(*args, refined_text=tokens)
+    swap.load(CPU)
+    engine = sampler.active_engine(swap)
+    assert engine is not None and model.model_loaded_weight_memory == swap.model_size()
+    assert sampler.active_engine(base) is None  # another placement id: not the plain patcher's
+    with torch.no_grad(), engine.running(on_block=lambda: None):
+        out = model(*args, refined_text=tokens)
+        assert engine.stats["fetches"] >= 3
+    assert torch.equal(out, ref) and engine.live_copies() == 0
+    swap.unpatch_model(CPU)
+    assert not hasattr(model, sampler.ENGINE_ATTR) and sampler.active_engine(swap) is None
+    assert model.model_loaded_weight_memory == 0
+
+
+def test_block_swap_node_clamps_and_validates(patchers):
+    _, base, _ = patchers
+    out = sampler.HunyuanVideoBlockSwap.execute(base, 99, 99, 2, False, True, "manual").result[0]
+    assert out.swap_settings == offload.SwapSettings(2, 2, 2, False, True, "manual")  # the tiny model has 2+2
+    with pytest.raises(ValueError, match="mode='fast'"):
+        sampler.HunyuanVideoBlockSwap.execute(base, 1, 1, 1, False, False, "fast")
