@@ -51,7 +51,7 @@ class CausalConv3d(nn.Module):
         cache = rt.conv_cache if rt is not None else None
         prev = cache.get(id(self)) if cache is not None else None
         if prev is not None:
-            x = torch.cat([prev, F.pad(x, space, mode="replicate")], dim=2)
+            x = torch.cat([prev, F.pad(x, space + (0, 0), mode="replicate")], dim=2)
         elif kt > 1 or kh > 1:
             x = F.pad(x, space + (kt - 1, 0), mode="replicate")
         if cache is not None and kt > 1:
@@ -73,7 +73,9 @@ class GroupNorm3d(nn.GroupNorm):
         if rt.norm_mode == "collect":
             self._record(rt, x)
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        total, total_sq, count = rt.sums[id(self)]
+        return self._apply(x, *rt.sums[id(self)])
+
+    def _apply(self, x: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> torch.Tensor:
         mean = total / count
         rstd = torch.rsqrt((total_sq / count - mean * mean).clamp_min(0) + self.eps)
         b, c = x.shape[:2]

@@ -1,0 +1,175 @@
+"""Decode and encode through tiles (see :mod:`.tiling` for the why)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .layers import Runtime
+from .model import CausalVAE
+from .tiling import (
+    Interrupt,
+    Progress,
+    Ticker,
+    TileSpec,
+    tile_chunks,
+    tile_cores,
+    tile_ramp,
+    tile_spans,
+    with_oom_retry,
+)
+
+Span = tuple[int, int]
+
+
+def pixel_frame(latent_frame: int) -> int:
+    """Index of the first pixel frame produced by latent frame ``latent_frame`` (0 -> 0, t -> 4t-3)."""
+    return 0 if latent_frame == 0 else 4 * latent_frame - 3
+
+
+def _sweep(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    take: Callable[[Span, Span, Span], torch.Tensor],
+    grid: tuple[list[Span], list[Span], list[Span]],
+    rt: Runtime,
+    ticker: Ticker,
+    sink: Callable[[int, int, Span, torch.Tensor], None] | None,
+) -> None:
+    """Run ``fn`` over every (tile, chunk); chunks of one tile stream through the causal convs."""
+    ys, xs, times = grid
+    cy, cx = tile_cores(ys), tile_cores(xs)
+    for i, yspan in enumerate(ys):
+        for j, xspan in enumerate(xs):
+            rt.start_tile((*cy[i], *cx[j]))
+            for tspan in times:
+                ticker.check()
+                out = fn(take(tspan, yspan, xspan))
+                rt.first_chunk = False
+                if sink is not None:
+                    sink(i, j, tspan, out)
+                del out
+                ticker.tick()
+
+
+def _run_passes(vae, fn, take, grid, spec, ticker_args, sink) -> None:
+    units = len(grid[0]) * len(grid[1]) * len(grid[2])
+    two_pass = spec.shared_norm and units > 1
+    ticker = Ticker(units * (2 if two_pass else 1), *ticker_args)
+    rt = Runtime()
+    with vae.running(rt):
+        if two_pass:  # pass 1 only records statistics (each tile normalised with its own)
+            rt.norm_mode = "collect"
+            _sweep(fn, take, grid, rt, ticker, None)
+            rt.norm_mode = "shared"
+        _sweep(fn, take, grid, rt, ticker, sink)
+
+
+@torch.no_grad()
+def decode(
+    vae: CausalVAE,
+    latent: torch.Tensor,
+    spec: TileSpec | None = None,
+    *,
+    progress: Progress | None = None,
+    interrupt: Interrupt | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Raw latent [B, 16, T, h, w] -> float32 video [B, 3, 4(T-1)+1, 8h, 8w] (about -1..1) on ``out_device``.
+
+    ``spec=None`` decodes in one piece. Otherwise tiles per ``spec``, shrinking them on a device OOM.
+    """
+    if spec is None:
+        if interrupt is not None:
+            interrupt()
+        out = vae.decode(latent.to(vae.device, vae.dtype)).to(out_device, torch.float32)
+        if progress is not None:
+            progress(1, 1)
+        return out
+    return with_oom_retry(
+        lambda s: _decode_tiled(vae, latent, s, (progress, interrupt), out_device), spec, tuple(latent.shape)
+    )
+
+
+def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_args, out_device) -> torch.Tensor:
+    z = latent.to(vae.device, vae.dtype)
+    feats = vae.decoder.stem(vae.post_quant_conv(z))  # whole latent: exact mid-block attention
+    b, _, frames, height, width = feats.shape
+    s = vae.config.spatial_ratio
+    grid = (tile_spans(height, spec.tile, spec.overlap), tile_spans(width, spec.tile, spec.overlap), tile_chunks(frames, spec.chunk))
+    out = torch.zeros(b, vae.config.image_channels, vae.config.frames_out(frames), height * s, width * s, device=out_device)
+    weight = torch.zeros(height * s, width * s, device=out_device)
+    ramps_y = [tile_ramp(grid[0], i, s).to(out_device) for i in range(len(grid[0]))]
+    ramps_x = [tile_ramp(grid[1], j, s).to(out_device) for j in range(len(grid[1]))]
+
+    def take(t: Span, y: Span, x: Span) -> torch.Tensor:
+        return feats[:, :, t[0] : t[1], y[0] : y[1], x[0] : x[1]]
+
+    def sink(i: int, j: int, t: Span, video: torch.Tensor) -> None:
+        (y0, y1), (x0, x1) = grid[0][i], grid[1][j]
+        w = ramps_y[i][:, None] * ramps_x[j][None, :]
+        f0 = pixel_frame(t[0])
+        region = out[:, :, f0 : f0 + video.shape[2], y0 * s : y1 * s, x0 * s : x1 * s]
+        region.add_(video.to(out_device, torch.float32) * w)
+        if t[0] == 0:
+            weight[y0 * s : y1 * s, x0 * s : x1 * s] += w
+
+    _run_passes(vae, vae.decoder.head, take, grid, spec, ticker_args, sink)
+    return out.div_(weight)
+
+
+def check_frames(frames: int) -> None:
+    """Raise a ValueError unless ``frames`` is 4k+1."""
+    if frames < 1 or (frames - 1) % 4:
+        low = max(1, (frames - 1) // 4 * 4 + 1)
+        raise ValueError(f"frames={frames} is not 4k+1; nearest valid: {low} or {low + 4}")
+
+
+@torch.no_grad()
+def encode(
+    vae: CausalVAE,
+    video: torch.Tensor,
+    spec: TileSpec | None = None,
+    *,
+    progress: Progress | None = None,
+    interrupt: Interrupt | None = None,
+) -> torch.Tensor:
+    """Video [B, 3, 4k+1, H, W] in -1..1 (H, W multiples of 8) -> raw latent mean [B, 16, k+1, H/8, W/8]."""
+    check_frames(video.shape[2])
+    s = vae.config.spatial_ratio
+    if video.shape[-1] % s or video.shape[-2] % s:
+        raise ValueError(f"video size {video.shape[-2]}x{video.shape[-1]} is not a multiple of {s}")
+    if spec is None:
+        if interrupt is not None:
+            interrupt()
+        out = vae.encode(video.to(vae.device, vae.dtype))
+        if progress is not None:
+            progress(1, 1)
+        return out
+    return with_oom_retry(lambda sp: _encode_tiled(vae, video, sp, (progress, interrupt)), spec, tuple(video.shape))
+
+
+def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_args) -> torch.Tensor:
+    b, _, frames, height, width = video.shape
+    s, cfg = vae.config.spatial_ratio, vae.config
+    lat = (cfg.latent_frames(frames), height // s, width // s)
+    grid = (tile_spans(lat[1], spec.tile, spec.overlap), tile_spans(lat[2], spec.tile, spec.overlap), tile_chunks(lat[0], spec.chunk))
+    feats = torch.zeros(b, cfg.block_channels[-1], *lat, device=vae.device)
+    weight = torch.zeros(lat[1], lat[2], device=vae.device)
+    ramps_y = [tile_ramp(grid[0], i, 1).to(vae.device) for i in range(len(grid[0]))]
+    ramps_x = [tile_ramp(grid[1], j, 1).to(vae.device) for j in range(len(grid[1]))]
+
+    def take(t: Span, y: Span, x: Span) -> torch.Tensor:
+        clip = video[:, :, pixel_frame(t[0]) : pixel_frame(t[1])]
+        return clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s].to(vae.device, vae.dtype)
+
+    def sink(i: int, j: int, t: Span, h: torch.Tensor) -> None:
+        (y0, y1), (x0, x1) = grid[0][i], grid[1][j]
+        w = ramps_y[i][:, None] * ramps_x[j][None, :]
+        feats[:, :, t[0] : t[1], y0:y1, x0:x1].add_(h.float() * w)
+        if t[0] == 0:
+            weight[y0:y1, x0:x1] += w
+
+    _run_passes(vae, vae.encoder.body, take, grid, spec, ticker_args, sink)
+    moments = vae.quant_conv(vae.encoder.tail(feats.div_(weight).to(vae.dtype)))
+    return moments[:, : cfg.latent_channels]

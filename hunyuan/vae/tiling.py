@@ -1,0 +1,144 @@
+"""Tiled decode and encode in space and time, with seams hidden at the source.
+
+Why tiles seam, and what this module does about each cause:
+
+* Time. Every convolution is causal, so instead of overlapping frame windows we stream the
+  latent in chunks of frames and let each causal conv carry the tail of its input into the next
+  chunk (:class:`~.layers.Runtime`). Convolutions are then exact across chunk borders and the
+  output has exactly 4*(T-1)+1 frames.
+* Whole-frame operations. The mid block (attention over every token of a frame) runs on the
+  whole latent, where it is cheap (1/64 of the pixels); only the full-resolution part is tiled.
+* GroupNorm statistics. Normalising each tile with its own mean/variance shifts brightness and
+  contrast from tile to tile. With ``shared_norm`` a first pass records every norm layer's
+  statistics over all tiles (each pixel counted once) and the second pass normalises every tile
+  with those same whole-video statistics.
+* Receptive field. Tiles overlap; each is weighted by a ramp that falls towards its inner edges
+  (where padding made it least accurate) and the weighted sum is renormalised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
+)
+Progress = Callable[[int, int], None]
+Interrupt = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Tile sizes in LATENT units. ``tile=0`` / ``chunk=0`` mean "no tiling" along that axis."""
+
+    tile: int = 32  # spatial tile side (latent pixels; x8 for output pixels)
+    overlap: int = 8  # spatial overlap between neighbouring tiles (latent pixels)
+    chunk: int = 4  # latent frames per temporal chunk
+    shared_norm: bool = True  # two passes: whole-video GroupNorm statistics for every tile
+
+    def __post_init__(self) -> None:
+        if self.tile < 0 or self.chunk < 0 or self.overlap < 0:
+            raise ValueError(f"tile sizes must be >= 0, got {self}")
+        if self.tile and self.overlap >= self.tile:
+            raise ValueError(f"overlap={self.overlap} must be smaller than tile={self.tile} (latent pixels)")
+
+    def smaller(self, height: int, width: int, frames: int) -> TileSpec | None:
+        """The next spec to try after running out of memory, or None when nothing is left to shrink."""
+        tile = self.tile or max(height, width)
+        if tile > 8:
+            new = max(8, tile // 2)
+            return replace(self, tile=new, overlap=min(self.overlap or new // 4, new // 2))
+        chunk = self.chunk or frames
+        if chunk > 1:
+            return replace(self, chunk=chunk // 2)
+        return None
+
+
+def auto_tiling(free_bytes: int, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> TileSpec:
+    """Largest tiles whose estimated peak fits in ``free_bytes`` (prefers whole frames, then chunks).
+
+    The estimate is ~6 live full-resolution activations of ``widest`` channels (the decoder's
+    last block) per output voxel of one tile-chunk, plus the whole-latent mid block.
+    """
+    _, _, frames, height, width = latent_shape
+    budget = 0.8 * free_bytes - 8 * 512 * frames * height * width * dtype_size
+    for tile in (0, 96, 64, 48, 32, 24, 16, 8):
+        th, tw = (height, width) if tile == 0 else (min(tile, height), min(tile, width))
+        for chunk in (0, 8, 4, 2, 1):
+            out_frames = 4 * (chunk or frames)
+            voxels = out_frames * th * tw * 64
+            if 6 * widest * voxels * dtype_size <= budget:
+                return TileSpec(tile=tile, overlap=min(8, tile // 4), chunk=chunk)
+    return TileSpec(tile=8, overlap=2, chunk=1)
+
+
+def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Start/end of tiles covering [0, size); the last tile is aligned to the end."""
+    if tile == 0 or size <= tile:
+        return [(0, size)]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return [(s, s + tile) for s in starts]
+
+
+def tile_cores(spans: list[tuple[int, int]]) -> list[tuple[float, float]]:
+    """Each tile's owned part (cut at the middle of each overlap), as fractions of the tile."""
+    out = []
+    for i, (a, b) in enumerate(spans):
+        lo = a if i == 0 else (a + spans[i - 1][1]) / 2
+        hi = b if i == len(spans) - 1 else (spans[i + 1][0] + b) / 2
+        out.append(((lo - a) / (b - a), (hi - a) / (b - a)))
+    return out
+
+
+def tile_ramp(spans: list[tuple[int, int]], i: int, scale: int) -> torch.Tensor:
+    """1-D blend weight of tile i in output pixels: 1 inside, falling linearly over each overlap."""
+    a, b = spans[i]
+    w = torch.ones((b - a) * scale)
+    if i > 0:
+        n = (spans[i - 1][1] - a) * scale
+        w[:n] = torch.minimum(w[:n], (torch.arange(n) + 0.5) / n)
+    if i < len(spans) - 1:
+        n = (b - spans[i + 1][0]) * scale
+        w[-n:] = torch.minimum(w[-n:], (torch.arange(n, 0, -1) - 0.5) / n)
+    return w
+
+
+def tile_chunks(frames: int, chunk: int) -> list[tuple[int, int]]:
+    step = chunk or frames
+    return [(s, min(s + step, frames)) for s in range(0, frames, step)]
+
+
+class Ticker:
+    def __init__(self, total: int, progress: Progress | None, interrupt: Interrupt | None) -> None:
+        self.done, self.total, self.progress, self.interrupt = 0, total, progress, interrupt
+
+    def check(self) -> None:
+        if self.interrupt is not None:
+            self.interrupt()
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def with_oom_retry(run: Callable[[TileSpec], torch.Tensor], spec: TileSpec, shape: tuple[int, ...]) -> torch.Tensor:
+    """Call ``run(spec)``; on a device OOM shrink the tiles and try again (logged)."""
+    while True:
+        try:
+            return run(spec)
+        except OOM_ERRORS as exc:
+            smaller = spec.smaller(shape[-2], shape[-1], shape[2])
+            if smaller is None:
+                raise
+            log.warning("VAE ran out of memory with %s (%s); retrying with %s", spec, str(exc)[:80], smaller)
+            spec = smaller
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
