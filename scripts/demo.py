@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
-    written = write_all(args.base_dir / "models", seed=0)
+    written = write_all(args.base_dir / "models", seed=0, real_names=True)
     print(f"[demo] tiny weights: {len(written)} files in {args.base_dir / 'models'}")
     server = ComfyServer(args.base_dir)
     server.start()

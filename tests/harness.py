@@ -72,7 +72,7 @@ def _log_outside(server: TestServer, start: int, end: int) -> str:
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory) -> TestServer:
     base = tmp_path_factory.mktemp("comfyui-base")
-    write_all(base / "models", seed=0)
+    write_all(base / "models", seed=0, real_names=True)
     server = TestServer(base, python=sys.executable)
     server.start()
     try:

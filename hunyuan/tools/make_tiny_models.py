@@ -21,8 +21,31 @@ log = logging.getLogger(__name__)
 # ``write_tiny(models_dir: Path, seed: int) -> list[Path]``.
 STAGES = ("text", "dit", "vae", "rewrite")
 
+# With ``real_names``, the tiny files are also linked under the names of the real weights, so the
+# example workflows in workflows/ (which name the real files) run unchanged on tiny weights.
+REAL_NAMES = {
+    "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors": "diffusion_models/hyvid_tiny_dit.safetensors",
+    "vae/hunyuan_video_vae_bf16.safetensors": "vae/hyvid_tiny_vae.safetensors",
+    "text_encoders/llava_llama3_fp16.safetensors": "text_encoders/hyvid_tiny_llava_llama3_fp16.safetensors",
+    "text_encoders/clip_l.safetensors": "text_encoders/hyvid_tiny_clip_l.safetensors",
+    "LLM/Qwen2.5-1.5B-Instruct": "LLM/hyvid_tiny_rewrite_lm",
+}
 
-def write_all(models_dir: Path, seed: int = 0) -> list[Path]:
+
+def link_real_names(models_dir: Path) -> list[Path]:
+    links = []
+    for name, target in REAL_NAMES.items():
+        link, source = models_dir / name, models_dir / target
+        if not source.exists():
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source.relative_to(link.parent), target_is_directory=source.is_dir())
+        links.append(link)
+    return links
+
+
+def write_all(models_dir: Path, seed: int = 0, *, real_names: bool = False) -> list[Path]:
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -36,6 +59,8 @@ def write_all(models_dir: Path, seed: int = 0) -> list[Path]:
             log.info("stage %s has no tiny weights yet", stage)
             continue
         written.extend(tiny.write_tiny(models_dir, seed))
+    if real_names:
+        written.extend(link_real_names(models_dir))
     return written
 
 
@@ -43,9 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="a ComfyUI models/ folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--real-names", action="store_true",
+                        help="also link the tiny files under the real weights' names (for the example workflows); "
+                        "never use this in a folder that holds real weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in write_all(args.out, args.seed):
+    for path in write_all(args.out, args.seed, real_names=args.real_names):
         print(path)
     return 0
 
