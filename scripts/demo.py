@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hunyuan.tools.make_tiny_models import write_all  # noqa: E402
 from scripts.comfy_server import ROOT, ComfyServer  # noqa: E402
+from scripts.smoke_size import SMOKE_INPUTS, shrink  # noqa: E402
 
 DEFAULT_WORKFLOW = ROOT / "workflows" / "t2v_basic_api.json"
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".mov"}
@@ -51,15 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     print(f"[demo] ComfyUI up at {server.url} (log: {server.log_path})")
     try:
+        workflow = shrink(json.loads(args.workflow.read_text()))
+        small = args.base_dir / f"{args.workflow.stem}_smoke.json"
+        small.write_text(json.dumps(workflow, indent=1))
+        print(f"[demo] queueing {args.workflow.name} through comfy-cli at smoke size {SMOKE_INPUTS}")
         before = set((args.base_dir / "output").rglob("*"))
-        server.run_cli(args.workflow)
+        server.run_cli(small)
         videos = sorted(p for p in set((args.base_dir / "output").rglob("*")) - before
                         if p.suffix.lower() in VIDEO_SUFFIXES)
         if not videos:
             print("[demo] the workflow finished but wrote no video", file=sys.stderr)
             return 1
         frames = count_frames(videos[-1])
-        want = expected_frames(json.loads(args.workflow.read_text()))
+        want = expected_frames(workflow)
         if want is not None and frames != want:
             print(f"[demo] {videos[-1]} has {frames} frames, expected {want}", file=sys.stderr)
             return 1
