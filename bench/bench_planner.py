@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,12 +62,23 @@ print(json.dumps({"base": base, "peak": peak}))
 """
 
 
+def _clean_signals() -> None:
+    """Child set-up: default signal dispositions and an empty signal mask. Both survive exec, and
+    a parent that changed them (importing ComfyUI does) made the child's bf16/fp32 peak ~60 MB
+    higher; with them reset the measurement no longer depends on the parent."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def measure_forward_peak(config: dict, dtype: str, latent: tuple[int, int, int], text: int, pad: bool) -> int:
     """Peak bytes above the resident model during one DiT forward on the CPU (subprocess)."""
     spec = json.dumps({"config": config, "dtype": dtype, "latent": list(latent), "text": text, "pad": pad})
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "2"}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, spec, str(ROOT)], env=env, capture_output=True, text=True, check=True, timeout=300
+        [sys.executable, "-c", CHILD, spec, str(ROOT)], env=env, capture_output=True, text=True, check=True, timeout=300,
+        preexec_fn=_clean_signals,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["peak"] - result["base"]
