@@ -202,7 +202,8 @@ def _swap_for_run(dit, shape, text_tokens: int, cfg: bool):
     if settings is None or settings.mode != "auto" or torch.device(dit.load_device).type == "cpu":
         return dit
     config, model = dit.model.config, dit.model
-    free = mm.get_free_memory(dit.load_device) + (dit.loaded_size() if active_engine(dit) else 0)
+    # whatever of this DiT is loaded now (by any of its patchers) is freed before our clone loads
+    free = mm.get_free_memory(dit.load_device) + model.model_loaded_weight_memory
     free -= mm.extra_reserved_memory()
     _, _, t, h, w = shape
     chosen = auto_swap(
