@@ -73,9 +73,9 @@ class GroupNorm3d(nn.GroupNorm):
         if rt.norm_mode == "collect":
             self._record(rt, x)
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return self._apply(x, *rt.sums[id(self)])
+        return self._normalize_with(x, *rt.sums[id(self)])
 
-    def _apply(self, x: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> torch.Tensor:
+    def _normalize_with(self, x: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> torch.Tensor:
         mean = total / count
         rstd = torch.rsqrt((total_sq / count - mean * mean).clamp_min(0) + self.eps)
         b, c = x.shape[:2]

@@ -111,13 +111,10 @@ class CausalVAE(nn.Module):
         self.quant_conv = nn.Conv3d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
         self.post_quant_conv = nn.Conv3d(cfg.latent_channels, cfg.latent_channels, 1)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.post_quant_conv.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.post_quant_conv.weight.device
+    def weight_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Where the weights live and in which dtype (inputs are moved there)."""
+        w = self.post_quant_conv.weight
+        return w.device, w.dtype
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 4k+1, H, W] in -1..1 -> raw latent mean [B, 16, k+1, H/8, W/8]."""

@@ -82,7 +82,7 @@ def decode(
     if spec is None:
         if interrupt is not None:
             interrupt()
-        out = vae.decode(latent.to(vae.device, vae.dtype)).to(out_device, torch.float32)
+        out = vae.decode(latent.to(*vae.weight_device_dtype())).to(out_device, torch.float32)
         if progress is not None:
             progress(1, 1)
         return out
@@ -92,7 +92,7 @@ def decode(
 
 
 def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_args, out_device) -> torch.Tensor:
-    z = latent.to(vae.device, vae.dtype)
+    z = latent.to(*vae.weight_device_dtype())
     feats = vae.decoder.stem(vae.post_quant_conv(z))  # whole latent: exact mid-block attention
     b, _, frames, height, width = feats.shape
     s = vae.config.spatial_ratio
@@ -142,7 +142,7 @@ def encode(
     if spec is None:
         if interrupt is not None:
             interrupt()
-        out = vae.encode(video.to(vae.device, vae.dtype))
+        out = vae.encode(video.to(*vae.weight_device_dtype()))
         if progress is not None:
             progress(1, 1)
         return out
@@ -151,17 +151,18 @@ def encode(
 
 def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_args) -> torch.Tensor:
     b, _, frames, height, width = video.shape
+    device, dtype = vae.weight_device_dtype()
     s, cfg = vae.config.spatial_ratio, vae.config
     lat = (cfg.latent_frames(frames), height // s, width // s)
     grid = (tile_spans(lat[1], spec.tile, spec.overlap), tile_spans(lat[2], spec.tile, spec.overlap), tile_chunks(lat[0], spec.chunk))
-    feats = torch.zeros(b, cfg.block_channels[-1], *lat, device=vae.device)
-    weight = torch.zeros(lat[1], lat[2], device=vae.device)
-    ramps_y = [tile_ramp(grid[0], i, 1).to(vae.device) for i in range(len(grid[0]))]
-    ramps_x = [tile_ramp(grid[1], j, 1).to(vae.device) for j in range(len(grid[1]))]
+    feats = torch.zeros(b, cfg.block_channels[-1], *lat, device=device)
+    weight = torch.zeros(lat[1], lat[2], device=device)
+    ramps_y = [tile_ramp(grid[0], i, 1).to(device) for i in range(len(grid[0]))]
+    ramps_x = [tile_ramp(grid[1], j, 1).to(device) for j in range(len(grid[1]))]
 
     def take(t: Span, y: Span, x: Span) -> torch.Tensor:
         clip = video[:, :, pixel_frame(t[0]) : pixel_frame(t[1])]
-        return clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s].to(vae.device, vae.dtype)
+        return clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s].to(device, dtype)
 
     def sink(i: int, j: int, t: Span, h: torch.Tensor) -> None:
         (y0, y1), (x0, x1) = grid[0][i], grid[1][j]
@@ -171,5 +172,5 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
             weight[y0:y1, x0:x1] += w
 
     _run_passes(vae, vae.encoder.body, take, grid, spec, ticker_args, sink)
-    moments = vae.quant_conv(vae.encoder.tail(feats.div_(weight).to(vae.dtype)))
+    moments = vae.quant_conv(vae.encoder.tail(feats.div_(weight).to(dtype)))
     return moments[:, : cfg.latent_channels]

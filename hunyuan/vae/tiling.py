@@ -60,21 +60,27 @@ class TileSpec:
         return None
 
 
-def auto_tiling(free_bytes: int, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> TileSpec:
-    """Largest tiles whose estimated peak fits in ``free_bytes`` (prefers whole frames, then chunks).
-
-    The estimate is ~6 live full-resolution activations of ``widest`` channels (the decoder's
-    last block) per output voxel of one tile-chunk, plus the whole-latent mid block.
-    """
+def estimate_peak(spec: TileSpec, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> int:
+    """Rough peak bytes of a decode with ``spec``: ~6 live activations of the widest full-resolution
+    block (``widest`` channels) per output voxel of one tile-chunk, plus the whole-latent mid block
+    (~8 tensors of 512 channels)."""
     _, _, frames, height, width = latent_shape
-    budget = 0.8 * free_bytes - 8 * 512 * frames * height * width * dtype_size
+    th, tw = (height, width) if spec.tile == 0 else (min(spec.tile, height), min(spec.tile, width))
+    voxels = 4 * (spec.chunk or frames) * th * tw * 64
+    return int((6 * widest * voxels + 8 * 512 * frames * height * width) * dtype_size)
+
+
+def auto_tiling(free_bytes: int, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> TileSpec:
+    """Largest tiles whose estimated peak fits in 80% of ``free_bytes``.
+
+    Whole frames are preferred (temporal chunks are exact, spatial tiles are not), then the
+    largest spatial tile, each with the longest chunk that fits.
+    """
     for tile in (0, 96, 64, 48, 32, 24, 16, 8):
-        th, tw = (height, width) if tile == 0 else (min(tile, height), min(tile, width))
         for chunk in (0, 8, 4, 2, 1):
-            out_frames = 4 * (chunk or frames)
-            voxels = out_frames * th * tw * 64
-            if 6 * widest * voxels * dtype_size <= budget:
-                return TileSpec(tile=tile, overlap=min(8, tile // 4), chunk=chunk)
+            spec = TileSpec(tile=tile, overlap=min(8, tile // 4), chunk=chunk)
+            if estimate_peak(spec, latent_shape, widest, dtype_size) <= 0.8 * free_bytes:
+                return spec
     return TileSpec(tile=8, overlap=2, chunk=1)
 
 

@@ -59,7 +59,7 @@ def test_real_config_inferred_from_shapes():
         shapes = CausalVAE(HUNYUAN_VIDEO_VAE).state_dict()
     assert infer_config(shapes) == HUNYUAN_VIDEO_VAE
     assert infer_config(comfy_to_diffusers(diffusers_to_comfy(shapes))) == HUNYUAN_VIDEO_VAE
-    assert groups_for((128, 256, 512, 512)) == 32 and groups_for((8, 16, 16, 16)) == 8
+    assert groups_for((128, 256, 512, 512)) == 32 and groups_for((8, 16, 16, 16)) == 8 and groups_for((16, 16, 16, 16)) == 16
 
 
 def test_not_a_vae_fails_naming_what_is_missing(tmp_path):

@@ -1,0 +1,176 @@
+"""VAE stage nodes: load the causal 3D VAE, decode LATENT -> IMAGE and encode IMAGE -> LATENT.
+
+LATENT holds raw VAE latents ``{"samples": [B, 16, T, H/8, W/8]}`` (ComfyUI's convention for
+HunyuanVideo), so native latents decode here and ours decode through native nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..hunyuan.vae import tiled
+from ..hunyuan.vae.loader import load_vae
+from ..hunyuan.vae.tiling import TileSpec, auto_tiling, estimate_peak
+from .types import CATEGORY, VAE
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TILE_MODES = ("auto", "custom", "off")
+
+
+def _tiling_inputs(default_chunk: int) -> list:
+    return [
+        io.Combo.Input(
+            "tiling",
+            options=list(TILE_MODES),
+            default="auto",
+            tooltip="auto: tile sizes from the device's free memory; custom: the sizes below; "
+            "off: whole video in one piece (fastest, most memory). Out of memory always retries smaller.",
+        ),
+        io.Int.Input("tile_size", default=256, min=64, max=4096, step=8,
+                     tooltip="custom: spatial tile side in output pixels (multiple of 8)."),
+        io.Int.Input("tile_overlap", default=64, min=0, max=2048, step=8,
+                     tooltip="custom: overlap between neighbouring tiles in output pixels; blended."),
+        io.Int.Input("temporal_chunk", default=default_chunk, min=0, max=256,
+                     tooltip="custom: latent frames per chunk (1 latent frame = 4 video frames); "
+                     "0 = all. Chunks are exact: causal convolutions carry state across them."),
+        io.Boolean.Input("shared_norm", default=True,
+                         tooltip="Normalise every tile with whole-video statistics (an extra "
+                         "statistics pass, about 2x the time when tiled) so tiles do not seam."),
+    ]
+
+
+def _spec(patcher, shape, tiling: str, tile_size: int, tile_overlap: int, chunk: int, shared: bool):
+    """Load the VAE through ComfyUI's manager (asking for the working memory) and pick the tiles."""
+    model = patcher.model
+    widest, size = model.config.block_channels[0], model.weight_device_dtype()[1].itemsize
+    if tiling == "off":
+        spec = None
+    elif tiling == "custom":
+        tile = tile_size // 8
+        spec = TileSpec(tile=tile, overlap=min(tile_overlap // 8, max(tile - 1, 0)), chunk=chunk, shared_norm=shared)
+    else:
+        spec = TileSpec(tile=32, overlap=8, chunk=2, shared_norm=shared)  # a floor to ask memory for
+    need = estimate_peak(spec or TileSpec(tile=0, chunk=0), shape, widest, size)
+    mm.load_models_gpu([patcher], memory_required=need)
+    if tiling == "auto":
+        free = mm.get_free_memory(patcher.load_device)
+        spec = auto_tiling(free, shape, widest, size)
+        spec = TileSpec(spec.tile, spec.overlap, spec.chunk, shared_norm=shared)
+        log.info("VAE auto tiling for %s with %.0f MB free: %s", tuple(shape), free / 2**20, spec)
+    return spec
+
+
+def _callbacks():
+    pbar = comfy.utils.ProgressBar(1)
+
+    def progress(done: int, total: int) -> None:
+        pbar.update_absolute(done, total)
+
+    return progress, mm.throw_exception_if_processing_interrupted
+
+
+class HunyuanVideoVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoVAELoader",
+            display_name="HunyuanVideo VAE Loader",
+            category=CATEGORY,
+            description="Loads HunyuanVideo's causal 3D VAE (Tencent/diffusers or ComfyUI layout).",
+            inputs=[
+                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
+                               tooltip="VAE weights in models/vae (.safetensors, or .pt read weights-only)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="default",
+                               tooltip="Compute dtype. default: ComfyUI's VAE dtype for the device (bf16 where fast)."),
+            ],
+            outputs=[VAE.Output(display_name="vae", tooltip="The VAE in ComfyUI's model manager.")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name: str, dtype: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("vae", vae_name)
+        load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
+        chosen = DTYPES[dtype] or mm.vae_dtype(load_device, [torch.bfloat16, torch.float32])
+        model = load_vae(path, device=offload_device, dtype=chosen)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        log.info("HunyuanVideo VAE %s: %s, %s", vae_name, model.config.block_channels, chosen)
+        return io.NodeOutput(patcher)
+
+
+class HunyuanVideoVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoVAEDecode",
+            display_name="HunyuanVideo VAE Decode",
+            category=CATEGORY,
+            description="Decodes raw HunyuanVideo latents to frames, tiled in space and time.",
+            inputs=[
+                VAE.Input("vae", tooltip="From HunyuanVideo VAE Loader."),
+                io.Latent.Input("samples", tooltip="Raw VAE latents [B, 16, T, H/8, W/8] (sampler output "
+                                "or native HunyuanVideo LATENT); decodes to 4*(T-1)+1 frames."),
+                *_tiling_inputs(default_chunk=2),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="Frames [B*frames, H, W, 3] in 0..1.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, samples, tiling, tile_size, tile_overlap, temporal_chunk, shared_norm) -> io.NodeOutput:
+        latent = samples["samples"]
+        channels = vae.model.config.latent_channels
+        if latent.ndim != 5 or latent.shape[1] != channels:
+            raise ValueError(
+                f"samples has shape {tuple(latent.shape)}; the HunyuanVideo VAE expects video latents "
+                f"[B, {channels}, T, H/8, W/8] (an image-model LATENT or another video model's cannot be decoded)"
+            )
+        spec = _spec(vae, latent.shape, tiling, tile_size, tile_overlap, temporal_chunk, shared_norm)
+        progress, interrupt = _callbacks()
+        video = tiled.decode(vae.model, latent, spec, progress=progress, interrupt=interrupt,
+                             out_device=mm.intermediate_device())
+        frames = video.add_(1).div_(2).clamp_(0, 1).permute(0, 2, 3, 4, 1)
+        return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]))
+
+
+class HunyuanVideoVAEEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoVAEEncode",
+            display_name="HunyuanVideo VAE Encode",
+            category=CATEGORY,
+            description="Encodes frames (4k+1 of them) to raw HunyuanVideo latents, for video-to-video.",
+            inputs=[
+                VAE.Input("vae", tooltip="From HunyuanVideo VAE Loader."),
+                io.Image.Input("pixels", tooltip="Frames [frames, H, W, 3] in 0..1; frames must be 4k+1 "
+                               "and H, W multiples of 8."),
+                *_tiling_inputs(default_chunk=2),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Raw latents [1, 16, k+1, H/8, W/8].")],
+        )
+
+    @classmethod
+    def execute(cls, vae, pixels, tiling, tile_size, tile_overlap, temporal_chunk, shared_norm) -> io.NodeOutput:
+        frames, height, width = pixels.shape[:3]
+        if (frames - 1) % 4:
+            low = (frames - 1) // 4 * 4 + 1
+            raise ValueError(f"pixels has frames={frames}, which is not 4k+1; nearest valid: {low} or {low + 4}")
+        if height % 8 or width % 8:
+            raise ValueError(f"pixels is {width}x{height}; width and height must be multiples of 8")
+        video = pixels[..., :3].permute(3, 0, 1, 2).unsqueeze(0).mul(2).sub(1)
+        shape = (1, vae.model.config.latent_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+        spec = _spec(vae, shape, tiling, tile_size, tile_overlap, temporal_chunk, shared_norm)
+        progress, interrupt = _callbacks()
+        latent = tiled.encode(vae.model, video, spec, progress=progress, interrupt=interrupt)
+        return io.NodeOutput({"samples": latent.to(mm.intermediate_device(), torch.float32)})
+
+
+NODES = [HunyuanVideoVAELoader, HunyuanVideoVAEDecode, HunyuanVideoVAEEncode]
