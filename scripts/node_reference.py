@@ -27,12 +27,9 @@ def _type_name(spec: list) -> str:
 
 
 def _default(spec: list) -> str:
+    # Only declared defaults: a file list's first entry depends on what is installed.
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if "default" in options:
-        return f"`{options['default']!r}`"
-    if isinstance(spec[0], list) and spec[0]:
-        return f"`{spec[0][0]!r}`"
-    return ""
+    return f"`{options['default']!r}`" if "default" in options else ""
 
 
 def render(object_info: dict, pack_module_suffix: str) -> str:

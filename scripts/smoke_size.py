@@ -23,3 +23,26 @@ def shrink(api: dict) -> dict:
             if name in node["inputs"] and not isinstance(node["inputs"][name], list):
                 node["inputs"][name] = value
     return out
+
+
+V2V_INPUT = "hunyuan_v2v_input.mp4"  # the file workflows/v2v_api.json loads from input/
+
+
+def write_smoke_input_video(path) -> None:
+    """A short colourful clip at the smoke size, as the v2v example's input."""
+    import av
+    import numpy as np
+
+    size = SMOKE_INPUTS["HunyuanVideoSampler"]
+    width, height, frames = size["width"], size["height"], size["frames"]
+    yy, xx = np.mgrid[0:height, 0:width]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            rgb = np.stack([(xx * 4 + i * 16) % 256, (yy * 5) % 256, np.full_like(xx, 128 + 8 * i)], -1)
+            frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -16,6 +16,7 @@ import pytest
 
 from hunyuan.tools.make_tiny_models import write_all
 from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed
+from scripts.smoke_size import V2V_INPUT, write_smoke_input_video
 
 ARTIFACTS = ROOT / "artifacts"
 
@@ -73,6 +74,8 @@ def _log_outside(server: TestServer, start: int, end: int) -> str:
 def comfy(tmp_path_factory) -> TestServer:
     base = tmp_path_factory.mktemp("comfyui-base")
     write_all(base / "models", seed=0, real_names=True)
+    (base / "input").mkdir(exist_ok=True)
+    write_smoke_input_video(base / "input" / V2V_INPUT)
     server = TestServer(base, python=sys.executable)
     server.start()
     try:
