@@ -73,28 +73,29 @@ def matmul_flops() -> float:
     return 2.0 * (c.depth_double * double + c.depth_single * single + c.refiner_depth * refiner + final)
 
 
-def gemm_gflops(dtype: torch.dtype, repeats: int) -> float:
+def gemm_run():
+    """A plain bf16 GEMM of the MLP's shape over the step's tokens: (callable, its FLOPs)."""
     n = (LATENT[0] * LATENT[1] * LATENT[2]) // 4 + TEXT_LEN
-    a = torch.randn(n, CONFIG.hidden_size).to(dtype)
-    b = torch.randn(CONFIG.mlp_hidden, CONFIG.hidden_size).to(dtype)
-    torch.nn.functional.linear(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.nn.functional.linear(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n * CONFIG.hidden_size * CONFIG.mlp_hidden / statistics.median(times) / 1e9
+    a = torch.randn(n, CONFIG.hidden_size).to(torch.bfloat16)
+    b = torch.randn(CONFIG.mlp_hidden, CONFIG.hidden_size).to(torch.bfloat16)
+    return (lambda: torch.nn.functional.linear(a, b)), 2.0 * n * CONFIG.hidden_size * CONFIG.mlp_hidden
 
 
-def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
+def timed_round_robin(runs: dict, repeats: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Median seconds per implementation, running them in turn each repeat.
+
+    Interleaving spreads the load of other processes on this shared machine evenly over all
+    implementations instead of penalising whichever one happened to run during a busy spell.
+    """
+    times: dict[str, list[float]] = {label: [] for label in runs}
     with torch.inference_mode():
-        out = fn()  # warm-up (also the output compared across implementations)
-        times = []
+        outputs = {label: fn().float() for label, fn in runs.items()}  # warm-up and outputs to compare
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), out.float()
+            for label, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t0)
+    return {label: statistics.median(ts) for label, ts in times.items()}, outputs
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -119,11 +120,12 @@ def bench_dtype(name: str, repeats: int, profile: bool) -> dict:
         "diffusers": lambda: diff(x, t, text, mask.long(), pooled, g * 1000.0, return_dict=False)[0],
         "comfyui": lambda: comfy(x, t, text, y=pooled, guidance=g, attention_mask=mask.long(), transformer_options={}),
     }
-    result = {"seconds": {}, "max_rel_err_vs_ours": {}}
-    outputs = {}
-    for label, fn in runs.items():
-        result["seconds"][label], outputs[label] = timed(fn, repeats)
-        print(f"  {name} {label:13s} {result['seconds'][label]:8.3f} s", flush=True)
+    gemm, gemm_flops = gemm_run()
+    seconds, outputs = timed_round_robin({**runs, "bf16_gemm": gemm}, repeats)
+    gemm_seconds = seconds.pop("bf16_gemm")
+    result = {"seconds": seconds, "max_rel_err_vs_ours": {}, "bf16_gemm_gflops": gemm_flops / gemm_seconds / 1e9}
+    for label, sec in seconds.items():
+        print(f"  {name} {label:13s} {sec:8.3f} s", flush=True)
     for label in ("ours_refined", "diffusers", "comfyui"):
         result["max_rel_err_vs_ours"][label] = rel_err(outputs[label], outputs["ours"])
     result["comfyui_attention"] = comfy_attention.optimized_attention.__name__
@@ -182,12 +184,12 @@ def main(argv=None) -> int:
 
     comfy.cli_args.args.cpu = True
     torch.manual_seed(0)
-    gemm = gemm_gflops(torch.bfloat16, max(args.repeats, 3))
     flops = matmul_flops()
     n_img = (LATENT[0] * LATENT[1] * LATENT[2]) // 4
     print(f"DiT step: hidden {CONFIG.hidden_size}, {CONFIG.depth_double}+{CONFIG.depth_single} blocks, "
           f"{n_img} video + {TEXT_LEN} text tokens, {flops / 1e12:.2f} TFLOP of matmuls", flush=True)
     results = {name: bench_dtype(name, args.repeats, args.profile) for name in args.dtypes.split(",")}
+    gemm = statistics.median(r["bf16_gemm_gflops"] for r in results.values())  # timed among the steps
     summary = summarize(results, gemm, flops)
     print_table(results, summary, gemm)
     report = {

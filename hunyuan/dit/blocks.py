@@ -1,7 +1,8 @@
 """The DiT's transformer blocks: double-stream (separate weights for video and text, joint
 attention), single-stream (one set of weights over the concatenated sequence), final layer.
 
-Shapes: img [B, Ni, D] video tokens; txt [B, Nt, D] text tokens; vec [B, D] conditioning;
+Without autograd, blocks update their img/txt/x inputs in place (the model always passes fresh
+tensors); with autograd they allocate as usual. Shapes: img [B, Ni, D] video tokens; txt [B, Nt, D] text tokens; vec [B, D] conditioning;
 rope: complex rotations [Ni, head_dim // 2] (see :mod:`.rope`); key_mask None or bool [B, Ni + Nt].
 """
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from .attention import AttentionFn
-from .layers import MLP, Linear, Modulation, RMSNorm, layer_norm, modulate
+from .layers import MLP, Linear, Modulation, RMSNorm, activation_, gated_residual_, layer_norm, modulate
 from .rope import apply_rope
 
 Rope = torch.Tensor
@@ -40,7 +41,7 @@ class DoubleStreamBlock(nn.Module):
             setattr(self, f"{s}_attn_q_norm", RMSNorm(head_dim, eps, **kw))
             setattr(self, f"{s}_attn_k_norm", RMSNorm(head_dim, eps, **kw))
             setattr(self, f"{s}_attn_proj", Linear(hidden, hidden, **kw))
-            setattr(self, f"{s}_mlp", MLP(hidden, mlp_hidden, nn.GELU(approximate="tanh"), **kw))
+            setattr(self, f"{s}_mlp", MLP(hidden, mlp_hidden, "gelu_tanh", **kw))
 
     def _qkv(self, stream: str, x: torch.Tensor, shift, scale):
         qkv = getattr(self, f"{stream}_attn_qkv")(modulate(layer_norm(x), shift, scale))
@@ -51,9 +52,9 @@ class DoubleStreamBlock(nn.Module):
 
     def _finish(self, stream: str, x, attn_out, mods):
         _, _, gate1, shift2, scale2, gate2 = mods
-        x = torch.addcmul(x, getattr(self, f"{stream}_attn_proj")(attn_out), gate1)
+        x = gated_residual_(x, getattr(self, f"{stream}_attn_proj")(attn_out), gate1)
         mlp = getattr(self, f"{stream}_mlp")
-        return torch.addcmul(x, mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
+        return gated_residual_(x, mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
 
     def forward(self, img, txt, vec, rope: Rope, key_mask, attn: AttentionFn):
         img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
@@ -80,7 +81,6 @@ class SingleStreamBlock(nn.Module):
         self.linear2 = Linear(hidden + mlp_hidden, hidden, **kw)
         self.q_norm = RMSNorm(head_dim, eps, **kw)
         self.k_norm = RMSNorm(head_dim, eps, **kw)
-        self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden, 3, **kw)
 
     def forward(self, x, vec, rope: Rope, n_img: int, key_mask, attn: AttentionFn):
@@ -94,7 +94,7 @@ class SingleStreamBlock(nn.Module):
         q[:, :n_img] = apply_rope(q[:, :n_img], rope)
         k[:, :n_img] = apply_rope(k[:, :n_img], rope)
         out = attn(*to_heads_first(q, k, v), key_mask)
-        return torch.addcmul(x, self.linear2(torch.cat((out, self.mlp_act(mlp)), dim=-1)), gate)
+        return gated_residual_(x, self.linear2(torch.cat((out, activation_(mlp, "gelu_tanh")), dim=-1)), gate)
 
 
 class FinalLayer(nn.Module):

@@ -92,7 +92,10 @@ class PatchEmbed(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """Per-head RMS norm of q or k ([..., head_dim]), computed in fp32 (key ``weight``)."""
+    """Per-head RMS norm of q or k ([..., head_dim]) (key ``weight``).
+
+    torch's fused rms_norm accumulates in fp32 for bf16/fp16 inputs, so no explicit upcast copy.
+    """
 
     def __init__(self, dim: int, eps: float = 1e-6, **kw):
         super().__init__()
@@ -100,21 +103,38 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, **kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return normed * self.weight.to(x)
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x), self.eps)
+
+
+def _inference() -> bool:
+    return not torch.is_grad_enabled()
+
+
+def activation_(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """``gelu_tanh`` or ``silu`` of a freshly computed x, in place when no autograd graph is recorded."""
+    if kind == "gelu_tanh":
+        return torch.ops.aten.gelu_(x, approximate="tanh") if _inference() else F.gelu(x, approximate="tanh")
+    if kind == "silu":
+        return F.silu(x, inplace=_inference())
+    raise ValueError(f"activation {kind!r} is unknown; expected 'gelu_tanh' or 'silu'")
+
+
+def gated_residual_(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + y * gate``, accumulated into x when no autograd graph is recorded (saves a big allocation)."""
+    return x.addcmul_(y, gate) if _inference() else torch.addcmul(x, y, gate)
 
 
 class MLP(nn.Module):
-    """Two-layer MLP ``fc1 -> act -> fc2`` (keys ``fc1``, ``fc2``)."""
+    """Two-layer MLP ``fc1 -> act -> fc2`` (keys ``fc1``, ``fc2``); act is ``gelu_tanh`` or ``silu``."""
 
-    def __init__(self, dim: int, hidden: int, act: nn.Module, **kw):
+    def __init__(self, dim: int, hidden: int, act: str, **kw):
         super().__init__()
         self.fc1 = Linear(dim, hidden, **kw)
         self.act = act
         self.fc2 = Linear(hidden, dim, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(activation_(self.fc1(x), self.act))
 
 
 class Modulation(nn.Module):

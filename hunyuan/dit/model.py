@@ -84,7 +84,7 @@ class HunyuanVideoDiT(nn.Module):
         """vec [B, D] = time_in(t) + vector_in(CLIP pooled) (+ guidance_in(1000 g))."""
         vec = self.time_in(timestep, dtype) + self.vector_in(pooled.to(dtype))
         if self.guidance_in is not None and guidance is not None:
-            vec = vec + self.guidance_in(guidance.float() * 1000.0, dtype)
+            vec = vec + self.guidance_in(guidance.to(device=vec.device, dtype=torch.float32) * 1000.0, dtype)
         return vec
 
     def _unpatchify(self, out: torch.Tensor, grid, shape) -> torch.Tensor:
@@ -119,7 +119,7 @@ class HunyuanVideoDiT(nn.Module):
         text_mask = text_mask.to(device=x.device, dtype=torch.bool)
         keep = trim_padding(text_mask)
         mask = text_mask[:, keep]
-        img = self.img_in(x.to(dtype))
+        img = self.img_in(x.to(dtype)).contiguous()
         timestep = timestep.to(x.device).float().expand(x.shape[0])
         vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype)
         if refined_text is not None:

@@ -36,7 +36,7 @@ class RefinerBlock(nn.Module):
         self.self_attn_qkv = Linear(hidden, 3 * hidden, **kw)
         self.self_attn_proj = Linear(hidden, hidden, **kw)
         self.norm2 = LayerNorm(hidden, eps=1e-6, **kw)
-        self.mlp = MLP(hidden, int(hidden * mlp_ratio), nn.SiLU(), **kw)
+        self.mlp = MLP(hidden, int(hidden * mlp_ratio), "silu", **kw)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden, 2 * hidden, **kw))
 
     def forward(self, x, c, key_mask, attn: AttentionFn):
