@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-COLUMN_WIDTH, ROW_HEIGHT = 380, 300
+NODE_WIDTH, COLUMN_WIDTH, SLOT_HEIGHT, ROW_GAP = 340, 400, 26, 60
 
 
 def _is_widget(spec: list) -> bool:
@@ -86,11 +86,12 @@ def to_ui(api: dict, object_info: dict) -> dict:
                 outputs[src][slot]["links"].append(link_id)
                 entry["link"] = link_id
             inputs.append(entry)
-        row = rows.get(depth[node_id], 0)
-        rows[depth[node_id]] = row + 1
+        height = 60 + SLOT_HEIGHT * (len(inputs) + len(widgets) + len(outputs[node_id]))
+        top = rows.get(depth[node_id], 40)
+        rows[depth[node_id]] = top + height + ROW_GAP
         nodes.append({
             "id": int(node_id), "type": node["class_type"],
-            "pos": [40 + depth[node_id] * COLUMN_WIDTH, 40 + row * ROW_HEIGHT], "size": [340, 240],
+            "pos": [40 + depth[node_id] * COLUMN_WIDTH, top], "size": [NODE_WIDTH, height],
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs[node_id],
             "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets,
             **({"title": node["_meta"]["title"]} if node.get("_meta", {}).get("title") else {}),

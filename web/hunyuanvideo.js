@@ -23,9 +23,10 @@ function widget(node, name) {
 function readOnlyText(node, name, initial) {
   let w = widget(node, name);
   if (!w) {
+    // Typing into it is undone on the next update; it is never saved (serialize: false), so
+    // workflows saved with this extension load without it.
     w = node.addWidget("text", name, initial, () => {}, { serialize: false });
-    w.serialize = false; // never part of widgets_values: saved workflows stay loadable without us
-    w.disabled = true;
+    w.serialize = false;
   }
   w.value = initial;
   return w;
@@ -52,10 +53,17 @@ function downstream(node) {
   return found;
 }
 
+const LOADER = "HunyuanVideoDiTLoader";
+const WEIGHT_DTYPES = { default: "bf16", bf16: "bf16", fp16: "fp16", fp32: "fp32", fp8_e4m3fn: "fp8" };
+
 function estimateParams(node) {
   const sampler = node.comfyClass === SAMPLER ? node : downstream(node).find((n) => n.comfyClass === SAMPLER);
   const swap = node.comfyClass === BLOCK_SWAP ? node : upstream(node, "dit");
+  let loader = upstream(node, "dit");
+  if (loader?.comfyClass === BLOCK_SWAP) loader = upstream(loader, "dit");
   const params = {};
+  const dtype = loader?.comfyClass === LOADER ? WEIGHT_DTYPES[widget(loader, "weight_dtype")?.value] : null;
+  if (dtype) params.weight_dtype = dtype;
   for (const [src, names] of [[sampler, ["width", "height", "frames"]], [swap, ["double_blocks", "single_blocks", "prefetch"]]]) {
     if (!src || (src === swap && src.comfyClass !== BLOCK_SWAP)) continue;
     for (const name of names) {
@@ -67,17 +75,20 @@ function estimateParams(node) {
 }
 
 function formatGiB(bytes) {
-  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+  return `${(bytes / 2 ** 30).toFixed(2)} GiB`;
 }
 
 async function refreshEstimate(node) {
   const params = new URLSearchParams(Object.entries(estimateParams(node)).map(([k, v]) => [k, String(v)]));
   const shown = readOnlyText(node, ESTIMATE_WIDGET, "VRAM estimate: ...");
+  // Answers can arrive out of order: only the latest request may write the text.
+  const token = (node.hyvidEstimateToken = (node.hyvidEstimateToken ?? 0) + 1);
   try {
     const resp = await api.fetchApi(`/hunyuanvideo/estimate?${params}`);
     const body = await resp.json();
+    if (token !== node.hyvidEstimateToken) return;
     shown.value = resp.ok
-      ? `VRAM estimate (13B, bf16): ${formatGiB(body.peak_bytes)}`
+      ? `VRAM estimate (13B, ${body.inputs.weight_dtype}): ${formatGiB(body.peak_bytes)}`
       : `VRAM estimate: ${body.error}`;
   } catch (err) {
     shown.value = `VRAM estimate unavailable: ${err}`;
@@ -121,6 +132,13 @@ app.registerExtension({
       node.onConnectionsChange = function (...args) {
         onConnectionsChange?.apply(this, args);
         update();
+      };
+      // A loaded workflow sets widget values after creation, without widget callbacks.
+      const onConfigure = node.onConfigure;
+      node.onConfigure = function (...args) {
+        const result = onConfigure?.apply(this, args);
+        setTimeout(update, 0);
+        return result;
       };
       setTimeout(update, 0);
     }

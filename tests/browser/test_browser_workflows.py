@@ -94,7 +94,7 @@ def test_workflow_in_the_browser(page, comfy, artifacts, api_file):
             const node = window.app.graph.getNodeById(id);
             const name = node.comfyClass === 'HunyuanVideoSampler' ? 'width' : 'double_blocks';
             const w = node.widgets.find(w => w.name === name);
-            w.value = w.value + (name === 'width' ? 512 : 5);
+            w.value = name === 'width' ? w.value + 512 : (w.value >= 10 ? w.value - 5 : w.value + 5);
             w.callback(w.value);
         }""", node_id)
         wait_for(page, "([id, before]) => { const t = window.app.graph.getNodeById(id).hyvidEstimate;"
@@ -116,6 +116,9 @@ def test_workflow_in_the_browser(page, comfy, artifacts, api_file):
         wait_for(page, "(id) => { const o = window.app.nodeOutputs || {}; return Object.keys(o)"
                        ".some(k => String(k).split(':').pop() === String(id)); }", node_id)
 
+    page.evaluate("() => { const c = window.app.canvas; c.ds.scale = 0.62; c.ds.offset[0] = 20;"
+                  " c.ds.offset[1] = 90; c.setDirty(true, true); }")
+    time.sleep(0.5)
     shots = artifacts / "browser"
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / f"{name}.png"))
