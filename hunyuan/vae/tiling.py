@@ -85,12 +85,16 @@ def auto_tiling(free_bytes: int, latent_shape: tuple[int, ...], widest: int = 12
 
 
 def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Start/end of tiles covering [0, size); the last tile is aligned to the end."""
+    """Start/end of tiles covering [0, size) every ``tile - overlap``; the last one may be shorter."""
     if tile == 0 or size <= tile:
         return [(0, size)]
-    step = tile - overlap
-    starts = list(range(0, size - tile, step)) + [size - tile]
-    return [(s, s + tile) for s in starts]
+    spans, start = [], 0
+    while True:
+        end = min(start + tile, size)
+        spans.append((start, end))
+        if end >= size:
+            return spans
+        start += tile - overlap
 
 
 def tile_cores(spans: list[tuple[int, int]]) -> list[tuple[float, float]]:
@@ -107,11 +111,11 @@ def tile_ramp(spans: list[tuple[int, int]], i: int, scale: int) -> torch.Tensor:
     """1-D blend weight of tile i in output pixels: 1 inside, falling linearly over each overlap."""
     a, b = spans[i]
     w = torch.ones((b - a) * scale)
-    if i > 0:
-        n = (spans[i - 1][1] - a) * scale
+    n = (spans[i - 1][1] - a) * scale if i > 0 else 0
+    if n > 0:
         w[:n] = torch.minimum(w[:n], (torch.arange(n) + 0.5) / n)
-    if i < len(spans) - 1:
-        n = (b - spans[i + 1][0]) * scale
+    n = (b - spans[i + 1][0]) * scale if i < len(spans) - 1 else 0
+    if n > 0:
         w[-n:] = torch.minimum(w[-n:], (torch.arange(n, 0, -1) - 0.5) / n)
     return w
 
