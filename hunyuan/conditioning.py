@@ -50,8 +50,9 @@ class RefinedText:
     """Token-refiner output for every step of a schedule.
 
     sigmas:  [S+1] the schedule it was computed for (the sampler checks it matches its own)
-    tokens:  [S, B, L, hidden] refined text tokens, one slice per step
-    mask:    [B, L] bool
+    tokens:  [S, B, L', hidden] refined text tokens, one slice per step; L' <= L because
+             text columns that are padding in every batch item are dropped
+    mask:    [B, L'] bool, matching ``tokens``
     pooled:  [B, 768] CLIP pooled vector (the DiT's vector_in input)
     """
 
