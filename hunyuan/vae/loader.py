@@ -47,7 +47,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], name: str = "state dict") -> VA
             latent_channels=int(sd["decoder.conv_in.conv.weight"].shape[1]),
             image_channels=int(sd["encoder.conv_in.conv.weight"].shape[1]),
             norm_groups=groups_for(chans),
-            spatial_ratio=2 ** (levels - 1),
+            spatial_ratio=8,  # "884": a file with another depth is not this VAE
             mid_attention="decoder.mid_block.attentions.0.to_q.weight" in sd,
         )
     except ValueError as exc:
