@@ -22,6 +22,7 @@ from hunyuan.dit import DiTConfig, HunyuanVideoDiT
 from hunyuan.dit.checkpoint import load_dit
 from hunyuan.dit.keymap import to_comfy, to_diffusers
 from hunyuan.dit.tiny import random_state_dict, tiny_config
+from tests.peers import diffusers_dit
 
 TOL = 1e-5
 
@@ -51,19 +52,7 @@ def comfy_model(cfg: DiTConfig, sd):
 
 
 def diffusers_model(cfg: DiTConfig, sd):
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    with torch.device("meta"):
-        peer = HunyuanVideoTransformer3DModel(
-            in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_attention_heads=cfg.num_heads,
-            attention_head_dim=cfg.head_dim, num_layers=cfg.depth_double, num_single_layers=cfg.depth_single,
-            num_refiner_layers=cfg.refiner_depth, mlp_ratio=cfg.mlp_ratio, patch_size=cfg.patch_size[1],
-            patch_size_t=cfg.patch_size[0], guidance_embeds=cfg.guidance_embed,
-            text_embed_dim=cfg.text_states_dim, pooled_projection_dim=cfg.text_states_dim_2,
-            rope_theta=cfg.rope_theta, rope_axes_dim=cfg.rope_axes,
-        )
-    peer.load_state_dict(to_diffusers(sd), strict=True, assign=True)
-    return peer.eval()
+    return diffusers_dit(cfg, sd)
 
 
 def inputs(cfg: DiTConfig, *, batch: int, latent: tuple[int, int, int], text_len: int, lengths, seed=1):

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 from transformers import CLIPTextModel, LlamaModel
 
 from hunyuan.conditioning import RefinedConditioning
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit
-from hunyuan.dit.keymap import to_diffusers
 from hunyuan.dit.tiny import random_state_dict, tiny_config
 from hunyuan.sampling import flow_sigmas, latent_shape, seeded_noise
 from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE, sample_video
@@ -30,6 +29,7 @@ from hunyuan.text import (
     parse_dtype,
 )
 from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
+from tests.peers import diffusers_dit
 
 PROMPT, NEGATIVE = "A red fox runs through snow, cinematic.", "blurry, low quality"
 WIDTH, HEIGHT, FRAMES, STEPS = 64, 48, 9, 4
@@ -51,15 +51,7 @@ def parts(tmp_path_factory):
     cfg = tiny_config()
     sd = random_state_dict(cfg, seed=3)
     ours_dit = load_dit(dict(sd), device="cpu", dtype=torch.float32).eval()
-    with torch.device("meta"):
-        ref_dit = HunyuanVideoTransformer3DModel(
-            in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_attention_heads=cfg.num_heads,
-            attention_head_dim=cfg.head_dim, num_layers=cfg.depth_double, num_single_layers=cfg.depth_single,
-            num_refiner_layers=cfg.refiner_depth, mlp_ratio=cfg.mlp_ratio, patch_size=cfg.patch_size[1],
-            patch_size_t=cfg.patch_size[0], guidance_embeds=cfg.guidance_embed, text_embed_dim=cfg.text_states_dim,
-            pooled_projection_dim=cfg.text_states_dim_2, rope_theta=cfg.rope_theta, rope_axes_dim=cfg.rope_axes,
-        )
-    ref_dit.load_state_dict(to_diffusers(sd), strict=True, assign=True)
+    ref_dit = diffusers_dit(cfg, sd)
     pipe = HunyuanVideoPipeline(
         text_encoder=LlamaModel.from_pretrained(models / "LLM" / LLAMA_DIR, torch_dtype=torch.float32).eval(),
         tokenizer=llm_tok, transformer=ref_dit.eval(), vae=None,

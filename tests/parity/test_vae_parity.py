@@ -13,6 +13,7 @@ from hunyuan.vae.config import HUNYUAN_VIDEO_VAE, TINY_VAE, VAEConfig
 from hunyuan.vae.keys import diffusers_to_comfy
 from hunyuan.vae.loader import load_vae
 from hunyuan.vae.tiny import random_state_dict
+from tests.peers import diffusers_vae
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -22,12 +23,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def reference(cfg: VAEConfig, sd: dict) -> torch.nn.Module:
-    ref = diffusers.AutoencoderKLHunyuanVideo(
-        block_out_channels=cfg.block_channels, layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_groups
-    )
-    ref.load_state_dict(sd)
-    ref.use_framewise_decoding = ref.use_framewise_encoding = False  # plain, untiled forward
-    return ref.eval()
+    return diffusers_vae(cfg, sd)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from hunyuan.vae.config import TINY_VAE
 from hunyuan.vae.loader import load_vae
 from hunyuan.vae.tiling import TileSpec
 from hunyuan.vae.tiny import random_state_dict
+from tests.peers import diffusers_vae
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -27,11 +28,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_our_seams_beat_diffusers_tiling(tile, overlap):
     sd = random_state_dict(TINY_VAE, seed=0)
     ours = load_vae(sd)
-    ref = diffusers.AutoencoderKLHunyuanVideo(
-        block_out_channels=TINY_VAE.block_channels, layers_per_block=TINY_VAE.layers_per_block, norm_num_groups=TINY_VAE.norm_groups
-    )
-    ref.load_state_dict(sd)
-    ref.eval()
+    ref = diffusers_vae(TINY_VAE, sd)
     z = torch.randn(1, 16, 5, 12, 12, generator=torch.Generator().manual_seed(0))
     full = ours.decode(z)
     ref.use_framewise_decoding = False

@@ -14,19 +14,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import (
-    AutoencoderKLHunyuanVideo,
-    FlowMatchEulerDiscreteScheduler,
-    HunyuanVideoPipeline,
-    HunyuanVideoTransformer3DModel,
-)
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, LlamaModel
 
 from hunyuan.checkpoint_io import load_state_dict
 from hunyuan.dit.config import infer_config
-from hunyuan.dit.keymap import to_diffusers
 from hunyuan.sampling import latent_shape, seeded_noise
 from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE
 from hunyuan.text import VIDEO, crop_start, load_clip_tokenizer, load_llm_tokenizer
@@ -34,6 +28,7 @@ from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tok
 from hunyuan.vae.loader import infer_config as infer_vae_config
 from scripts.comfy_server import ROOT
 from scripts.smoke_size import shrink
+from tests.peers import diffusers_dit, diffusers_vae
 
 pytestmark = pytest.mark.server
 
@@ -57,21 +52,9 @@ def server_graph() -> dict:
 
 def reference_pipeline(models) -> HunyuanVideoPipeline:
     dit_sd = load_state_dict(models / "diffusion_models" / "hyvid_tiny_dit.safetensors")
-    cfg = infer_config(dit_sd)
-    dit = HunyuanVideoTransformer3DModel(
-        in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_attention_heads=cfg.num_heads,
-        attention_head_dim=cfg.head_dim, num_layers=cfg.depth_double, num_single_layers=cfg.depth_single,
-        num_refiner_layers=cfg.refiner_depth, mlp_ratio=cfg.mlp_ratio, patch_size=cfg.patch_size[1],
-        patch_size_t=cfg.patch_size[0], guidance_embeds=cfg.guidance_embed, text_embed_dim=cfg.text_states_dim,
-        pooled_projection_dim=cfg.text_states_dim_2, rope_theta=cfg.rope_theta, rope_axes_dim=cfg.rope_axes,
-    )
-    dit.load_state_dict({k: v.float() for k, v in to_diffusers(dit_sd).items()}, strict=True)
+    dit = diffusers_dit(infer_config(dit_sd), {k: v.float() for k, v in dit_sd.items()})
     vae_sd = {k: v.float() for k, v in load_state_dict(models / "vae" / "hyvid_tiny_vae.safetensors").items()}
-    vcfg = infer_vae_config(vae_sd)
-    vae = AutoencoderKLHunyuanVideo(block_out_channels=vcfg.block_channels, layers_per_block=vcfg.layers_per_block,
-                                    norm_num_groups=vcfg.norm_groups)
-    vae.load_state_dict(vae_sd, strict=True)
-    vae.use_framewise_decoding = vae.use_framewise_encoding = False
+    vae = diffusers_vae(infer_vae_config(vae_sd), vae_sd)
     return HunyuanVideoPipeline(
         text_encoder=LlamaModel.from_pretrained(models / "LLM" / LLAMA_DIR, torch_dtype=torch.float32).eval(),
         tokenizer=load_llm_tokenizer(llama_tokenizer_dir()), transformer=dit.eval(), vae=vae.eval(),
