@@ -22,8 +22,8 @@ def long_graph(attention: str, prefix: str) -> dict:
     """The t2v graph with a sampling stage that runs for several seconds on tiny weights."""
     graph = shrink(json.loads((ROOT / "workflows" / "t2v_basic_api.json").read_text()))
     graph["3"]["inputs"]["attention"] = attention  # "auto" and "sdpa" run the same kernel on a CPU
-    graph["4"]["inputs"]["steps"] = 30
-    graph["6"]["inputs"].update(width=192, height=192, frames=13, seed=5)
+    graph["4"]["inputs"]["steps"] = 40
+    graph["6"]["inputs"].update(width=224, height=224, frames=17, seed=5)  # ~5-10 s of sampling
     for node in ("7", "8", "9", "10"):
         del graph[node]
     graph["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}}
@@ -53,7 +53,7 @@ def test_interrupt_mid_sampling_then_identical_rerun(comfy):
     assert status == 200, body
     prompt_id = body["prompt_id"]
     wait_until_sampling(comfy, loads_before)
-    time.sleep(1.0)
+    time.sleep(0.5)
     comfy.interrupt()
     with pytest.raises(JobFailed, match="interrupted"):
         comfy.wait(prompt_id, timeout=300)
