@@ -4,7 +4,7 @@
 
 CPU measurement: a fresh subprocess builds a DiT, runs one small warm-up forward (so library
 code pages are already resident), records its RSS, runs the measured forward and reads the
-peak RSS (``ru_maxrss``). glibc is told to serve every large allocation with mmap
+peak RSS (``VmHWM``). glibc is told to serve every large allocation with mmap
 (``MALLOC_MMAP_THRESHOLD_``) so freed tensors leave the RSS at once and the peak is the peak of
 live tensors. Writes bench/results/bench_planner.json.
 """
@@ -32,7 +32,7 @@ CPU_CASES = [
 PUBLISHED_GB = {(1280, 720, 129): 60.0, (960, 544, 129): 45.0}  # Tencent README, no offload, 1 GPU
 
 CHILD = r"""
-import gc, json, resource, sys
+import gc, json, sys
 import torch
 sys.path.insert(0, sys.argv[2])
 from hunyuan.dit import DiTConfig, HunyuanVideoDiT
@@ -57,7 +57,10 @@ gc.collect()
 with open("/proc/self/statm") as f:
     base = int(f.read().split()[1]) * 4096
 run(*spec["latent"])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM is this address space's high-water mark. ru_maxrss is not: Linux carries the forking
+# parent's RSS into it across exec, so a large parent (a long pytest run) inflated the "peak".
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"base": base, "peak": peak}))
 """
 
