@@ -68,6 +68,9 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> LocalLM:
     """Build the causal LM of an HF folder on the CPU in ``dtype``; needs a chat template."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -75,6 +78,11 @@ def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> Loc
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"model folder {str(folder)!r} has no config.json; expected a Hugging Face model folder")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # Without one, transformers falls back to converters and fails with an unrelated import error.
+        raise CheckpointError(
+            f"model folder {str(folder)!r} has no tokenizer file; expected one of {', '.join(TOKENIZER_FILES)}"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:

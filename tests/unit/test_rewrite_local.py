@@ -178,6 +178,14 @@ def test_missing_chat_template_is_a_clear_error(tmp_path, tiny_dir):
         load_local_lm(copy)
 
 
+def test_missing_tokenizer_is_a_clear_error(tmp_path, tiny_dir):
+    copy = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_dir, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="has no tokenizer file; expected one of tokenizer.json"):
+        load_local_lm(copy)
+
+
 def test_missing_weights_is_a_clear_error(tmp_path, tiny_dir):
     copy = tmp_path / "no_weights"
     shutil.copytree(tiny_dir, copy)
