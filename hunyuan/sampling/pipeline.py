@@ -47,15 +47,20 @@ def text_velocity(
     *,
     offset: int,
     guidance: float | None,
+    device: torch.device | str = "cpu",
 ) -> VelocityFn:
     """velocity(x, i): the DiT at ``sigmas[i]`` with the refined tokens of schedule step offset+i.
 
     x: [B,16,T,H,W] float32 model space -> [B,16,T,H,W] float32 velocity.
+    The steps' tokens, mask and pooled vector go to ``device`` once here, not once per step (the
+    memory planner already counts every step's tokens as resident).
     """
+    all_tokens = text.tokens[offset:].to(device)
+    text_mask, text_pooled = text.mask.to(device), text.pooled.to(device)
 
     def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
         batch = x.shape[0]
-        tokens, mask, pooled = text.tokens[offset + i], text.mask, text.pooled
+        tokens, mask, pooled = all_tokens[i], text_mask, text_pooled
         if tokens.shape[0] != batch:
             if tokens.shape[0] != 1:
                 raise ValueError(f"conditioning batch {tokens.shape[0]} does not match latent batch {batch}")
@@ -112,9 +117,9 @@ def sample_video(
         if latent.shape != noise.shape:
             raise ValueError(f"latent has shape {tuple(latent.shape)}, expected {tuple(noise.shape)} for this size")
         x = noise_latent(latent.to(device) * MODEL_LATENT_SCALE, noise, float(run[0]))
-    cond = text_velocity(model, conditioning.positive, run, offset=start, guidance=embedded_guidance)
+    cond = text_velocity(model, conditioning.positive, run, offset=start, guidance=embedded_guidance, device=device)
     uncond = None
     if negative is not None:
-        uncond = text_velocity(model, negative, run, offset=start, guidance=embedded_guidance)
+        uncond = text_velocity(model, negative, run, offset=start, guidance=embedded_guidance, device=device)
     out = sample_flow(guided_velocity(cond, uncond, cfg), x, run, solver=solver, callback=callback)
     return out / MODEL_LATENT_SCALE
