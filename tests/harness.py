@@ -1,9 +1,10 @@
 """A real ComfyUI server for the server and browser tests: one process per test session.
 
 The server gets a fresh ``--base-directory`` with the pack linked into ``custom_nodes/`` and every
-stage's tiny weights in ``models/``. After each test, the part of the server log written during
-that test must not hold a traceback from this pack, except while a test deliberately queued a
-job that must fail (``comfy.run_expect_error``).
+stage's tiny weights in ``models/``. The test-only custom nodes in ``tests/comfy_shims/`` are linked
+next to the pack (they never ship; see their docstrings). After each test, the part of the server
+log written during that test must not hold a traceback from this pack, except while a test
+deliberately queued a job that must fail (``comfy.run_expect_error``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed
 from scripts.smoke_size import V2V_INPUT, write_smoke_input_video
 
 ARTIFACTS = ROOT / "artifacts"
+TEST_SHIMS = ROOT / "tests" / "comfy_shims"
 
 
 class TestServer(ComfyServer):
@@ -70,12 +72,23 @@ def _log_outside(server: TestServer, start: int, end: int) -> str:
     return raw.decode(errors="replace")
 
 
+def link_test_shims(custom_nodes: Path) -> list[str]:
+    """Link every test-only custom node of tests/comfy_shims/ into a server's custom_nodes/."""
+    custom_nodes.mkdir(parents=True, exist_ok=True)
+    names = []
+    for shim in sorted(p for p in TEST_SHIMS.iterdir() if (p / "__init__.py").is_file()):
+        (custom_nodes / shim.name).symlink_to(shim, target_is_directory=True)
+        names.append(shim.name)
+    return names
+
+
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory) -> TestServer:
     base = tmp_path_factory.mktemp("comfyui-base")
     write_all(base / "models", seed=0, real_names=True)
     (base / "input").mkdir(exist_ok=True)
     write_smoke_input_video(base / "input" / V2V_INPUT)
+    link_test_shims(base / "custom_nodes")
     server = TestServer(base, python=sys.executable)
     server.start()
     try:
