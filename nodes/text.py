@@ -221,7 +221,7 @@ def conditioning_to_embeds(conditioning: list, name: str) -> TextEmbeds:
     states, masks, pooled = [], [], []
     for cond, extra in conditioning:
         if extra.get("pooled_output") is None:
-            raise ValueError(f"{name} has no pooled_output; expected CLIPTextEncode with a CLIPLoader of "
+            raise ValueError(f"{name} has no pooled_output; expected CLIPTextEncode with a DualCLIPLoader of "
                              "type hunyuan_video (LLaVA-Llama-3 + CLIP-L)")
         mask = extra.get("attention_mask")
         mask = torch.ones(cond.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
@@ -241,7 +241,7 @@ class HunyuanVideoConditioningBridge(io.ComfyNode):
             node_id="HunyuanVideoConditioningBridge",
             display_name="HunyuanVideo Conditioning Bridge",
             category=CATEGORY,
-            description="Uses native ComfyUI text encoding (CLIPLoader type hunyuan_video + CLIPTextEncode) "
+            description="Uses native ComfyUI text encoding (DualCLIPLoader type hunyuan_video + CLIPTextEncode) "
                         "with this pack's sampler. Native encoding keeps only the prompt tokens, unpadded.",
             inputs=[
                 io.Conditioning.Input("positive", tooltip="CONDITIONING from CLIPTextEncode (hunyuan_video CLIP)."),
