@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAEConfig
-from .layers import CausalConv3d, Downsample, GroupNorm3d, MidBlock, ResBlock, Runtime, Upsample
+from .layers import (
+    CausalConv3d,
+    Downsample,
+    GroupNorm3d,
+    MidBlock,
+    ResBlock,
+    Runtime,
+    Upsample,
+    activation_format,
+)
 
 
 class DownBlock(nn.Module):
@@ -116,14 +125,19 @@ class CausalVAE(nn.Module):
         w = self.post_quant_conv.weight
         return w.device, w.dtype
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the weights' device and dtype, in the memory format the convolutions run fastest in."""
+        device, dtype = self.weight_device_dtype()
+        return x.to(device, dtype).contiguous(memory_format=activation_format(device))
+
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, 4k+1, H, W] in -1..1 -> raw latent mean [B, 16, k+1, H/8, W/8]."""
-        moments = self.quant_conv(self.encoder(video))
-        return moments[:, : self.config.latent_channels]
+        moments = self.quant_conv(self.encoder(self.prepare(video)))
+        return moments[:, : self.config.latent_channels].contiguous()
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Raw latent [B, 16, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in about -1..1."""
-        return self.decoder(self.post_quant_conv(latent))
+        return self.decoder(self.post_quant_conv(self.prepare(latent))).contiguous()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.decode(latent)

@@ -82,7 +82,7 @@ def decode(
     if spec is None:
         if interrupt is not None:
             interrupt()
-        out = vae.decode(latent.to(*vae.weight_device_dtype())).to(out_device, torch.float32)
+        out = vae.decode(latent).to(out_device, torch.float32)
         if progress is not None:
             progress(1, 1)
         return out
@@ -92,8 +92,7 @@ def decode(
 
 
 def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_args, out_device) -> torch.Tensor:
-    z = latent.to(*vae.weight_device_dtype())
-    feats = vae.decoder.stem(vae.post_quant_conv(z))  # whole latent: exact mid-block attention
+    feats = vae.decoder.stem(vae.post_quant_conv(vae.prepare(latent)))  # whole latent: exact mid-block attention
     b, _, frames, height, width = feats.shape
     s = vae.config.spatial_ratio
     grid = (tile_spans(height, spec.tile, spec.overlap), tile_spans(width, spec.tile, spec.overlap), tile_chunks(frames, spec.chunk))
@@ -142,7 +141,7 @@ def encode(
     if spec is None:
         if interrupt is not None:
             interrupt()
-        out = vae.encode(video.to(*vae.weight_device_dtype()))
+        out = vae.encode(video)
         if progress is not None:
             progress(1, 1)
         return out
@@ -151,7 +150,7 @@ def encode(
 
 def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_args) -> torch.Tensor:
     b, _, frames, height, width = video.shape
-    device, dtype = vae.weight_device_dtype()
+    device = vae.weight_device_dtype()[0]
     s, cfg = vae.config.spatial_ratio, vae.config
     lat = (cfg.latent_frames(frames), height // s, width // s)
     grid = (tile_spans(lat[1], spec.tile, spec.overlap), tile_spans(lat[2], spec.tile, spec.overlap), tile_chunks(lat[0], spec.chunk))
@@ -162,7 +161,7 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
 
     def take(t: Span, y: Span, x: Span) -> torch.Tensor:
         clip = video[:, :, pixel_frame(t[0]) : pixel_frame(t[1])]
-        return clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s].to(device, dtype)
+        return vae.prepare(clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s])
 
     def sink(i: int, j: int, t: Span, h: torch.Tensor) -> None:
         (y0, y1), (x0, x1) = grid[0][i], grid[1][j]
@@ -172,5 +171,5 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
             weight[y0:y1, x0:x1] += w
 
     _run_passes(vae, vae.encoder.body, take, grid, spec, ticker_args, sink)
-    moments = vae.quant_conv(vae.encoder.tail(feats.div_(weight).to(dtype)))
-    return moments[:, : cfg.latent_channels]
+    moments = vae.quant_conv(vae.encoder.tail(vae.prepare(feats.div_(weight))))
+    return moments[:, : cfg.latent_channels].contiguous()
