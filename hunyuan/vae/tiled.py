@@ -52,15 +52,21 @@ def _sweep(
                 ticker.tick()
 
 
-def _run_passes(vae, fn, take, grid, spec, ticker_args, sink) -> None:
-    units = len(grid[0]) * len(grid[1]) * len(grid[2])
-    two_pass = spec.shared_norm and units > 1
-    ticker = Ticker(units * (2 if two_pass else 1), *ticker_args)
+def _units(grid) -> int:
+    return len(grid[0]) * len(grid[1]) * len(grid[2])
+
+
+def _run_passes(vae, fn, take, grid, spec, ticker_args, sink, size: tuple[int, int]) -> None:
+    """Pass 2 decodes ``grid``. With shared statistics a pass 1 first records them, on tiles of the
+    same size without overlap: each pixel is counted once either way, and the overlap is not computed."""
+    two_pass = spec.shared_norm and _units(grid) > 1
+    stats_grid = (tile_spans(size[0], spec.tile, 0), tile_spans(size[1], spec.tile, 0), grid[2])
+    ticker = Ticker(_units(grid) + (_units(stats_grid) if two_pass else 0), *ticker_args)
     rt = Runtime()
     with vae.running(rt):
         if two_pass:  # pass 1 only records statistics (each tile normalised with its own)
             rt.norm_mode = "collect"
-            _sweep(fn, take, grid, rt, ticker, None)
+            _sweep(fn, take, stats_grid, rt, ticker, None)
             rt.norm_mode = "shared"
         _sweep(fn, take, grid, rt, ticker, sink)
 
@@ -113,7 +119,7 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
         if t[0] == 0:
             weight[y0 * s : y1 * s, x0 * s : x1 * s] += w
 
-    _run_passes(vae, vae.decoder.head, take, grid, spec, ticker_args, sink)
+    _run_passes(vae, vae.decoder.head, take, grid, spec, ticker_args, sink, (height, width))
     return out.div_(weight)
 
 
@@ -170,6 +176,6 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
         if t[0] == 0:
             weight[y0:y1, x0:x1] += w
 
-    _run_passes(vae, vae.encoder.body, take, grid, spec, ticker_args, sink)
+    _run_passes(vae, vae.encoder.body, take, grid, spec, ticker_args, sink, lat[1:])
     moments = vae.quant_conv(vae.encoder.tail(vae.prepare(feats.div_(weight))))
     return moments[:, : cfg.latent_channels].contiguous()
