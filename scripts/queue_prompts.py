@@ -4,7 +4,8 @@
         [--url http://127.0.0.1:8188] [--prompt-node 2] [--seed-node 6] [--seed 1000] [--wait]
 
 prompts.txt holds one prompt per line (blank lines and lines starting with # are skipped).
-Each job gets the prompt in ``inputs.prompt`` of --prompt-node, seed --seed + line number in
+Each job gets the prompt in ``inputs.prompt`` of --prompt-node (``inputs.text`` when that node is a
+native CLIPTextEncode, as in t2v_native_text_api.json), seed --seed + line number in
 ``inputs.seed`` of --seed-node, and its own SaveVideo filename prefix. Only the standard library
 is used, so it runs from any Python.
 """
@@ -26,10 +27,19 @@ def post(url: str, payload: dict) -> dict:
         return json.loads(resp.read())
 
 
+PROMPT_INPUTS = ("prompt", "text")  # our Text Encode, native CLIPTextEncode
+
+
+def prompt_input(node: dict) -> str | None:
+    """Name of the text input of a prompt node, or None if it has none of PROMPT_INPUTS."""
+    return next((name for name in PROMPT_INPUTS if name in node.get("inputs", {})), None)
+
+
 def jobs(workflow: dict, prompts: list[str], prompt_node: str, seed_node: str, seed: int):
+    key = prompt_input(workflow[prompt_node])
     for i, text in enumerate(prompts):
         job = copy.deepcopy(workflow)
-        job[prompt_node]["inputs"]["prompt"] = text
+        job[prompt_node]["inputs"][key] = text
         job[seed_node]["inputs"]["seed"] = seed + i
         for node in job.values():
             if node["class_type"] == "SaveVideo":
@@ -56,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workflow", type=Path, help="an API-format workflow (e.g. workflows/t2v_basic_api.json)")
     parser.add_argument("prompts", type=Path, help="a text file, one prompt per line")
     parser.add_argument("--url", default="http://127.0.0.1:8188")
-    parser.add_argument("--prompt-node", default="2", help="node id whose 'prompt' input is set (Text Encode)")
+    parser.add_argument("--prompt-node", default="2", help="node id whose 'prompt' (Text Encode) or 'text' (CLIPTextEncode) input is set")
     parser.add_argument("--seed-node", default="6", help="node id whose 'seed' input is set (Sampler)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first job; each next job adds 1")
     parser.add_argument("--wait", action="store_true", help="wait until every job has finished")
@@ -67,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     for node, name in ((args.prompt_node, "--prompt-node"), (args.seed_node, "--seed-node")):
         if node not in workflow:
             parser.error(f"{name}={node} is not a node id of {args.workflow} (ids: {', '.join(workflow)})")
+    if prompt_input(workflow[args.prompt_node]) is None:
+        parser.error(f"--prompt-node={args.prompt_node} ({workflow[args.prompt_node]['class_type']}) has no "
+                     f"'prompt' or 'text' input; pass the id of the Text Encode or CLIPTextEncode node")
     prompts = [line.strip() for line in args.prompts.read_text().splitlines()
                if line.strip() and not line.lstrip().startswith("#")]
     ids = []
