@@ -185,6 +185,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hyvid_text_bench"))
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_memory.json")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -208,7 +209,7 @@ def main() -> int:
         "llama_weight_bytes": weights, "llava_total_bytes": sum(shard_bytes(llava)), "llava_largest_shard": largest,
         "targets": {"load ours_auto": 1.1, "split_llava": 1.2}, "rows": rows,
     }
-    out = ROOT / "bench" / "results" / "text_memory.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"LLM weights {weights / MB:.0f} MB; LLaVA {result['llava_total_bytes'] / MB:.0f} MB, "

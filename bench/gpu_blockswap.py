@@ -1,13 +1,16 @@
-"""Block swap on a real GPU: step time and peak VRAM for swap counts 0 / 10 / 20 / all.
+"""Block swap on a real GPU: step time and peak VRAM for swap counts 0 / 10 / 20 / all, and per
+attention backend.
 
     .venv/bin/python bench/gpu_blockswap.py [--width 544 --height 320 --frames 33] [--config real|half]
-        [--prefetch 1] [--repeats 3]
+        [--prefetch 1] [--repeats 3] [--attention sdpa,sage,flash] [--out bench/results/gpu_blockswap.json]
 
 Builds a random-weight DiT (the real 13B layout with ``--config real``: needs ~26 GB of host RAM
 in bf16), runs one DiT forward per measurement with the swap engine (side CUDA stream, pinned
 host memory) and reports median forward time, peak allocated VRAM and the planner's prediction.
 "Swap N" swaps N double blocks and then single blocks up to N in total; "all" swaps every block.
-Exits with a clear message when no CUDA device is present. Writes bench/results/gpu_blockswap.json.
+Then every attention backend that can run here (the others are listed with the reason) is timed
+at the smallest swap count that fitted. Exits with status 2 and a clear message when no CUDA
+device is present (``bench/run_all.py`` checks first and reports "GPU: not run").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hunyuan.dit import REAL, HunyuanVideoDiT  # noqa: E402
+from hunyuan.dit import REAL, AttentionBackendError, HunyuanVideoDiT, resolve_backend  # noqa: E402
 from hunyuan.memory import estimate_sampling_memory  # noqa: E402
 from hunyuan.offload import BlockSwapEngine, SwapSettings  # noqa: E402
 from hunyuan.sampling import latent_shape  # noqa: E402
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="real")
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attention", default="sdpa,sage,flash", help="backends to compare (comma-separated)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_blockswap.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_blockswap: no CUDA device here; this benchmark measures GPU step time and VRAM and needs one. "
@@ -101,12 +106,8 @@ def main() -> None:
     rows = []
     for count in (0, 10, 20, total):
         settings = dataclasses.replace(swap_for(count, config), prefetch=args.prefetch)
-        try:
-            rows.append(run_case(model, config, settings, args, inputs, device))
-        except torch.OutOfMemoryError:
-            rows.append({"double": settings.double_blocks, "single": settings.single_blocks, "oom": True})
-            model.to("cpu")
-            torch.cuda.empty_cache()
+        rows.append(try_case(model, config, settings, args, inputs, device))
+    attention = attention_rows(model, config, rows, args, inputs, device)
     print(f"{torch.cuda.get_device_name(device)}; {args.config} config, {args.width}x{args.height}x{args.frames}, "
           f"bf16, prefetch {args.prefetch}")
     print(f"{'double':>7}{'single':>7}{'step s':>9}{'peak GiB':>10}{'planner GiB':>13}{'sync loads':>12}")
@@ -116,9 +117,43 @@ def main() -> None:
             continue
         print(f"{r['double']:>7}{r['single']:>7}{r['median_s']:>9.3f}{r['peak_gib']:>10.2f}{r['predicted_gib']:>13.2f}"
               f"{r['sync_loads']:>12}")
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / "gpu_blockswap.json").write_text(
-        json.dumps({"device": torch.cuda.get_device_name(device), "args": vars(args), "rows": rows}, indent=2))
+    print(f"{'attention':>10}{'step s':>9}{'peak GiB':>10}  note")
+    for r in attention:
+        step = f"{r['median_s']:>9.3f}{r['peak_gib']:>10.2f}" if "median_s" in r else f"{'-':>9}{'-':>10}"
+        print(f"{r['backend']:>10}{step}  {r.get('skipped', '')}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"device": torch.cuda.get_device_name(device), "args": {k: str(v) for k, v in vars(args).items()},
+              "rows": rows, "attention": attention}
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+def try_case(model, config, settings, args, inputs, device) -> dict:
+    try:
+        return run_case(model, config, settings, args, inputs, device)
+    except torch.OutOfMemoryError:
+        model.to("cpu")
+        torch.cuda.empty_cache()
+        return {"double": settings.double_blocks, "single": settings.single_blocks, "oom": True}
+
+
+def attention_rows(model, config, rows, args, inputs, device) -> list[dict]:
+    """Step time and VRAM per attention backend, at the smallest swap count that fitted."""
+    fitted = [r for r in rows if not r.get("oom")]
+    if not fitted:
+        return []
+    settings = dataclasses.replace(swap_for(0, config), double_blocks=fitted[0]["double"],
+                                   single_blocks=fitted[0]["single"], prefetch=args.prefetch)
+    out = []
+    for name in args.attention.split(","):
+        try:
+            resolve_backend(name, device)
+        except AttentionBackendError as err:
+            out.append({"backend": name, "skipped": str(err)})
+            continue
+        model.attention_backend = name
+        out.append({"backend": name, **try_case(model, config, settings, args, inputs, device)})
+    model.attention_backend = "sdpa"
+    return out
 
 
 if __name__ == "__main__":

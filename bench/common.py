@@ -1,0 +1,77 @@
+"""Small helpers shared by the benchmarks: interleaved timing, spreads, and peak-RSS reading.
+
+Every benchmark runs in its own fresh interpreter (``bench/run_all.py`` starts each as a
+subprocess, and the memory benchmarks start one more child per measurement), so a process's
+``VmHWM`` is its own peak. ``ru_maxrss`` is not used: on Linux it carries the forking parent's
+RSS across exec, so a large parent inflates a child's "peak".
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_now() -> int:
+    """This process's resident bytes now (VmRSS)."""
+    return _status("VmRSS")
+
+
+def rss_peak() -> int:
+    """This process's resident high-water mark in bytes (VmHWM), since start or the last reset."""
+    return _status("VmHWM")
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current RSS, so that earlier peaks (imports, set-up) are not counted."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def spread(values: list[float]) -> dict:
+    """Median and range of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Time every callable ``repeats`` times, taking turns (the order rotates each repeat).
+
+    On a shared machine the load drifts; running the implementations in turn spreads that drift
+    over all of them instead of penalising whichever ran in a busy spell, and the rotation removes
+    any advantage of going first. Returns (seconds per label, each label's first output).
+    """
+    labels = list(runs)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    first: dict[str, object] = {}
+    for r in range(repeats):
+        shift = r % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            start = clock()
+            out = runs[label]()
+            times[label].append(clock() - start)
+            first.setdefault(label, out)
+    return times, first
+
+
+def ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Per-repeat ratios num/den (e.g. peer seconds over ours = how much faster we are)."""
+    return [a / b for a, b in zip(times[num], times[den])]
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path

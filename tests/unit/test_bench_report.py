@@ -1,0 +1,132 @@
+"""The benchmark report writer (bench/report.py): every figure group, its verdicts, and failures.
+
+Works on a small hand-made results dict shaped like bench/run_all.py's; runs no benchmark.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from bench.report import GROUPS, evaluate, write_report
+
+
+def _spread(median, low=None, high=None):
+    return {"median": median, "min": low if low is not None else median, "max": high if high is not None else median,
+            "n": 3}
+
+
+def _dit():
+    def dtype(ours, diff, comfy, gemm):
+        return {"seconds": {"ours": _spread(ours), "diffusers": _spread(diff), "comfyui": _spread(comfy)},
+                "speedup": {"diffusers": _spread(diff / ours), "comfyui": _spread(comfy / ours)},
+                "speedup_vs_faster_peer": _spread(min(diff, comfy) / ours),
+                "gemm_gflops": gemm, "max_rel_err_vs_ours": {"diffusers": 1e-2, "comfyui": 1e-2},
+                "summary": {"achieved_gflops_ours": 1430 / ours, "share_of_bf16_gemm": 1430 / ours / gemm["gemm_bf16"]}}
+    return {"config": {"hidden": 3072, "heads": 24, "double": 1, "single": 1, "refiner": 2, "video_tokens": 2040,
+                       "text_tokens": 256},
+            "machine": {"threads": 2, "torch": "x"}, "repeats": {"bf16": 3, "fp32": 2}, "step_matmul_tflop": 1.43,
+            "targets": {"speedup_vs_faster_peer": 1.25, "share_of_bf16_gemm": 0.85},
+            "results": {"bf16": {**dtype(4.0, 8.0, 7.0, {"gemm_bf16": 500.0}),
+                                 "profile_top": [{"op": "aten::addmm", "ms": 2000.0, "pct": 55.0}]},
+                        "fp32": dtype(20.0, 22.0, 21.0, {"gemm_bf16": 500.0, "gemm_fp32": 110.0})}}
+
+
+def _results():
+    mib = 2**20
+    data = {
+        "dit_step": _dit(),
+        "refiner": {"steps": 50, "seconds": {k: _spread(v) for k, v in (("inside", 0.8), ("refine", 0.7), ("prepare", 0.1))},
+                    "loop_total_inside_s": 40.0, "precompute_total_s": 35.1, "total_saved_s": 4.9,
+                    "memory": {"refiner_bytes_bf16": 590 * mib, "measured_rss_saved": 589 * mib, "expected_mib": 590,
+                               "share_of_dit": 0.024, "refiner_params": 309e6, "dit_params": 12.8e9,
+                               "measured_rss_with_refiner": 1600 * mib, "measured_rss_without_refiner": 1011 * mib}},
+        "vae_decode": {"latent": [1, 16, 5, 32, 32], "dtype": "bf16", "tile_px": 128, "overlap_px": 32, "rows": {
+            "ours_tiled": {"seconds": 100.0, "load_rss_mb": 500, "decode_peak_mb": 1800, "psnr_vs_untiled": 20.5},
+            "diffusers_tiled": {"seconds": 90.0, "load_rss_mb": 800, "decode_peak_mb": 2000, "psnr_vs_untiled": 20.5},
+            "comfy_tiled": {"seconds": 80.0, "load_rss_mb": 1200, "decode_peak_mb": 2200, "psnr_vs_untiled": 21.0},
+            "extra_new_variant": {"seconds": 1.0, "load_rss_mb": 1, "decode_peak_mb": 2, "psnr_vs_untiled": None,
+                                  "new_field": 3}}, "summary": {}},
+        "text_memory": {"llama_weight_bytes": 300 * mib, "llava_total_bytes": 1100 * mib, "llava_largest_shard": 370 * mib,
+                        "targets": {"load ours_auto": 1.1, "split_llava": 1.2}, "rows": [
+                            {"case": "load ours_auto", "reference_bytes": 300 * mib, "peak": 309 * mib, "ratio": 1.03,
+                             "seconds": 0.1},
+                            {"case": "split_llava", "reference_bytes": 370 * mib, "peak": 373 * mib, "ratio": 1.01,
+                             "seconds": 1.0}]},
+        "blockswap": {"target_pct": 3.0, "hook_cost_us_per_block": 16.0, "cases": [
+            {"case": "machinery", "blocks": [4, 8], "repeats": 20, "identical": True, "swapped_mib": 34.0, "rows": [
+                {"variant": "off", "median_cpu_s": 0.3, "overhead_pct": 0.0, "median_wall_s": 0.3, "wall_overhead_pct": 0.0},
+                {"variant": "on (hooks only)", "median_cpu_s": 0.31, "overhead_pct": 3.3, "median_wall_s": 0.31,
+                 "wall_overhead_pct": 3.3,
+                 "paired_overhead_pct": {"median": 4.0, "q1": 1.0, "q3": 6.0, "min": -2.0, "max": 9.0}}]}]},
+        "planner": {"target_pct": 20.0,
+                    "cpu": [{"case": "a", "measured_mib": 100.0, "predicted_mib": 110.0, "error_pct": 10.0}],
+                    "published_13b": [{"size": "1280x720x129", "published_gb": 60.0, "predicted_gb": 41.4,
+                                       "weights_gb": 25.6, "activations_gb": 15.5, "ratio": 0.69}]},
+        "pipeline": {"seconds": {"api": _spread(0.6, 0.5, 0.9), "in_process": _spread(0.4, 0.35, 0.5)},
+                     "raw_seconds": {"api": [0.5, 0.6, 0.9], "in_process": [0.35, 0.4, 0.5]},
+                     "server_execution_s": _spread(0.5), "overhead_ratio": _spread(1.5, 1.2, 1.8),
+                     "overhead_s": _spread(0.2, 0.1, 0.4), "first_run_s": {"api": 3.0, "in_process_including_load": 2.0},
+                     "server_startup_s": 10.0, "identical_video": True, "peak_rss_bytes": {"server": 1e9, "in_process": 9e8},
+                     "workflow": "workflows/t2v_basic_api.json", "repeats": 3, "poll_s": 0.01,
+                     "sizes": {"HunyuanVideoSampler": {"width": 64, "height": 48, "frames": 9},
+                               "HunyuanVideoScheduler": {"steps": 3}}},
+    }
+    benches = {key: {"status": "ok", "data": data[key], "seconds": 1.0, "command": f"bench {key}"} for key in data}
+    benches["gpu"] = {"status": "not run", "error": "GPU: not run (no CUDA device).", "command": "-"}
+    return {"meta": {"date": "today", "commit": "abc", "machine": "test", "total_seconds": 60.0}, "benches": benches}
+
+
+# The figure groups issue 9 asks for; the report must have a section for each.
+EXPECTED_GROUPS = ["dit_step", "refiner", "vae_decode", "text_memory", "blockswap", "planner", "pipeline", "gpu"]
+
+
+def _verdict_rows(text: str, title: str) -> str:
+    """The markdown of one group's section."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def test_every_group_has_a_section_with_verdicts(tmp_path):
+    text = write_report(_results(), tmp_path / "RESULTS.md", {"dit_step": "plots/dit_step.png"})
+    assert (tmp_path / "RESULTS.md").read_text() == text
+    assert [key for key, _, _ in GROUPS] == EXPECTED_GROUPS
+    for key, title, _ in GROUPS:
+        section = _verdict_rows(text, title)
+        assert "| figure | target | measured | verdict |" in section, key
+    assert "![DiT step" in text and "plots/dit_step.png" in text
+    assert "GPU:** not run (no CUDA device)" in text
+
+
+def test_met_and_missed_are_stated_with_where_the_time_goes(tmp_path):
+    text = write_report(_results(), tmp_path / "RESULTS.md")
+    verdicts = {(v["group"], v["figure"]): v for v in evaluate(_results())}
+    dit = {f: v for (g, f), v in verdicts.items() if g == "dit_step"}
+    assert dit["DiT step bf16: ours vs the faster peer"]["status"] == "MET"  # 7.0 / 4.0 = 1.75x
+    fp32 = dit["DiT step fp32: ours vs the faster peer"]
+    assert fp32["status"] == "MISSED" and "GEMM-bound" in fp32["note"]  # 21 / 20 = 1.05x
+    assert verdicts[("blockswap", "Block-swap machinery overhead on the CPU (swap on vs off, same run)")]["status"] == "MISSED"
+    assert verdicts[("vae_decode", "VAE tiled decode peak vs diffusers' (same tiles)")]["status"] == "MISSED"  # 0.9x
+    assert verdicts[("text_memory", "Split tool peak / largest shard")]["status"] == "MET"
+    assert "**MET**" in text and "**MISSED**" in text
+    summary = text[text.index("## Summary"):text.index("\n## ", text.index("## Summary") + 1)]
+    assert "Missed targets, and where the time or memory goes" in summary
+    assert "working set" in summary and "GEMM-bound" in summary and "whole-process peaks" in summary
+    assert "extra_new_variant" in text  # VAE rows are read generically
+
+
+def test_a_failed_benchmark_is_reported_not_hidden(tmp_path):
+    results = _results()
+    results["benches"]["pipeline"] = {"status": "failed", "error": "exit status 1: boom", "command": "x", "log": "l"}
+    text = write_report(results, tmp_path / "RESULTS.md")
+    section = _verdict_rows(text, next(t for k, t, _ in GROUPS if k == "pipeline"))
+    assert "NOT MEASURED" in section and "boom" in section
+
+
+def test_a_group_missing_from_the_results_fails(tmp_path):
+    results = copy.deepcopy(_results())
+    del results["benches"]["planner"]
+    with pytest.raises(KeyError, match="planner"):
+        write_report(results, tmp_path / "RESULTS.md")
