@@ -25,6 +25,7 @@ class Runtime:
 
     conv_cache: dict[int, torch.Tensor] | None = None  # None: plain (non-streaming) forward
     first_chunk: bool = True  # the chunk holding frame 0 (which is upsampled in space only)
+    last_chunk: bool = False  # nothing follows: convs use their carried tails but keep none
     norm_mode: str = "local"  # "local": own statistics; "collect": also record; "shared": use recorded
     core: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # counted part of the tile (y0,y1,x0,x1)
     sums: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # norm id -> [sum, sumsq, count]
@@ -32,6 +33,7 @@ class Runtime:
     def start_tile(self, core: tuple[float, float, float, float]) -> None:
         self.conv_cache = {}
         self.first_chunk = True
+        self.last_chunk = False
         self.core = core
 
 
@@ -59,12 +61,13 @@ class CausalConv3d(nn.Module):
         space = (kw // 2, kw // 2, kh // 2, kh // 2)
         rt = self.runtime
         cache = rt.conv_cache if rt is not None else None
-        prev = cache.get(id(self)) if cache is not None else None
+        prev = cache.pop(id(self), None) if cache is not None else None  # freed as soon as it is used
         if prev is not None:
             x = torch.cat([prev, F.pad(x, space + (0, 0), mode="replicate")], dim=2)
+            del prev
         elif kt > 1 or kh > 1:
             x = F.pad(x, space + (kt - 1, 0), mode="replicate")
-        if cache is not None and kt > 1:
+        if cache is not None and kt > 1 and not rt.last_chunk:
             st = self.conv.stride[0]
             used = ((x.shape[2] - kt) // st + 1) * st  # start of the next window
             cache[id(self)] = x[:, :, used:].clone()

@@ -44,6 +44,7 @@ def _sweep(
             rt.start_tile((*cy[i], *cx[j]))
             for tspan in times:
                 ticker.check()
+                rt.last_chunk = tspan == times[-1]
                 out = fn(take(tspan, yspan, xspan))
                 rt.first_chunk = False
                 if sink is not None:

@@ -152,3 +152,22 @@ def test_encode_rejects_bad_frame_counts(vae):
         tiled.encode(vae, torch.zeros(1, 3, 30, 16, 16))
     with pytest.raises(ValueError, match="not a multiple of 8"):
         tiled.encode(vae, torch.zeros(1, 3, 5, 12, 16))
+
+
+@torch.no_grad()
+def test_the_last_chunk_carries_nothing(vae):
+    """Tails of the causal convs are kept only while another chunk follows; the numbers do not change."""
+    feats = vae.decoder.stem(vae.post_quant_conv(vae.prepare(latent(2))))
+    outs, left = [], []
+    for flag in (False, True):
+        rt = Runtime()
+        rt.start_tile((0.0, 1.0, 0.0, 1.0))
+        with vae.running(rt):
+            first = vae.decoder.head(feats[:, :, :1])
+            rt.first_chunk = False
+            assert rt.conv_cache, "the first chunk must carry tails into the next"
+            rt.last_chunk = flag
+            outs.append(torch.cat([first, vae.decoder.head(feats[:, :, 1:])], dim=2))
+        left.append(len(rt.conv_cache))
+    assert left[0] > 0 and left[1] == 0
+    assert torch.equal(outs[0], outs[1])
