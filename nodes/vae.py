@@ -41,10 +41,11 @@ def _tiling_inputs(default_chunk: int) -> list:
                      tooltip="custom: overlap between neighbouring tiles in output pixels; blended."),
         io.Int.Input("temporal_chunk", default=default_chunk, min=0, max=256,
                      tooltip="custom: latent frames per chunk (1 latent frame = 4 video frames); "
-                     "0 = all. Chunks are exact: causal convolutions carry state across them."),
+                     "0 = all. Smaller chunks use less memory; with shared_norm they change nothing else (causal "
+                     "convolutions carry their state across chunks)."),
         io.Boolean.Input("shared_norm", default=True,
-                         tooltip="Normalise every tile with whole-video statistics (an extra "
-                         "statistics pass, about 2x the time when tiled) so tiles do not seam."),
+                         tooltip="Normalise every tile with whole-video statistics so tiles do not seam. Costs "
+                         "a statistics pass over tiles without overlap (about 1.5-2x the time when tiled)."),
     ]
 
 
