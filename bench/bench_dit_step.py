@@ -9,10 +9,11 @@ token refiner run inside the step like the peers do, and 2040 video tokens (T=5 
 patching) + 256 text tokens, on this machine's CPU. Every model reads the *same* tensors (loaded
 with assign=True from one state dict in each layout), so memory holds one copy.
 
-Timing: the implementations run in turn (rotating order) ``--repeats`` times after a warm-up at a
-small size; each repeat gives one ratio peer/ours, reported as median and range. A plain GEMM of
-the MLP's shape over the step's tokens is timed in the same turns: the step's matmul FLOPs per
-second over it is the "share of this machine's GEMM throughput". With profiling on, one more
+Timing: the implementations run in turn (rotating order) ``--repeats`` times after a warm-up;
+each repeat gives one ratio peer/ours, reported as median and range. A plain GEMM of the MLP's
+shape over the step's tokens is timed in the same turns; its best turn is this machine's GEMM
+rate, and our median step's matmul FLOPs per second over it is the "share of this machine's GEMM
+throughput" (a lower bound: the step is a median, the GEMM a best). With profiling on, one more
 bf16 step of ours runs under torch.profiler to say where the time goes.
 """
 
@@ -51,14 +52,29 @@ def make_config(double: int, single: int) -> DiTConfig:
 
 
 def weights(config: DiTConfig, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Tencent-layout random weights made tensor by tensor in ``dtype`` (one copy in memory)."""
+    """Tencent-layout random weights in ``dtype`` (one copy in memory), N(0, 0.02) (norm scales N(1, 0.1)).
+
+    Every tensor is filled from one pool of 2^24 normal draws at a random offset (tiling the pool
+    when longer): drawing ~0.8G fresh normals took ~10 s here, and values this random are all a
+    timing needs (every implementation gets the same tensors, so outputs stay comparable).
+    """
     with torch.device("meta"):
         skeleton = HunyuanVideoDiT(config).state_dict()
     gen = torch.Generator().manual_seed(seed)
+    normal = torch.randn(2**24, generator=gen)
+    pools = {"weight": (normal * 0.02).to(dtype), "norm": (normal * 0.1 + 1.0).to(dtype)}
     out = {}
     for key, meta in skeleton.items():
-        mean, std = (1.0, 0.1) if ("norm" in key and meta.ndim == 1) else (0.0, 0.02)
-        out[key] = torch.empty(meta.shape).normal_(mean, std, generator=gen).to(dtype)
+        pool = pools["norm" if ("norm" in key and meta.ndim == 1) else "weight"]
+        tensor = torch.empty(meta.shape, dtype=dtype)
+        flat, size = tensor.view(-1), pool.numel()
+        start = int(torch.randint(0, size, (1,), generator=gen))
+        for at in range(0, flat.numel(), size):  # the pool from a random offset, wrapping around
+            take = min(size, flat.numel() - at)
+            first = min(take, size - start)
+            flat[at:at + first].copy_(pool[start:start + first])
+            flat[at + first:at + take].copy_(pool[:take - first])
+        out[key] = tensor
     return out
 
 
@@ -106,14 +122,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
-def build_runs(config: DiTConfig, dtype: torch.dtype, sd: dict, latent) -> dict:
-    """label -> callable running one step of that implementation on ``latent``."""
+def build_models(config: DiTConfig, dtype: torch.dtype, sd: dict) -> dict:
+    """Ours and both peers, all reading the same tensors of ``sd`` (assign=True)."""
     from test_dit_parity import comfy_model, diffusers_model  # the parity tests' peer builders
 
+    return {"ours": load_dit(sd, dtype=dtype), "diffusers": diffusers_model(config, sd).to(dtype),
+            "comfyui": comfy_model(config, sd)}
+
+
+def make_runs(models: dict, config: DiTConfig, dtype: torch.dtype, latent) -> dict:
+    """label -> callable running one step of that implementation on ``latent``."""
     x, t, text, mask, pooled, g = step_inputs(config, dtype, latent)
-    ours = load_dit(sd, dtype=dtype)  # assign=True: shares sd's tensors
-    diff = diffusers_model(config, sd).to(dtype)
-    comfy = comfy_model(config, sd)
+    ours, diff, comfy = models["ours"], models["diffusers"], models["comfyui"]
     return {
         "ours": lambda: ours(x, t, text, mask, pooled, g),
         "diffusers": lambda: diff(x, t, text, mask.long(), pooled, g * 1000.0, return_dict=False)[0],
@@ -131,14 +151,12 @@ def bench_dtype(name: str, config: DiTConfig, repeats: int, profile: bool) -> di
     import comfy.ldm.modules.attention as comfy_attention
 
     dtype = DTYPES[name]
-    sd = weights(config, dtype)
+    models = build_models(config, dtype, weights(config, dtype))
     with torch.inference_mode():
-        for fn in build_runs(config, dtype, sd, WARM_LATENT).values():  # every code path, small
+        runs = make_runs(models, config, dtype, LATENT)
+        warm = runs if dtype == torch.bfloat16 else make_runs(models, config, dtype, WARM_LATENT)
+        for fn in warm.values():
             fn()
-        runs = build_runs(config, dtype, sd, LATENT)
-        if dtype == torch.bfloat16:
-            for fn in runs.values():
-                fn()
         gemms = {"gemm_bf16": gemm_run(config, torch.bfloat16)}
         if dtype != torch.bfloat16:
             gemms[f"gemm_{name}"] = gemm_run(config, dtype)
@@ -150,7 +168,9 @@ def bench_dtype(name: str, config: DiTConfig, repeats: int, profile: bool) -> di
         "raw_seconds": {label: times[label] for label in runs},
         "speedup": {peer: spread(ratios(times, peer, "ours")) for peer in PEERS},
         "speedup_vs_faster_peer": spread([min(times[p][r] for p in PEERS) / times["ours"][r] for r in range(repeats)]),
-        "gemm_gflops": {k: statistics.median(flops / s / 1e9 for s in times[k]) for k, (_, flops) in gemms.items()},
+        # the machine's GEMM rate: the best turn (the least disturbed by the other processes here)
+        "gemm_gflops": {k: max(flops / s / 1e9 for s in times[k]) for k, (_, flops) in gemms.items()},
+        "gemm_gflops_median": {k: statistics.median(flops / s / 1e9 for s in times[k]) for k, (_, flops) in gemms.items()},
         "max_rel_err_vs_ours": {p: rel_err(outputs[p], outputs["ours"]) for p in PEERS},
         "comfyui_attention": comfy_attention.optimized_attention.__name__,
     }
@@ -174,14 +194,13 @@ def profile_ours(fn, rows: int = 10) -> list[dict]:
             for e in events[:rows]]
 
 
-def summarize(result: dict, flops: float, name: str) -> dict:
-    ours = result["seconds"]["ours"]["median"]
-    achieved = flops / ours / 1e9
-    gemm_key = "gemm_bf16" if name == "bf16" else f"gemm_{name}"
+def summarize(result: dict, flops: float, name: str, gemm: dict[str, float]) -> dict:
+    """Our median step's FLOP rate and its share of the machine's (best-turn) GEMM rates."""
+    achieved = flops / result["seconds"]["ours"]["median"] / 1e9
     return {
         "achieved_gflops_ours": achieved,
-        "share_of_bf16_gemm": achieved / result["gemm_gflops"]["gemm_bf16"],
-        "share_of_same_dtype_gemm": achieved / result["gemm_gflops"][gemm_key],
+        "share_of_bf16_gemm": achieved / gemm["gemm_bf16"],
+        "share_of_same_dtype_gemm": achieved / gemm.get(f"gemm_{name}", gemm["gemm_bf16"]),
     }
 
 
@@ -208,7 +227,12 @@ def main(argv=None) -> int:
     for name in args.dtypes.split(","):
         repeats = args.fp32_repeats if name == "fp32" else args.repeats
         results[name] = bench_dtype(name, config, repeats, profile=not args.no_profile and name == "bf16")
-        results[name]["summary"] = summarize(results[name], flops, name)
+    gemm = {}  # the best rate of each GEMM over every turn of every dtype's run
+    for r in results.values():
+        for key, rate in r["gemm_gflops"].items():
+            gemm[key] = max(gemm.get(key, 0.0), rate)
+    for name, r in results.items():
+        r["summary"] = summarize(r, flops, name, gemm)
     report = {
         "config": {"hidden": config.hidden_size, "heads": config.num_heads, "double": double, "single": single,
                    "refiner": config.refiner_depth, "video_tokens": video_tokens(), "text_tokens": TEXT_LEN,
@@ -217,6 +241,7 @@ def main(argv=None) -> int:
                     "torch": torch.__version__},
         "repeats": {"bf16": args.repeats, "fp32": args.fp32_repeats},
         "step_matmul_tflop": flops / 1e12,
+        "gemm_gflops": gemm,
         "targets": {"speedup_vs_faster_peer": TARGET_SPEEDUP, "share_of_bf16_gemm": TARGET_GEMM_SHARE},
         "results": results,
     }

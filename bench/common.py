@@ -41,8 +41,10 @@ def reset_peak() -> None:
 
 
 def spread(values: list[float]) -> dict:
-    """Median and range of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+    """Median, quartiles (inclusive method) and range of repeated measurements."""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values),
+            "n": len(values)}
 
 
 def interleaved(runs: dict[str, Callable[[], object]], repeats: int,

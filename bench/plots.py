@@ -47,7 +47,8 @@ def plot_dit(data: dict, fig) -> None:
     for name, r in results.items():
         for impl, s in r["seconds"].items():
             labels.append(f"{impl}\n{name}")
-            shares.append(100 * flops / s["median"] / 1e9 / r["gemm_gflops"]["gemm_bf16"])
+            gemm = data.get("gemm_gflops") or r["gemm_gflops"]
+            shares.append(100 * flops / s["median"] / 1e9 / gemm["gemm_bf16"])
     _bars(ax, labels, shares, colors=[_color(lbl) for lbl in labels], fmt="{:.0f}%")
     ax.axhline(85, color="red", linestyle="--", linewidth=1, label="85% target")
     ax.set_title("share of the bf16 GEMM rate", fontsize=9)

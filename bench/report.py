@@ -115,7 +115,11 @@ def render(results: dict, sections: list[Section], plots: dict[str, str] | None 
     misses = [v for v in all_verdicts if v.status == MISSED]
     if misses:
         out.append("\n**Missed targets, and where the time or memory goes:**\n")
-        out += [f"- **{v.figure}** ({v.measured}; target {v.target}): {v.note}" for v in misses]
+        seen: dict[str, str] = {}
+        for v in misses:
+            note = f"the same as for {seen[v.note]}." if v.note in seen else v.note
+            seen.setdefault(v.note, v.figure)
+            out.append(f"- **{v.figure}** ({v.measured}; target {v.target}): {note}")
         out.append("")
     unmeasured = [v for v in all_verdicts if v.status == NOT_MEASURED]
     if unmeasured:
@@ -146,6 +150,7 @@ def _runs_table(results: dict) -> str:
         secs = b.get("seconds")
         wall = f"{secs:.0f} s" if isinstance(secs, (int, float)) else "-"
         rows.append(f"| {key} | {b.get('status')} | {wall} | `{_cell(b.get('command', '-'))}` |")
+    rows.append("\nMemory-only benchmarks (text_memory, planner) run side by side; every timed one runs alone.")
     total = results.get("meta", {}).get("total_seconds")
     if total is not None:
         rows.append(f"\nTotal wall time of the benchmarks: {total / 60:.1f} min.")

@@ -6,6 +6,8 @@ the builder contract.
 
 from __future__ import annotations
 
+import json
+
 from bench.report_fmt import INFO, MB, MISSED, group_data, met, rng, table, verdict
 
 # -- DiT step --------------------------------------------------------------------------------------
@@ -20,7 +22,7 @@ def dit_section(data: dict, results: dict) -> tuple[list[dict], str]:
     flops = data["step_matmul_tflop"] * 1e12
     verdicts, rows = [], []
     for name, r in data["results"].items():
-        gemm = r["gemm_gflops"]
+        gemm = data.get("gemm_gflops") or r["gemm_gflops"]  # the machine's best rates over the whole run
         same = gemm.get(f"gemm_{name}", gemm["gemm_bf16"])
         shares = {}
         for impl, s in r["seconds"].items():
@@ -29,7 +31,7 @@ def dit_section(data: dict, results: dict) -> tuple[list[dict], str]:
             faster = "1 (reference)" if impl == "ours" else rng(r["speedup"][impl])
             err = "-" if impl == "ours" else f"{r['max_rel_err_vs_ours'][impl]:.1e}"
             rows.append([name, impl, rng(s, "{:.2f}", " s"), faster, f"{achieved:.0f}",
-                         f"{100 * achieved / gemm['gemm_bf16']:.0f}%", f"{100 * achieved / same:.0f}%", err])
+                         f"{achieved / gemm['gemm_bf16']:.0%}", f"{shares[impl]:.0%}", err])
         f = r["speedup_vs_faster_peer"]
         ok = f["median"] >= speed_target or shares["ours"] >= share_target
         note = ""
@@ -55,15 +57,17 @@ def dit_section(data: dict, results: dict) -> tuple[list[dict], str]:
         share = bf16["summary"]["share_of_bf16_gemm"]
         verdicts.append(verdict("Share of this machine's bf16 GEMM throughput (our bf16 step)", "report",
                                 f"{share:.0%} ({bf16['summary']['achieved_gflops_ours']:.0f} of "
-                                f"{bf16['gemm_gflops']['gemm_bf16']:.0f} GFLOP/s)", INFO))
+                                f"{(data.get('gemm_gflops') or bf16['gemm_gflops'])['gemm_bf16']:.0f} GFLOP/s)", INFO))
     reps = data.get("repeats")
+    reps = ", ".join(f"{n} ({d})" for d, n in reps.items()) if isinstance(reps, dict) else reps
     body = (f"Real width ({cfg['hidden']} wide, {cfg['heads']} heads), **{cfg['double']} double + {cfg['single']} single "
             f"block(s)** (the issue allows 1-2 of each; every block does the same work, so the ratios carry over) plus "
             f"the real {cfg['refiner']}-block token refiner inside the step as in both peers, {cfg['video_tokens']} video + "
             f"{cfg['text_tokens']} text tokens, {data['step_matmul_tflop']:.2f} TFLOP of matmuls per step, on "
             f"{data['machine']['threads']} CPU threads (torch {data['machine']['torch']}). Same weights in every "
-            f"implementation. Repeats: {reps}. \"ours faster by\" = peer time / our time, per repeat. The GEMM rate is a "
-            "plain GEMM of the MLP's shape timed in the same turns.\n\n")
+            f"implementation. Repeats: {reps}. \"ours faster by\" = peer time / our time, per repeat. GEMM shares: the "
+            "median step's matmul FLOP rate over this machine's GEMM rate, the best turn of a plain GEMM of the MLP's "
+            "shape timed between the steps (a lower bound on the share).\n\n")
     body += table(["dtype", "implementation", "seconds per step", "ours faster by", "GFLOP/s", "of bf16 GEMM",
                    "of same-dtype GEMM", "max rel. err vs ours"], rows)
     for name, r in data["results"].items():
@@ -114,54 +118,81 @@ def refiner_section(data: dict, results: dict) -> tuple[list[dict], str]:
 
 # -- VAE decode ------------------------------------------------------------------------------------
 
+def _vae_memory_verdict(rows: dict, summary: dict) -> dict | None:
+    """Issue 5: our tiled peak <= 0.6x diffusers' at equal or better seam PSNR.
+
+    Ours may use any tiling (the benchmark's summary picks our lowest peak among the variants whose
+    PSNR is at least diffusers'); older results have only ``ours_tiled`` at diffusers' tiles.
+    """
+    diff = rows.get("diffusers_tiled")
+    if not diff:
+        return None
+    best = summary.get("best_at_equal_or_better_psnr")
+    if best is None and "same_tiles" not in summary:  # an older benchmark without that summary
+        ours = rows.get("ours_tiled")
+        if not ours:
+            return None
+        best = {"variant": "ours_tiled", "psnr": ours["psnr_vs_untiled"],
+                "peak_ratio": ours["decode_peak_mb"] / diff["decode_peak_mb"]}
+        if best["psnr"] < diff["psnr_vs_untiled"] - 0.1:
+            best = None
+    target = "<= 0.6x at equal or better seam PSNR (issue 5)"
+    figure = "VAE tiled decode peak vs diffusers'"
+    if best is None:
+        return verdict(figure, target, "no tiling of ours reached diffusers' PSNR", MISSED,
+                       "every tiled variant of ours seams more than diffusers' at its tiles")
+    ours = rows[best["variant"]]
+    ok = best["peak_ratio"] <= 0.6
+    o_work, d_work = ours["decode_peak_mb"] - ours["load_rss_mb"], diff["decode_peak_mb"] - diff["load_rss_mb"]
+    note = "" if ok else (
+        f"{best['variant']} peaks at {ours['decode_peak_mb']} MB = {ours['load_rss_mb']} MB after loading + {o_work} MB "
+        f"decode working set; diffusers' at {diff['decode_peak_mb']} MB = {diff['load_rss_mb']} + {d_work} MB. The "
+        f"working set, not the weights, is most of both peaks, and ours is {o_work / max(1, d_work):.2f}x diffusers'.")
+    return verdict(figure, target, f"{best['peak_ratio']:.2f}x with {best['variant']} ({ours['decode_peak_mb']} vs "
+                   f"{diff['decode_peak_mb']} MB; PSNR {best['psnr']:.2f} vs {diff['psnr_vs_untiled']:.2f} dB)", met(ok), note)
+
+
+def _tiles(r: dict, data: dict) -> str:
+    tile, overlap = r.get("tile_px", data.get("tile_px")), r.get("overlap_px", data.get("overlap_px"))
+    if "tile_px" in r and not r["tile_px"]:
+        return "untiled"
+    return f"{tile}/{overlap}" if tile else "-"
+
+
 def vae_section(data: dict, results: dict) -> tuple[list[dict], str]:
-    rows = data["rows"]
+    rows, summary = data["rows"], data.get("summary") or {}
     table_rows = []
     for name, r in rows.items():
-        work = r["decode_peak_mb"] - r["load_rss_mb"]
+        work = r.get("working_set_mb", r["decode_peak_mb"] - r["load_rss_mb"])
         psnr = "-" if r.get("psnr_vs_untiled") is None else f"{r['psnr_vs_untiled']:.2f}"
-        table_rows.append([name, f"{r['seconds']:.1f}", r["load_rss_mb"], r["decode_peak_mb"], work, psnr,
-                           r.get("psnr_reference") or "-"])
+        table_rows.append([name, _tiles(r, data), f"{r['seconds']:.1f}", r["load_rss_mb"], r["decode_peak_mb"], work,
+                           psnr, r.get("psnr_reference") or "-"])
     ours, diff, comfy = rows.get("ours_tiled"), rows.get("diffusers_tiled"), rows.get("comfy_tiled")
-    verdicts = []
+    memory = _vae_memory_verdict(rows, summary)
+    verdicts = [memory] if memory else [verdict("VAE tiled decode peak vs diffusers'", "<= 0.6x (issue 5)",
+                                                "diffusers_tiled missing", MISSED, "the benchmark gave no diffusers row")]
     if ours and diff:
-        ratio = ours["decode_peak_mb"] / diff["decode_peak_mb"]
         psnr_ok = ours["psnr_vs_untiled"] >= diff["psnr_vs_untiled"] - 0.1
-        ok = ratio <= 0.6 and psnr_ok
-        note = ""
-        if not ok:
-            o_work, d_work = ours["decode_peak_mb"] - ours["load_rss_mb"], diff["decode_peak_mb"] - diff["load_rss_mb"]
-            note = (f"ours peaks at {ours['decode_peak_mb']} MB = {ours['load_rss_mb']} MB after loading + {o_work} MB "
-                    f"decode working set; diffusers' at {diff['decode_peak_mb']} MB = {diff['load_rss_mb']} + {d_work} MB. "
-                    f"The working set, not the weights, is most of both peaks, and with the same tiles ours is "
-                    f"{o_work / d_work:.2f}x diffusers': we load lighter but decode a tile with about as much memory, "
-                    "so the peak can only drop with smaller tiles or chunks, not at equal tiles.")
-        verdicts.append(verdict("VAE tiled decode peak vs diffusers' (same tiles)", "<= 0.6x at equal or better PSNR",
-                                f"{ratio:.2f}x ({ours['decode_peak_mb']} vs {diff['decode_peak_mb']} MB)", met(ok), note))
-        verdicts.append(verdict("VAE seam PSNR (tiled vs untiled) vs diffusers'", ">= diffusers' (0.1 dB tolerance)",
+        verdicts.append(verdict("VAE seam PSNR at diffusers' tiles (tiled vs untiled)", ">= diffusers' (0.1 dB tolerance)",
                                 f"{ours['psnr_vs_untiled']:.2f} vs {diff['psnr_vs_untiled']:.2f} dB", met(psnr_ok),
                                 "" if psnr_ok else "ours blends tiles less smoothly than diffusers' at these tile sizes"))
-        verdicts.append(verdict("VAE tiled decode time vs diffusers'", "report",
+        verdicts.append(verdict("VAE tiled decode at diffusers' tiles: peak and time vs diffusers'", "report",
+                                f"peak {ours['decode_peak_mb'] / diff['decode_peak_mb']:.2f}x, time "
                                 f"{ours['seconds'] / diff['seconds']:.2f}x ({ours['seconds']:.0f} vs {diff['seconds']:.0f} s)",
                                 INFO))
     if ours and comfy:
-        verdicts.append(verdict("VAE tiled decode vs ComfyUI native tiled", "report",
+        verdicts.append(verdict("VAE tiled decode vs ComfyUI native tiled (same tiles)", "report",
                                 f"peak {ours['decode_peak_mb'] / comfy['decode_peak_mb']:.2f}x, time "
                                 f"{ours['seconds'] / comfy['seconds']:.2f}x, PSNR {ours['psnr_vs_untiled']:.2f} vs "
                                 f"{comfy['psnr_vs_untiled']:.2f} dB", INFO))
-    if not verdicts:
-        verdicts.append(verdict("VAE tiled decode", "<= 0.6x diffusers' peak", "ours_tiled or diffusers_tiled missing",
-                                MISSED, "the benchmark did not produce both rows"))
-    latent = data.get("latent")
-    body = (f"Real channel widths with random weights, latent {latent} in {data.get('dtype')}, tiles "
-            f"{data.get('tile_px')} px with {data.get('overlap_px')} px overlap for every tiled variant. Each variant "
-            "runs once in its own fresh process (bench/bench_vae_decode.py); peak = `VmHWM` during the decode; PSNR of "
-            "each tiled decode against the same implementation's untiled decode. These are single runs per variant, "
-            "not interleaved repeats.\n\n")
-    body += table(["variant", "seconds", "RSS after load (MB)", "decode peak (MB)", "working set (MB)",
+    body = (f"Real channel widths with random weights, latent {data.get('latent')} in {data.get('dtype')}. Each variant "
+            "runs once in its own fresh process (bench/bench_vae_decode.py); peak = `VmHWM` during the decode, working "
+            "set = peak minus the RSS after loading; PSNR of each tiled decode against the same implementation's "
+            "untiled decode. These are single runs per variant, not interleaved repeats.\n\n")
+    body += table(["variant", "tile/overlap px", "seconds", "RSS after load (MB)", "decode peak (MB)", "working set (MB)",
                    "PSNR vs untiled (dB)", "PSNR reference"], table_rows)
-    if data.get("summary"):
-        body += "\nSummary from the benchmark: " + ", ".join(f"{k} = {v}" for k, v in data["summary"].items()) + "\n"
+    if summary:
+        body += f"\nSummary from the benchmark: `{json.dumps(summary)}`\n"
     return verdicts, body
 
 

@@ -46,6 +46,7 @@ class Bench:
     args: tuple[str, ...] = ()
     quick_args: tuple[str, ...] | None = ()  # None: reused in --quick (too slow for a smoke test)
     takes_out: bool = True  # accepts --out PATH (bench_vae_decode.py always writes bench/results/)
+    memory_only: bool = False  # measures peak RSS only: may overlap the next memory-only benchmark
     timeout_s: int = 1800
 
 
@@ -54,13 +55,13 @@ BENCHES = [
           quick_args=("--dtypes", "bf16", "--repeats", "1", "--no-profile")),
     Bench("refiner", "bench_refiner.py", "refiner.json", quick_args=("--repeats", "1")),
     Bench("vae_decode", "bench_vae_decode.py", "vae_decode.json", quick_args=None, takes_out=False),
-    Bench("text_memory", "bench_text_memory.py", "text_memory.json", quick_args=None),
+    Bench("text_memory", "bench_text_memory.py", "text_memory.json", quick_args=None, memory_only=True),
+    Bench("planner", "bench_planner.py", "bench_planner.json", quick_args=("--quick",), memory_only=True),
     Bench("blockswap", "bench_blockswap.py", "bench_blockswap.json", quick_args=("--repeats", "2")),
-    Bench("planner", "bench_planner.py", "bench_planner.json", quick_args=("--quick",)),
     Bench("pipeline", "bench_pipeline.py", "pipeline.json", quick_args=("--repeats", "1")),
     Bench("gpu", "gpu_blockswap.py", "gpu_blockswap.json", quick_args=("--config", "half", "--repeats", "1")),
 ]
-assert [b.key for b in BENCHES] == [g[0] for g in GROUPS], "every report group needs exactly one benchmark"
+assert sorted(b.key for b in BENCHES) == sorted(g[0] for g in GROUPS), "every report group needs one benchmark"
 
 
 def cuda_available() -> bool:
@@ -69,42 +70,57 @@ def cuda_available() -> bool:
     return out.stdout.strip().endswith("1")
 
 
-def run_bench(bench: Bench, args: tuple[str, ...], out_json: Path, log: Path) -> dict:
-    """Run one benchmark script in a fresh process, teeing its output to the console and ``log``."""
-    cmd = [sys.executable, str(ROOT / "bench" / bench.script), *args]
-    if bench.takes_out:
-        cmd += ["--out", str(out_json)]
-    shown = " ".join([".venv/bin/python", f"bench/{bench.script}", *args])
-    print(f"\n=== {bench.key}: {shown}", flush=True)
-    start = time.perf_counter()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+class Running:
+    """One benchmark script running in a fresh process, its output teed to the console and a log."""
+
+    def __init__(self, bench: Bench, args: tuple[str, ...], out_json: Path, log: Path):
+        self.bench, self.out_json, self.log = bench, out_json, log
+        cmd = [sys.executable, str(ROOT / "bench" / bench.script), *args]
+        if bench.takes_out:
+            cmd += ["--out", str(out_json)]
+        self.shown = " ".join([".venv/bin/python", f"bench/{bench.script}", *args])
+        print(f"\n=== {bench.key}: {self.shown}", flush=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         # past the limit, stop this benchmark's own process group (it and its children) only
-        watchdog = threading.Timer(bench.timeout_s, os.killpg, (proc.pid, signal.SIGKILL))
-        watchdog.start()
-        try:
-            for line in proc.stdout:
+        self.watchdog = threading.Timer(bench.timeout_s, os.killpg, (self.proc.pid, signal.SIGKILL))
+        self.watchdog.start()
+        self.reader = threading.Thread(target=self._tee, daemon=True)
+        self.reader.start()
+
+    def _tee(self) -> None:
+        with open(self.log, "w") as sink:
+            for line in self.proc.stdout:
                 sink.write(line)
-                print(f"  [{bench.key}] {line}", end="", flush=True)
-            rc = proc.wait()
-        finally:
-            watchdog.cancel()
-    seconds = time.perf_counter() - start
-    entry = {"command": shown, "seconds": seconds, "log": str(log.relative_to(ROOT))}
-    produced = out_json if bench.takes_out else COMMITTED / bench.output
-    if rc != 0 or not produced.is_file():
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        reason = f"exit status {rc}" + (f" after the {bench.timeout_s} s limit" if seconds > bench.timeout_s else "")
-        print(f"=== {bench.key} FAILED ({reason}) after {seconds:.0f} s", flush=True)
-        return {**entry, "status": "failed", "error": f"{reason}: " + " / ".join(tail)}
-    if produced != out_json:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
+                print(f"  [{self.bench.key}] {line}", end="", flush=True)
+
+    def finish(self) -> dict:
+        rc = self.proc.wait()
+        self.watchdog.cancel()
+        self.reader.join()
+        seconds = time.perf_counter() - self.start
+        bench, out_json = self.bench, self.out_json
+        entry = {"command": self.shown, "seconds": seconds, "log": str(self.log.relative_to(ROOT))}
+        produced = out_json if bench.takes_out else COMMITTED / bench.output
+        if rc != 0 or not produced.is_file():
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-5:]
+            reason = f"exit status {rc}" + (f" after the {bench.timeout_s} s limit" if seconds > bench.timeout_s else "")
+            print(f"=== {bench.key} FAILED ({reason}) after {seconds:.0f} s", flush=True)
+            return {**entry, "status": "failed", "error": f"{reason}: " + " / ".join(tail)}
         if produced.resolve() != out_json.resolve():
+            out_json.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(produced, out_json)
-    print(f"=== {bench.key} done in {seconds:.0f} s", flush=True)
-    return {**entry, "status": "ok", "data": json.loads(out_json.read_text())}
+        print(f"=== {bench.key} done in {seconds:.0f} s", flush=True)
+        return {**entry, "status": "ok", "data": json.loads(out_json.read_text())}
+
+
+def finish(running: dict[str, Running], benches: dict) -> None:
+    """Wait for every started benchmark and record its result."""
+    for key, run in list(running.items()):
+        benches[key] = run.finish()
+        del running[key]
 
 
 def reused(bench: Bench, why: str) -> dict:
@@ -137,6 +153,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test of the orchestration (bench/_work/quick/)")
     parser.add_argument("--only", default="", help=f"comma-separated groups to run; the others are reused ({keys})")
     parser.add_argument("--reuse", default="", help="comma-separated groups to take from bench/results/ unchanged")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: redraw RESULTS.md, the plots and the verdicts from results/results.json")
     args = parser.parse_args(argv)
     for name in filter(None, (args.only + "," + args.reuse).split(",")):
         if name not in keys:
@@ -144,14 +162,28 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
+def write_outputs(results: dict, base: Path, results_dir: Path) -> tuple[Path, dict]:
+    """Plots, RESULTS.md and results.json (with the verdicts) for ``results``."""
+    plots = make_plots(results, base / "plots")
+    md = base / "RESULTS.md"
+    write_report(results, md, {k: os.path.relpath(p, md.parent) for k, p in plots.items()})
+    results["verdicts"] = evaluate(results)
+    (results_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return md, plots
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     base = ROOT / "bench" / "_work" / "quick" if args.quick else ROOT / "bench"
     results_dir = base / "results" if args.quick else COMMITTED
+    if args.report_only:
+        md, plots = write_outputs(json.loads((results_dir / "results.json").read_text()), base, results_dir)
+        print(f"wrote {md.relative_to(ROOT)} and {len(plots)} plots from {results_dir.relative_to(ROOT)}/results.json")
+        return 0
     only, reuse = set(filter(None, args.only.split(","))), set(filter(None, args.reuse.split(",")))
     start, load = time.perf_counter(), os.getloadavg()
     has_cuda = cuda_available()
-    benches = {}
+    benches, running = {}, {}
     for bench in BENCHES:
         if bench.key == "gpu" and not has_cuda:
             benches[bench.key] = {"status": "not run", "error": "GPU: not run (no CUDA device).", "command": "-"}
@@ -161,8 +193,14 @@ def main(argv=None) -> int:
             benches[bench.key] = reused(bench, "too slow for --quick")
         else:
             extra = bench.quick_args if args.quick else bench.args
-            benches[bench.key] = run_bench(bench, extra, results_dir / bench.output,
-                                           ROOT / "bench" / "_work" / "logs" / f"{bench.key}.log")
+            log = ROOT / "bench" / "_work" / "logs" / f"{bench.key}.log"
+            if not bench.memory_only:  # memory-only benchmarks overlap each other; a timed one runs alone
+                finish(running, benches)
+            running[bench.key] = Running(bench, extra, results_dir / bench.output, log)
+            if not bench.memory_only:
+                finish(running, benches)
+    finish(running, benches)
+    benches = {b.key: benches[b.key] for b in BENCHES}
     total = time.perf_counter() - start
     note = "QUICK smoke run (fewer repeats, smaller sizes): not the committed figures. " if args.quick else ""
     results = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -171,11 +209,7 @@ def main(argv=None) -> int:
                         "note": note + f"Load average at the end: {os.getloadavg()[0]:.1f}.",
                         "total_seconds": total},
                "benches": benches}
-    plots = make_plots(results, base / "plots")
-    md = base / "RESULTS.md"
-    write_report(results, md, {k: os.path.relpath(p, md.parent) for k, p in plots.items()})
-    results["verdicts"] = evaluate(results)
-    (results_dir / "results.json").write_text(json.dumps(results, indent=1))
+    md, plots = write_outputs(results, base, results_dir)
     failed = [k for k, b in benches.items() if b["status"] == "failed"]
     print(f"\nwrote {md.relative_to(ROOT)}, {(results_dir / 'results.json').relative_to(ROOT)} and {len(plots)} plots "
           f"in {total / 60:.1f} min" + (f"; FAILED: {', '.join(failed)}" if failed else ""))

@@ -108,13 +108,27 @@ def test_met_and_missed_are_stated_with_where_the_time_goes(tmp_path):
     fp32 = dit["DiT step fp32: ours vs the faster peer"]
     assert fp32["status"] == "MISSED" and "GEMM-bound" in fp32["note"]  # 21 / 20 = 1.05x
     assert verdicts[("blockswap", "Block-swap machinery overhead on the CPU (swap on vs off, same run)")]["status"] == "MISSED"
-    assert verdicts[("vae_decode", "VAE tiled decode peak vs diffusers' (same tiles)")]["status"] == "MISSED"  # 0.9x
+    assert verdicts[("vae_decode", "VAE tiled decode peak vs diffusers'")]["status"] == "MISSED"  # 0.9x
     assert verdicts[("text_memory", "Split tool peak / largest shard")]["status"] == "MET"
     assert "**MET**" in text and "**MISSED**" in text
     summary = text[text.index("## Summary"):text.index("\n## ", text.index("## Summary") + 1)]
     assert "Missed targets, and where the time or memory goes" in summary
     assert "working set" in summary and "GEMM-bound" in summary and "whole-process peaks" in summary
     assert "extra_new_variant" in text  # VAE rows are read generically
+
+
+def test_vae_target_uses_our_best_tiling_at_equal_or_better_psnr():
+    """The VAE benchmark's summary may pick smaller tiles of ours; a lower PSNR never counts."""
+    results = _results()
+    vae = results["benches"]["vae_decode"]["data"]
+    vae["rows"]["ours_tiled_64"] = {"tile_px": 64, "overlap_px": 32, "seconds": 150.0, "load_rss_mb": 500,
+                                    "decode_peak_mb": 1100, "working_set_mb": 600, "psnr_vs_untiled": 20.6}
+    vae["summary"] = {"best_at_equal_or_better_psnr": {"variant": "ours_tiled_64", "psnr": 20.6, "peak_ratio": 0.55}}
+    memory = next(v for v in evaluate(results) if v["figure"] == "VAE tiled decode peak vs diffusers'")
+    assert memory["status"] == "MET" and "ours_tiled_64" in memory["measured"]
+    vae["summary"] = {"same_tiles": {"variant": "ours_tiled", "peak_ratio": 0.9}}  # no tiling reached the PSNR
+    memory = next(v for v in evaluate(results) if v["figure"] == "VAE tiled decode peak vs diffusers'")
+    assert memory["status"] == "MISSED"
 
 
 def test_a_failed_benchmark_is_reported_not_hidden(tmp_path):
