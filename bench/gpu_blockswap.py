@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=544)
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--frames", type=int, default=33)
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="real")
+    parser.add_argument("--config", choices=["auto", *sorted(CONFIGS)], default="auto",
+                        help="real: the 13B layout (~26 GB of host RAM in bf16); half: 10+20 blocks; "
+                        "auto: real when the host has 40 GB available, else half")
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attention", default="sdpa,sage,flash", help="backends to compare (comma-separated)")
@@ -92,6 +94,10 @@ def main() -> None:
               "Run it on a machine with an NVIDIA GPU (the CPU swap cost is bench/bench_blockswap.py).")
         sys.exit(2)
     device = torch.device("cuda", torch.cuda.current_device())
+    if args.config == "auto":
+        import psutil
+
+        args.config = "real" if psutil.virtual_memory().available >= 40 * 2**30 else "half"
     config = CONFIGS[args.config]
     torch.manual_seed(0)
     model = HunyuanVideoDiT(config, dtype=torch.bfloat16).eval()

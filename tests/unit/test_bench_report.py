@@ -144,3 +144,21 @@ def test_a_group_missing_from_the_results_fails(tmp_path):
     del results["benches"]["planner"]
     with pytest.raises(KeyError, match="planner"):
         write_report(results, tmp_path / "RESULTS.md")
+
+
+def test_gpu_results_and_plots_when_a_gpu_ran(tmp_path):
+    """With GPU data every group, GPU included, gets a section and a picture."""
+    from bench.plots import make_plots
+
+    results = _results()
+    results["benches"]["gpu"] = {"status": "ok", "command": "gpu", "data": {
+        "device": "Test GPU", "args": {},
+        "rows": [{"double": 0, "single": 0, "oom": True},
+                 {"double": 10, "single": 0, "median_s": 2.0, "peak_gib": 20.0, "predicted_gib": 19.0}],
+        "attention": [{"backend": "sdpa", "double": 10, "single": 0, "median_s": 2.0, "peak_gib": 20.0},
+                      {"backend": "sage", "skipped": "not installed"}]}}
+    text = write_report(results, tmp_path / "RESULTS.md")
+    assert "GPU:** run on Test GPU" in text and "GPU attention sage" in text and "out of memory" in text
+    plots = make_plots(results, tmp_path / "plots")
+    assert sorted(plots) == sorted(EXPECTED_GROUPS)
+    assert all(p.stat().st_size > 1000 for p in plots.values())
