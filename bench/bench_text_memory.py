@@ -1,6 +1,6 @@
 """Peak RAM of text-encoder loading and of the LLaVA split tool, each in a FRESH subprocess.
 
-    python bench/bench_text_memory.py [--workdir /tmp/hyvid_text_bench] [--keep]
+    python bench/bench_text_memory.py [--workdir DIR (default: a fresh temporary folder)] [--keep] [--out FILE]
 
 1. load: a synthetic Llama (~300 MB fp16, 2 safetensors shards) loaded with ``hunyuan.text.load_llm``
    (dtype auto: zero-copy), then every weight is read once so its pages are really resident.
@@ -21,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -183,7 +184,7 @@ def shard_bytes(folder: Path, lm_only: bool = False) -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/hyvid_text_bench"))
+    parser.add_argument("--workdir", type=Path, help="where to write the synthetic checkpoints (emptied first)")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_memory.json")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
@@ -191,7 +192,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(*args.child)))
         return 0
-    work = args.workdir
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="hyvid_text_bench_"))  # two runs never share it
     shutil.rmtree(work, ignore_errors=True)
     llama, llava, split_out = work / "llama", work / "llava", work / "llava_split"
     make_llama(llama)
