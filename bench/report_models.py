@@ -42,8 +42,9 @@ def dit_section(data: dict, results: dict) -> tuple[list[dict], str]:
                     f"({same:.0f} GFLOP/s) take {flops / same / 1e9:.1f} s of our {ours_s:.1f} s, i.e. ours runs at "
                     f"{shares['ours']:.0%} of the GEMM rate and the peers, running the same GEMMs, at "
                     + ", ".join(f"{shares[p]:.0%} ({p})" for p in shares if p != "ours")
-                    + f". Being {speed_target}x faster than {best_peer} needs {speed_target * shares[best_peer]:.0%}; "
-                    f"the other {1 - shares['ours']:.0%} of our step is non-GEMM work.")
+                    + f". Being {speed_target}x faster than {best_peer} would need {speed_target * shares[best_peer]:.0%}; "
+                    f"the other {1 - shares['ours']:.0%} of our step is time beyond the matmuls at GEMM speed "
+                    "(attention below GEMM speed, copies, GELU, norms).")
             if r.get("profile_top"):
                 note += f" Profile of our step: {_profile_text(r['profile_top'])}."
             elif data["results"].get("bf16", {}).get("profile_top"):
