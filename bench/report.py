@@ -77,17 +77,32 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def verdict_table(verdicts: list[Verdict], with_group: list[str] | None = None) -> str:
-    head = "| group | figure | target | measured | verdict |\n|---|---|---|---|---|\n" if with_group else \
-        "| figure | target | measured | verdict |\n|---|---|---|---|\n"
-    rows = []
+def verdict_table(verdicts: list[Verdict], with_group: list[str] | None = None,
+                  previous: list[str] | None = None) -> str:
+    """Markdown table of verdicts; optionally a group column first and a previous-run column last."""
+    head = (["group"] if with_group else []) + ["figure", "target", "measured", "verdict"]
+    head += ["previous run"] if previous else []
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, v in enumerate(verdicts):
         status = f"**{v.status}**" if v.status in (MET, MISSED) else v.status
-        cells = [v.figure, v.target, v.measured, status]
-        if with_group:
-            cells.insert(0, with_group[i])
+        cells = ([with_group[i]] if with_group else []) + [v.figure, v.target, v.measured, status]
+        cells += [previous[i]] if previous else []
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return head + "\n".join(rows) + "\n"
+    return "\n".join(rows) + "\n"
+
+
+def _previous_cells(results: dict, sections: list[Section]) -> list[str] | None:
+    """Each verdict's status and value in the previous committed run, when run_all kept them."""
+    prev = results.get("previous")
+    if not prev or not prev.get("verdicts"):
+        return None
+    old = {(v["group"], v["figure"]): v for v in prev["verdicts"]}
+    cells = []
+    for s in sections:
+        for v in s.verdicts:
+            p = old.get((s.key, v.figure))
+            cells.append("-" if p is None else f"{p['status']}: {p['measured'][:40]}")
+    return cells
 
 
 def _anchor(title: str) -> str:
@@ -111,7 +126,12 @@ def render(results: dict, sections: list[Section], plots: dict[str, str] | None 
     for s in sections:
         all_verdicts += s.verdicts
         groups += [f"[{s.title.split(':')[0]}](#{_anchor(s.title)})"] * len(s.verdicts)
-    out.append(verdict_table(all_verdicts, groups))
+    previous = _previous_cells(results, sections)
+    if previous:
+        prev = results["previous"]
+        out.append(f"The last column is the previous committed run ({prev.get('date', '?')}, commit "
+                   f"`{prev.get('commit', '?')}`), to show how much a verdict moves between runs on this machine.\n")
+    out.append(verdict_table(all_verdicts, groups, previous))
     misses = [v for v in all_verdicts if v.status == MISSED]
     if misses:
         out.append("\n**Missed targets, and where the time or memory goes:**\n")

@@ -163,6 +163,16 @@ def parse(argv) -> argparse.Namespace:
     return args
 
 
+def previous_run(results_dir: Path) -> dict | None:
+    """The verdicts of the results.json about to be replaced (shown next to the new ones)."""
+    old = results_dir / "results.json"
+    if not old.is_file():
+        return None
+    meta = json.loads(old.read_text())
+    return {"date": meta.get("meta", {}).get("date"), "commit": meta.get("meta", {}).get("commit"),
+            "verdicts": [{k: v[k] for k in ("group", "figure", "status", "measured")} for v in meta.get("verdicts", [])]}
+
+
 def write_outputs(results: dict, base: Path, results_dir: Path) -> tuple[Path, dict]:
     """Plots, RESULTS.md and results.json (with the verdicts) for ``results``."""
     plots = make_plots(results, base / "plots")
@@ -188,6 +198,7 @@ def main(argv=None) -> int:
         return 0
     only, reuse = set(filter(None, args.only.split(","))), set(filter(None, args.reuse.split(",")))
     start, load = time.perf_counter(), os.getloadavg()
+    previous = previous_run(results_dir)
     has_cuda = cuda_available()
     benches, running = {}, {}
     for bench in BENCHES:
@@ -214,7 +225,7 @@ def main(argv=None) -> int:
                         "command": "make bench-quick" if args.quick else "make bench", "argv": sys.argv[1:],
                         "note": note + f"Load average at the end: {os.getloadavg()[0]:.1f}.",
                         "total_seconds": total},
-               "benches": benches}
+               "benches": benches, "previous": previous}
     md, plots = write_outputs(results, base, results_dir)
     failed = [k for k, b in benches.items() if b["status"] == "failed"]
     print(f"\nwrote {md.relative_to(ROOT)}, {(results_dir / 'results.json').relative_to(ROOT)} and {len(plots)} plots "

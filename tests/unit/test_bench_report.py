@@ -162,3 +162,12 @@ def test_gpu_results_and_plots_when_a_gpu_ran(tmp_path):
     plots = make_plots(results, tmp_path / "plots")
     assert sorted(plots) == sorted(EXPECTED_GROUPS)
     assert all(p.stat().st_size > 1000 for p in plots.values())
+
+
+def test_the_previous_run_is_shown_next_to_each_verdict(tmp_path):
+    results = _results()
+    results["previous"] = {"date": "yesterday", "commit": "old", "verdicts": [
+        {"group": "dit_step", "figure": "DiT step bf16: ours vs the faster peer", "status": "MISSED", "measured": "1.16x"}]}
+    text = write_report(results, tmp_path / "RESULTS.md")
+    summary = text[text.index("## Summary"):text.index("\n## ", text.index("## Summary") + 1)]
+    assert "| previous run |" in summary and "MISSED: 1.16x" in summary and "commit `old`" in summary
