@@ -203,12 +203,8 @@ def api_run(server: ComfyServer, workflow: dict) -> tuple[float, float | None, P
     return wall, (done - started) / 1000 if started and done else None, videos[-1]
 
 
-def server_peak(server: ComfyServer) -> int | None:
-    status = Path(f"/proc/{server.proc.pid}/status")
-    for line in status.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return None
+def server_peak(server: ComfyServer) -> int:
+    return rss_peak(server.proc.pid)
 
 
 def measure(workflow: dict, repeats: int, work: Path) -> dict:

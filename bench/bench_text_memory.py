@@ -28,30 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import reset_peak, rss_now, rss_peak  # noqa: E402
 
 MB = 2**20
 LOAD_SHAPE = dict(vocab=32000, hidden=1024, intermediate=4096, layers=8, heads=8, kv_heads=2)
 LLAVA_SHAPE = dict(vocab=32000, hidden=2048, intermediate=5632, layers=8, heads=16, kv_heads=4)
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def rss_now() -> int:
-    return _status("VmRSS")
-
-
-def reset_peak() -> None:
-    """Reset this process's RSS high-water mark (VmHWM), so import-time peaks are not counted."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def rss_peak() -> int:
-    return _status("VmHWM")  # per address space, unlike ru_maxrss (which survives exec from the parent)
 
 
 class Sampler(threading.Thread):

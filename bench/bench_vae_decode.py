@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 COMFY = ROOT / ".comfyui" / "ComfyUI"
 RESULTS = ROOT / "bench" / "results" / "vae_decode.json"
+sys.path.insert(0, str(ROOT))
+from bench.common import reset_peak, rss_now, rss_peak  # noqa: E402
+
 LATENT = (1, 16, 5, 32, 32)  # -> 17 x 256 x 256
 TILE_PX, OVERLAP_PX = 128, 32  # the peers' spatial tiles (and ours, in ours_tiled)
 
@@ -59,20 +61,6 @@ VARIANTS = {
 # ours_tiled: the peers' tile size; ours_tiled_64_16: smaller tiles at the same compute (1.56x the
 # pixels), to meet the issue's memory target at a seam PSNR no worse than diffusers'
 DEFAULT = ["ours_untiled", "ours_tiled", "ours_tiled_64_16", "diffusers_tiled", "comfy_untiled", "comfy_tiled"]
-
-
-def _rss_now() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _ours(v: Variant, weights: Path, z: torch.Tensor, dtype: torch.dtype):
@@ -129,13 +117,13 @@ def child(variant: str, weights: Path, latent: Path, out: Path, dtype: torch.dty
         # every implementation maps its weights lazily (safetensors mmap): page them all in first,
         # so load_rss is "process + weights" for everyone and the decode peak measures the decode
         touched = sum(float(p.float().sum()) for p in model.parameters())
-        load_rss = _rss_now()
-        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to "now"
+        load_rss = rss_now()
+        reset_peak()
         start = time.perf_counter()
         frames = run().float().contiguous()
         seconds = time.perf_counter() - start
     save_file({"frames": frames}, str(out))
-    peak = _hwm()
+    peak = rss_peak()
     return {
         "variant": variant, **asdict(v), "seconds": round(seconds, 2), "shape": list(frames.shape),
         "load_rss_mb": round(load_rss / 2**20), "decode_peak_mb": round(peak / 2**20),

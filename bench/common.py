@@ -18,11 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _status(field: str, pid: int | str = "self") -> int:
+    path = Path(f"/proc/{pid}/status")
+    for line in path.read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    raise RuntimeError(f"no {field} in {path}")
 
 
 def rss_now() -> int:
@@ -30,9 +31,12 @@ def rss_now() -> int:
     return _status("VmRSS")
 
 
-def rss_peak() -> int:
-    """This process's resident high-water mark in bytes (VmHWM), since start or the last reset."""
-    return _status("VmHWM")
+def rss_peak(pid: int | str = "self") -> int:
+    """A process's resident high-water mark in bytes (VmHWM), since start or the last reset.
+
+    Per address space, unlike ru_maxrss, which Linux carries from a parent across fork and exec."""
+    return _status("VmHWM", pid)
+
 
 
 def reset_peak() -> None:
