@@ -203,10 +203,6 @@ def api_run(server: ComfyServer, workflow: dict) -> tuple[float, float | None, P
     return wall, (done - started) / 1000 if started and done else None, videos[-1]
 
 
-def server_peak(server: ComfyServer) -> int:
-    return rss_peak(server.proc.pid)
-
-
 def measure(workflow: dict, repeats: int, work: Path) -> dict:
     from hunyuan.tools.make_tiny_models import write_all
 
@@ -236,7 +232,7 @@ def measure(workflow: dict, repeats: int, work: Path) -> dict:
                 times[side].append(wall)
             if same_video is None:
                 same_video = bool((decoded(api_video) == decoded(work / f"local_{r}.mp4")).all())
-        peak_server = server_peak(server)
+        peak_server = rss_peak(server.proc.pid)
     finally:
         server.stop()
     return {

@@ -178,19 +178,15 @@ def test_missing_chat_template_is_a_clear_error(tmp_path, tiny_dir):
         load_local_lm(copy)
 
 
-def test_missing_tokenizer_is_a_clear_error(tmp_path, tiny_dir):
-    copy = tmp_path / "no_tokenizer"
+@pytest.mark.parametrize(("removed", "message"), [
+    ("tokenizer.json", "has no tokenizer file; expected one of tokenizer.json"),
+    ("model.safetensors", "has no weights"),
+])
+def test_missing_file_is_a_clear_error(tmp_path, tiny_dir, removed, message):
+    copy = tmp_path / "incomplete"
     shutil.copytree(tiny_dir, copy)
-    (copy / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointError, match="has no tokenizer file; expected one of tokenizer.json"):
-        load_local_lm(copy)
-
-
-def test_missing_weights_is_a_clear_error(tmp_path, tiny_dir):
-    copy = tmp_path / "no_weights"
-    shutil.copytree(tiny_dir, copy)
-    (copy / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="has no weights"):
+    (copy / removed).unlink()
+    with pytest.raises(CheckpointError, match=message):
         load_local_lm(copy)
 
 
