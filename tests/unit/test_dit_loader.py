@@ -35,6 +35,21 @@ def rel_err(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+# The property is "same weights": that is checked bit for bit. The forward runs on tensors at
+# other addresses (an mmap'd file vs the in-memory dict), and oneDNN/MKL may then pick other
+# kernels or blockings: on an AMD EPYC (AVX512, no AMX) the outputs differ by ~3e-8 relative.
+# So outputs get the fp32 parity bound instead of bit equality.
+FP32_RTOL = 1e-5
+
+
+def assert_same_model(model, reference) -> None:
+    got, want = model.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert rel_err(run(model), run(reference)) < FP32_RTOL
+
+
 LAYOUTS = {
     "tencent_safetensors": lambda sd: sd,
     "comfy_repackaged": lambda sd: {"model.diffusion_model." + k: v for k, v in sd.items()},
@@ -47,14 +62,13 @@ LAYOUTS = {
 def test_layouts_load_to_the_same_model(tmp_path, sd, reference, layout):
     path = tmp_path / "dit.safetensors"
     save_file({k: v.contiguous() for k, v in LAYOUTS[layout](sd).items()}, str(path))
-    model = load_dit(path, dtype=torch.float32)
-    assert torch.equal(run(model), run(reference))
+    assert_same_model(load_dit(path, dtype=torch.float32), reference)
 
 
 def test_tencent_pt_with_module_wrapper(tmp_path, sd, reference):
     path = tmp_path / "mp_rank_00_model_states.pt"
     torch.save({"module": sd}, str(path))
-    assert torch.equal(run(load_dit(path, dtype=torch.float32)), run(reference))
+    assert_same_model(load_dit(path, dtype=torch.float32), reference)
 
 
 def test_weights_are_assigned_not_copied(sd):
