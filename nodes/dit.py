@@ -25,7 +25,7 @@ from ..hunyuan.dit import (
 )
 from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import load_dit
-from .types import CATEGORY, Conditioning, DiT, TextEmbeds
+from .types import CATEGORY, Conditioning, DiT, TextEmbeds, listed
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class HunyuanVideoDiTLoader(io.ComfyNode):
             ],
             outputs=[DiT.Output(display_name="dit", tooltip="The DiT in ComfyUI's model manager.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, dit_name: str | None = None) -> bool | str:
+        return listed("dit_name", dit_name, folder_paths.get_filename_list("diffusion_models"),
+                      "models/diffusion_models")
 
     @classmethod
     def execute(cls, dit_name: str, weight_dtype: str, attention: str) -> io.NodeOutput:

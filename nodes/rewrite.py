@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,34 +19,29 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..hunyuan.rewrite import MODES, SamplingParams, rewrite
-from ..hunyuan.rewrite.endpoint import EndpointBackend
+from ..hunyuan.rewrite.access import ENDPOINT_FILE, EndpointPolicy, load_policy
 from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm, weight_files
-from .types import CATEGORY, RewriteModel
+from .text import LLM_FOLDER, hf_folders
+from .types import CATEGORY, RewriteModel, listed
 
 log = logging.getLogger(__name__)
-
-LLM_FOLDER = "LLM"
-folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
 
 _DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SEED_MAX = 2**53 - 1  # exact in the browser's numbers and within an OpenAI int64 seed
 
 
+def endpoint_file() -> Path:
+    """The owner's endpoint file (README, Security): in ComfyUI's user folder, which the HTTP API
+    does not serve (``/userdata`` reaches only ``user/<user id>/``) and no workflow input names."""
+    return Path(folder_paths.get_user_directory()).joinpath(*ENDPOINT_FILE)
+
+
+def endpoint_policy() -> EndpointPolicy:
+    return load_policy(endpoint_file())
+
+
 def llm_folders() -> list[str]:
-    """Model folders (with a config.json) directly inside every registered models/LLM path."""
-    names: set[str] = set()
-    for root in folder_paths.get_folder_paths(LLM_FOLDER):
-        if os.path.isdir(root):
-            names.update(e.name for e in os.scandir(root) if e.is_dir() and os.path.isfile(os.path.join(e.path, "config.json")))
-    return sorted(names)
-
-
-def _resolve_folder(name: str) -> Path:
-    for root in folder_paths.get_folder_paths(LLM_FOLDER):
-        candidate = Path(root) / name
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise ValueError(f"model_name={name!r} is not a model folder in models/{LLM_FOLDER}; found: {llm_folders()}")
+    return sorted(hf_folders(LLM_FOLDER))
 
 
 def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -94,8 +88,15 @@ class HunyuanVideoRewriteModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str | None = None) -> bool | str:
+        return listed("model_name", model_name, llm_folders(), f"models/{LLM_FOLDER}")
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
-        folder = _resolve_folder(model_name)
+        folder = hf_folders(LLM_FOLDER).get(model_name)
+        if folder is None:
+            raise ValueError(f"model_name={model_name!r} is not a model folder in models/{LLM_FOLDER}; "
+                             f"found: {llm_folders()}")
         load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
         weight_dtype = _pick_dtype(dtype, load_device)
         local = load_local_lm(folder, weight_dtype)
@@ -115,24 +116,49 @@ class HunyuanVideoRewriteEndpoint(io.ComfyNode):
             description="Rewrite with a chat-completions server (vLLM, llama.cpp, Ollama, OpenAI...).",
             inputs=[
                 io.String.Input("endpoint_url", default="http://127.0.0.1:8000/v1",
-                                tooltip="Base URL (.../v1) or the full .../v1/chat/completions URL."),
+                                tooltip="Base URL (.../v1) or the full .../v1/chat/completions URL. It must be an "
+                                        "endpoint the server's owner allows in "
+                                        "user/hunyuanvideo/rewrite_endpoints.json, which also says which key "
+                                        "it gets: a workflow never chooses a key."),
                 io.String.Input("model", default="hunyuan-rewrite",
                                 tooltip="Model name the server expects in the request."),
-                io.String.Input("api_key_env", default="OPENAI_API_KEY",
-                                tooltip="NAME of the environment variable holding the API key (the key "
-                                        "itself never goes into the workflow). Empty = send no key."),
                 io.Float.Input("timeout_s", default=60.0, min=1.0, max=600.0, step=1.0,
                                tooltip="Total deadline in seconds for the request, retries included."),
                 io.Int.Input("max_retries", default=2, min=0, max=10,
                              tooltip="Extra attempts after a refused connection, timeout or HTTP 5xx/429."),
             ],
             outputs=[RewriteModel.Output(display_name="rewrite_model")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, endpoint_url: str, model: str, api_key_env: str, timeout_s: float,
-                max_retries: int) -> io.NodeOutput:
-        return io.NodeOutput(EndpointBackend(endpoint_url, model, api_key_env.strip(), timeout_s, max_retries))
+    def validate_inputs(cls, endpoint_url: str | None = None) -> bool | str:
+        """Refuse a URL the owner does not allow when the job is queued, before anything runs."""
+        if endpoint_url is None:  # fed by a link: checked when the node runs
+            return True
+        try:
+            endpoint_policy().lookup(endpoint_url)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, endpoint_url: str | None = None, **_) -> str:
+        """Run again when the owner's entry for this URL changes (ComfyUI caches outputs otherwise)."""
+        try:
+            return repr(endpoint_policy().lookup(endpoint_url)) if endpoint_url is not None else ""
+        except ValueError as exc:
+            return str(exc)
+
+    @classmethod
+    def execute(cls, endpoint_url: str, model: str, timeout_s: float, max_retries: int) -> io.NodeOutput:
+        # API files saved before keys moved to the server still carry api_key_env; ComfyUI drops an
+        # input the node does not declare, so it selects nothing. Say so, for automation users.
+        saved = ((cls.hidden.prompt or {}).get(str(cls.hidden.unique_id)) or {}).get("inputs", {})
+        if saved.get("api_key_env"):
+            log.warning("HunyuanVideoRewriteEndpoint: this workflow's api_key_env input is ignored; the key for an "
+                        "endpoint is set by the server's owner in %s", endpoint_file())
+        return io.NodeOutput(endpoint_policy().backend(endpoint_url, model, timeout_s, max_retries))
 
 
 class HunyuanVideoPromptRewrite(io.ComfyNode):

@@ -33,7 +33,7 @@ from ..hunyuan.text import (
     load_llm_tokenizer,
     parse_dtype,
 )
-from .types import CATEGORY, TextEncoder
+from .types import CATEGORY, TextEncoder, listed
 from .types import TextEmbeds as TextEmbedsSocket
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ LLAMA_TOKENIZER = COMFY_DIR / "text_encoders" / "llama_tokenizer"
 CLIP_TOKENIZER = COMFY_DIR / "sd1_tokenizer"
 
 
-def _hf_folders(kind: str) -> dict[str, Path]:
+def hf_folders(kind: str) -> dict[str, Path]:
+    """Hugging Face model folders (with a config.json) directly inside every path of ``kind``."""
     found = {}
     for root in folder_paths.get_folder_paths(kind):
         if os.path.isdir(root):
@@ -57,16 +58,16 @@ def _hf_folders(kind: str) -> dict[str, Path]:
 
 def _single_files() -> list[str]:
     """text_encoders/clip files that are not inside an HF folder."""
-    folders = set(_hf_folders(TE_FOLDER))
+    folders = set(hf_folders(TE_FOLDER))
     return [f for f in folder_paths.get_filename_list(TE_FOLDER) if f.replace("\\", "/").split("/")[0] not in folders]
 
 
 def llm_sources() -> list[str]:
-    return sorted(_hf_folders(LLM_FOLDER)) + _single_files()
+    return sorted(hf_folders(LLM_FOLDER)) + _single_files()
 
 
 def clip_sources() -> list[str]:
-    return sorted(_hf_folders(TE_FOLDER)) + _single_files()
+    return sorted(hf_folders(TE_FOLDER)) + _single_files()
 
 
 def _resolve(name: str, folders: dict[str, Path], what: str) -> Path:
@@ -129,10 +130,18 @@ class HunyuanVideoTextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, llm: str | None = None, clip: str | None = None) -> bool | str:
+        for ok in (listed("llm", llm, llm_sources(), f"models/{LLM_FOLDER} and models/{TE_FOLDER}"),
+                   listed("clip", clip, clip_sources(), f"models/{TE_FOLDER}")):
+            if ok is not True:
+                return ok
+        return True
+
+    @classmethod
     def execute(cls, llm: str, clip: str, dtype: str) -> io.NodeOutput:
         choice = parse_dtype(dtype)
-        llm_path = _resolve(llm, _hf_folders(LLM_FOLDER), "llm")
-        clip_path = _resolve(clip, _hf_folders(TE_FOLDER), "clip")
+        llm_path = _resolve(llm, hf_folders(LLM_FOLDER), "llm")
+        clip_path = _resolve(clip, hf_folders(TE_FOLDER), "clip")
         llm_tok = load_llm_tokenizer(_tokenizer_dir(llm_path, "tokenizer.json", LLAMA_TOKENIZER))
         clip_tok = load_clip_tokenizer(_tokenizer_dir(clip_path, "vocab.json", CLIP_TOKENIZER))
         encoder = LoadedTextEncoder(_patcher(load_llm(llm_path, choice)), _patcher(load_clip(clip_path, choice)),

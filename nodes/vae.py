@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..hunyuan.vae import tiled
 from ..hunyuan.vae.loader import load_vae
 from ..hunyuan.vae.tiling import TileSpec, auto_tiling, estimate_peak
-from .types import CATEGORY, VAE
+from .types import CATEGORY, VAE, listed
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class HunyuanVideoVAELoader(io.ComfyNode):
             ],
             outputs=[VAE.Output(display_name="vae", tooltip="The VAE in ComfyUI's model manager.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, vae_name: str | None = None) -> bool | str:
+        return listed("vae_name", vae_name, folder_paths.get_filename_list("vae"), "models/vae")
 
     @classmethod
     def execute(cls, vae_name: str, dtype: str) -> io.NodeOutput:

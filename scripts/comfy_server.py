@@ -45,13 +45,14 @@ class ComfyServer:
     """One ComfyUI process with its own ``--base-directory``."""
 
     def __init__(self, base_dir: Path, *, comfyui_dir: Path | None = None, port: int | None = None,
-                 python: str | None = None, extra_args: tuple[str, ...] = ()):
+                 python: str | None = None, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None):
         self.base_dir = Path(base_dir).resolve()
         self.comfyui_dir = Path(comfyui_dir or default_comfyui_dir())
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python = os.path.abspath(python or sys.executable)
         self.extra_args = extra_args
+        self.extra_env = dict(env or {})
         self.log_path = self.base_dir / "comfyui.log"
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
@@ -75,7 +76,7 @@ class ComfyServer:
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(self.base_dir),
                "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}", *self.extra_args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process lifetime)
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

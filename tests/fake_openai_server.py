@@ -9,7 +9,11 @@ It listens on 127.0.0.1 on a free port, in a daemon thread, and answers
 - ``"hang"``: sleeps ``hang_s`` seconds before answering (longer than any test timeout);
 - ``"garbage"``: 200 with a body that is not JSON;
 - ``"empty"``: 200 with empty assistant content;
-- ``"flaky"``: 500 for the first ``flaky_failures`` requests, then like ``"normal"``.
+- ``"flaky"``: 500 for the first ``flaky_failures`` requests, then like ``"normal"``;
+- ``"echo_auth"``: 200 whose content repeats the request's Authorization header (a careless or
+  hostile server: nothing it sends back may carry the key into an output, error or log);
+- ``"echo_auth_401"``: 401 whose error body and reason phrase repeat that header;
+- ``"redirect"``: 302 to ``redirect_to`` (a client must not follow it with the key).
 
 Every request is recorded (path, headers, parsed JSON body) in ``requests``. ``closed_port()``
 gives a URL where nothing listens, for connection-refused tests.
@@ -28,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky")
+MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky", "echo_auth", "echo_auth_401", "redirect")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class FakeOpenAIServer:
         self.reply = reply
         self.hang_s = hang_s
         self.flaky_failures = flaky_failures
+        self.redirect_to = ""
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -116,9 +121,12 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # keep test output quiet
             pass
 
-        def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+        def _send(self, status: int, payload: bytes, content_type: str = "application/json",
+                  reason: str | None = None, headers: dict[str, str] | None = None) -> None:
             try:
-                self.send_response(status)
+                self.send_response(status, reason)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -152,6 +160,14 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._send(500, b'{"error": {"message": "fake internal error"}}')
             elif mode == "garbage":
                 self._send(200, b"<html>this is not json", "text/html")
+            elif mode == "echo_auth":
+                auth = self.headers.get("Authorization", "")
+                self._send(200, json.dumps(_completion(f"A rewritten prompt; you sent {auth}", "m")).encode())
+            elif mode == "echo_auth_401":
+                auth = self.headers.get("Authorization", "")
+                self._send(401, json.dumps({"error": {"message": f"bad key {auth}"}}).encode(), reason=f"no {auth}")
+            elif mode == "redirect":
+                self._send(302, b"", headers={"Location": server.redirect_to})
             elif mode == "empty":
                 self._send(200, json.dumps(_completion("", "fake-model")).encode())
             else:

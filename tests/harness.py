@@ -9,18 +9,28 @@ deliberately queued a job that must fail (``comfy.run_expect_error``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import secrets
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hunyuan.rewrite.access import ENDPOINT_FILE
 from hunyuan.tools.make_tiny_models import write_all
 from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed
 from scripts.smoke_size import V2V_INPUT, write_smoke_input_video
 
 ARTIFACTS = ROOT / "artifacts"
 TEST_SHIMS = ROOT / "tests" / "comfy_shims"
+
+# Secrets in the server's environment, as a cloud machine has them (tests/server/test_security.py):
+# one no workflow may reach, and one the server's owner binds to an endpoint in the endpoint file.
+SERVER_SECRETS = {"HYVID_TEST_CLOUD_SECRET": "cloud-" + secrets.token_hex(16),
+                  "HYVID_TEST_OWNER_KEY": "sk-owner-" + secrets.token_hex(16)}
 
 
 class TestServer(ComfyServer):
@@ -89,7 +99,7 @@ def comfy(tmp_path_factory) -> TestServer:
     (base / "input").mkdir(exist_ok=True)
     write_smoke_input_video(base / "input" / V2V_INPUT)
     link_test_shims(base / "custom_nodes")
-    server = TestServer(base, python=sys.executable)
+    server = TestServer(base, python=sys.executable, env=SERVER_SECRETS)
     server.start()
     try:
         log = server.log_text()
@@ -97,6 +107,18 @@ def comfy(tmp_path_factory) -> TestServer:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def owner_endpoints(server: TestServer, endpoints: list[dict], allow_unlisted_urls: bool = False) -> Iterator[Path]:
+    """The server owner's rewrite endpoint file, for the duration of the block (read on every job)."""
+    path = server.base_dir.joinpath("user", *ENDPOINT_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"endpoints": endpoints, "allow_unlisted_urls": allow_unlisted_urls}))
+    try:
+        yield path
+    finally:
+        path.unlink()
 
 
 def _pack_lines(log: str) -> str:

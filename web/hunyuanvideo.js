@@ -2,14 +2,25 @@
 //  - shows the rewritten prompt on the prompt-rewrite node after it runs;
 //  - shows a live VRAM estimate on the sampler and block-swap nodes (from the pack's
 //    /hunyuanvideo/estimate route, which runs the memory planner);
-//  - snaps the sampler's frames widget to the nearest valid 4k+1 value.
+//  - snaps the sampler's frames widget to the nearest valid 4k+1 value;
+//  - loads endpoint nodes saved before keys moved to the server (their api_key_env widget is dropped).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const REWRITE = "HunyuanVideoPromptRewrite";
+const ENDPOINT = "HunyuanVideoRewriteEndpoint";
 const SAMPLER = "HunyuanVideoSampler";
 const BLOCK_SWAP = "HunyuanVideoBlockSwap";
 const ESTIMATE_WIDGET = "vram_estimate";
+
+// Rewrite Endpoint nodes saved before issue 22 have five widget values: endpoint_url, model,
+// api_key_env, timeout_s, max_retries. Which key an endpoint gets is now the server owner's
+// choice (README, Security), so the third value is dropped; the rest keep their meaning.
+export function migrateEndpointWidgets(values) {
+  if (!Array.isArray(values) || values.length !== 5 || typeof values[2] !== "string") return values;
+  console.warn("HunyuanVideo: dropped api_key_env from a Rewrite Endpoint node; keys are configured on the server");
+  return [...values.slice(0, 2), ...values.slice(3)];
+}
 
 export function snapFrames(value) {
   const n = Math.max(1, Math.round(Number(value) || 1));
@@ -145,6 +156,13 @@ app.registerExtension({
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === ENDPOINT) {
+      const configure = nodeType.prototype.configure;
+      nodeType.prototype.configure = function (info, ...rest) {
+        const values = migrateEndpointWidgets(info?.widgets_values);
+        return configure.call(this, values === info?.widgets_values ? info : { ...info, widgets_values: values }, ...rest);
+      };
+    }
     if (nodeData.name !== REWRITE) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {

@@ -1,9 +1,12 @@
 """An OpenAI-compatible chat-completions endpoint as a rewrite backend (stdlib urllib only).
 
 ``timeout_s`` is a total deadline: every attempt, retry and back-off pause fits inside it, so
-a dead or hanging server costs at most ``timeout_s`` seconds. The API key is read from the
-environment variable *named* by ``api_key_env`` at call time; it is never stored, logged, or
-part of the cache key.
+a dead or hanging server costs at most ``timeout_s`` seconds. Which URL may be used and which
+environment variable holds its key is the server owner's choice (:mod:`.access`); this class
+only carries it out. The key is read at call time, never stored, logged or part of the cache
+key, and is blanked out of anything the endpoint sends back before that text reaches an error,
+the log or the output. Redirects are not followed: a redirect could lead the request, and its
+key, to a host nobody allowed.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ import http.client
 import json
 import logging
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .core import ProgressFn, SamplingParams
 
@@ -25,8 +27,15 @@ log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _EXPECTED = "an OpenAI-compatible POST /v1/chat/completions endpoint"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_CONVENTIONAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+REDACTED = "[redacted]"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0913 (urllib's signature)
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def chat_completions_url(url: str) -> str:
@@ -43,13 +52,15 @@ def chat_completions_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class EndpointBackend:
-    """Where and how to ask. ``api_key_env=""`` sends no Authorization header (local servers)."""
+    """Where and how to ask. ``api_key_env`` names the variable holding the key ("" = no key);
+    the node layer takes it from the owner's endpoint file (``key_source``), never a workflow."""
 
     url: str
     model: str
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = ""
     timeout_s: float = 60.0
     max_retries: int = 2
+    key_source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", chat_completions_url(self.url))
@@ -59,28 +70,25 @@ class EndpointBackend:
             raise ValueError(f"timeout_s={self.timeout_s} must be > 0 seconds")
         if self.max_retries < 0:
             raise ValueError(f"max_retries={self.max_retries} must be >= 0")
-        if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
-            raise ValueError(
-                f"api_key_env={self.api_key_env!r} is not an environment variable name; expected "
-                "the NAME of a variable holding the key (e.g. OPENAI_API_KEY), never the key itself"
-            )
 
     def identity(self) -> tuple:
         return ("endpoint", self.url, self.model, self.api_key_env)
 
-    def _headers(self) -> dict[str, str]:
+    def _key(self) -> str:
+        if not self.api_key_env:
+            return ""
+        key = os.environ.get(self.api_key_env, "").strip()
+        if not key:
+            where = f" by {self.key_source}" if self.key_source else ""
+            raise ValueError(
+                f"the key for {self.url} is configured{where} as environment variable {self.api_key_env}, "
+                "which is not set in the ComfyUI process; set it before starting ComfyUI"
+            )
+        return key
+
+    def _headers(self, key: str) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env, "").strip()
-            if not key:
-                # A lower-case or digit-heavy "name" may be a pasted key: never echo it.
-                shown = repr(self.api_key_env) if _CONVENTIONAL_ENV_NAME.fullmatch(self.api_key_env) else (
-                    "(not shown: it does not look like a variable name and may be a key)")
-                raise ValueError(
-                    f"api_key_env={shown}: that environment variable is not set in the "
-                    f"ComfyUI process; set it to the key for {self.url} (or clear api_key_env if the "
-                    "endpoint needs no key)"
-                )
+        if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -99,7 +107,8 @@ class EndpointBackend:
         self, messages: list[dict[str, str]], params: SamplingParams, progress: ProgressFn | None = None
     ) -> str:
         """POST the chat and return the assistant's content; RuntimeError when it cannot."""
-        headers = self._headers()
+        key = self._key()
+        headers = self._headers(key)
         body = json.dumps(self.request_body(messages, params)).encode("utf-8")
         deadline = time.monotonic() + self.timeout_s
         attempts = self.max_retries + 1
@@ -111,7 +120,7 @@ class EndpointBackend:
             if remaining <= 0:
                 break
             try:
-                return parse_reply(self.url, self._post(body, headers, remaining))
+                return parse_reply(self.url, _redact(self._post(body, headers, remaining), key))
             except _Retryable as exc:
                 failures.append(str(exc))
                 log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts, exc)
@@ -123,20 +132,21 @@ class EndpointBackend:
         raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
 
     def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> bytes:
+        """The response body; every message built from the response has the key blanked out."""
+        key = headers.get("Authorization", "").removeprefix("Bearer ")
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            with _OPENER.open(request, timeout=timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
-            detail = _short(exc.read())
+            detail = _short(_redact(exc.read(), key))
+            reason = _redact(str(exc.reason).encode(), key).decode(errors="replace")
             if exc.code in _RETRY_STATUS:
-                raise _Retryable(f"HTTP {exc.code} {exc.reason}: {detail}") from exc
-            hint = {401: f" (check the key in ${self.api_key_env})", 403: f" (check the key in ${self.api_key_env})",
-                    404: " (check the URL and model name)"}.get(exc.code, "")
+                raise _Retryable(f"HTTP {exc.code} {reason}: {detail}") from None
             raise RuntimeError(
-                f"rewrite endpoint {self.url} answered HTTP {exc.code} {exc.reason}{hint}: {detail}; "
+                f"rewrite endpoint {self.url} answered HTTP {exc.code} {reason}{_hint(exc.code)}: {detail}; "
                 f"expected {_EXPECTED}"
-            ) from exc
+            ) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, ConnectionRefusedError):
@@ -148,6 +158,23 @@ class EndpointBackend:
             raise _Retryable(f"no answer within {timeout:.1f} s (timed out)") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _Retryable(f"connection failed: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _hint(code: int) -> str:
+    if 300 <= code < 400:
+        return " (redirects are not followed: allow and name the URL the endpoint redirects to)"
+    if code in (401, 403):
+        return " (check the key the server's owner configured for this endpoint)"
+    return " (check the URL and model name)" if code == 404 else ""
+
+
+def _redact(data: bytes, key: str) -> bytes:
+    """``data`` with every occurrence of ``key`` (raw, or as JSON escapes it) replaced."""
+    if not key:
+        return data
+    for form in {key, json.dumps(key)[1:-1]}:
+        data = data.replace(form.encode("utf-8"), REDACTED.encode())
+    return data
 
 
 class _Retryable(Exception):

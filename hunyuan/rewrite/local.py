@@ -84,7 +84,7 @@ def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> Loc
             f"model folder {str(folder)!r} has no tokenizer file; expected one of {', '.join(TOKENIZER_FILES)}"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **_LOCAL_ONLY)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"model folder {str(folder)!r}: its tokenizer cannot be loaded ({exc})") from exc
     if not getattr(tokenizer, "chat_template", None):
@@ -92,7 +92,7 @@ def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> Loc
             f"model folder {str(folder)!r} has no chat template (tokenizer_config.json 'chat_template' or "
             "chat_template.jinja); prompt rewrite needs an instruct/chat model"
         )
-    config = AutoConfig.from_pretrained(str(folder))
+    config = AutoConfig.from_pretrained(str(folder), **_LOCAL_ONLY)
     try:
         with _meta_params():
             lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -103,9 +103,13 @@ def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> Loc
         ) from exc
     _load_weights(lm, weight_files(folder), dtype, folder)
     if (folder / "generation_config.json").is_file():  # instruct models list their end-of-turn ids here
-        lm.generation_config = GenerationConfig.from_pretrained(str(folder))
+        lm.generation_config = GenerationConfig.from_pretrained(str(folder), local_files_only=True)
     lm.eval().requires_grad_(False)
     return LocalLM(lm, tokenizer, folder.name)
+
+
+# The folder is all there is: no hub download, and code a folder ships (auto_map) never runs.
+_LOCAL_ONLY = {"local_files_only": True, "trust_remote_code": False}
 
 
 @contextlib.contextmanager

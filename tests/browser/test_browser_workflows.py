@@ -123,3 +123,29 @@ def test_workflow_in_the_browser(page, comfy, artifacts, api_file):
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / f"{name}.png"))
     assert page.console.since(mark) == []
+
+
+def test_endpoint_node_saved_with_api_key_env_loads_without_it(page, comfy):
+    """A UI workflow saved before keys moved to the server (five widget values) loads with its
+    URL, model, timeout and retries in place, and queues no api_key_env."""
+    api = {"1": {"class_type": "HunyuanVideoRewriteEndpoint",
+                 "inputs": {"endpoint_url": "http://127.0.0.1:9/v1", "model": "old-model", "timeout_s": 7.0,
+                            "max_retries": 3}},
+           "2": {"class_type": "HunyuanVideoPromptRewrite",
+                 "inputs": {"rewrite_model": ["1", 0], "prompt": "a fox", "mode": "Normal", "temperature": 0.7,
+                            "top_p": 0.9, "max_new_tokens": 8, "seed": 0}}}
+    workflow = to_ui(api, comfy.object_info())
+    (node,) = [n for n in workflow["nodes"] if n["type"] == "HunyuanVideoRewriteEndpoint"]
+    assert node["widgets_values"] == ["http://127.0.0.1:9/v1", "old-model", 7.0, 3]
+    node["widgets_values"].insert(2, "AWS_SECRET_ACCESS_KEY")  # the old layout
+    mark = len(page.console.messages)
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
+    values = page.evaluate(
+        "() => window.app.graph._nodes.find(n => n.comfyClass === 'HunyuanVideoRewriteEndpoint')"
+        ".widgets.map(w => [w.name, w.value])")
+    assert values == [["endpoint_url", "http://127.0.0.1:9/v1"], ["model", "old-model"], ["timeout_s", 7.0],
+                      ["max_retries", 3]]
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    (inputs,) = [n["inputs"] for n in prompt.values() if n["class_type"] == "HunyuanVideoRewriteEndpoint"]
+    assert "api_key_env" not in inputs and "AWS_SECRET_ACCESS_KEY" not in json.dumps(prompt)
+    assert page.console.since(mark) == []

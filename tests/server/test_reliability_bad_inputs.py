@@ -28,6 +28,7 @@ from hunyuan.rewrite.tiny import TINY_NAME
 from hunyuan.tools.make_tiny_models import REAL_NAMES
 from scripts.comfy_server import ROOT, JobFailed
 from scripts.smoke_size import shrink
+from tests.harness import owner_endpoints
 
 pytestmark = pytest.mark.server
 
@@ -58,7 +59,7 @@ def rewrite_graph(model_name: str, prompt: str = "a fox") -> dict:
 
 
 def endpoint_graph(prompt: str = "a fox", **overrides) -> dict:
-    inputs = {"endpoint_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "", "timeout_s": 1.0,
+    inputs = {"endpoint_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 1.0,
               "max_retries": 0, **overrides}
     graph = rewrite_graph("x", prompt)
     graph["1"] = {"class_type": "HunyuanVideoRewriteEndpoint", "inputs": inputs}
@@ -111,7 +112,7 @@ def write_bad_rewrite(comfy, kind: str) -> str:
 
 # Expected message parts for each kind of bad file ({name} is replaced by the file's name).
 FILE_EXPECT = {
-    "missing": ["{name}", ("not found", "neither a model folder nor a file")],
+    "missing": ["{name}", ("not found", "neither a model folder nor a file", "is not one of the choices")],
     "empty": ["{name}", "empty"],
     "truncated": ["{name}", "safetensors"],
     "other": ["{name}", ("expected", "is not a HunyuanVideo")],
@@ -230,7 +231,10 @@ def test_bad_model_file(comfy, loader, kind):
 @pytest.mark.parametrize("case", list(VALUE_CASES))
 def test_bad_value(comfy, case):
     build, expected = VALUE_CASES[case]
-    check_message(comfy.run_expect_error(build(comfy), timeout=120), expected)
+    # The endpoint cases name an endpoint the owner allows, so the value under test is what fails.
+    allowed = [{"url": "http://127.0.0.1:9/v1"}] if case.startswith("endpoint_") else []
+    with owner_endpoints(comfy, allowed):
+        check_message(comfy.run_expect_error(build(comfy), timeout=120), expected)
     assert_recovers(comfy)
 
 

@@ -15,6 +15,7 @@ from fake_openai_server import FakeOpenAIServer, closed_port_url  # noqa: E402
 
 from hunyuan.rewrite import build_messages  # noqa: E402
 from hunyuan.rewrite.tiny import TINY_NAME  # noqa: E402
+from tests.harness import SERVER_SECRETS, owner_endpoints  # noqa: E402
 
 pytestmark = pytest.mark.server
 
@@ -35,10 +36,10 @@ def local_graph(prompt: str, **kw) -> dict:
             "2": rewrite_node(["1", 0], prompt, **kw)}
 
 
-def endpoint_graph(url: str, prompt: str, api_key_env: str = "", retries: int = 1, **kw) -> dict:
+def endpoint_graph(url: str, prompt: str, retries: int = 1, **kw) -> dict:
     return {"1": {"class_type": "HunyuanVideoRewriteEndpoint",
-                  "inputs": {"endpoint_url": url, "model": "fake-model", "api_key_env": api_key_env,
-                             "timeout_s": TIMEOUT_S, "max_retries": retries}},
+                  "inputs": {"endpoint_url": url, "model": "fake-model", "timeout_s": TIMEOUT_S,
+                             "max_retries": retries}},
             "2": rewrite_node(["1", 0], prompt, **kw)}
 
 
@@ -94,11 +95,12 @@ def test_endpoint_normal_reply_reaches_output(comfy, fake):
     fake.reset("normal")
     fake.reply = "Sure! Here is the rewritten prompt: A cinematic shot of {prompt}."
     prompt = unique("a red fox")
-    entry = comfy.run(endpoint_graph(fake.url, prompt, api_key_env="PYTHONUNBUFFERED", seed=77, mode="Master"))
+    with owner_endpoints(comfy, [{"url": fake.url, "api_key_env": "HYVID_TEST_OWNER_KEY"}]):
+        entry = comfy.run(endpoint_graph(fake.url, prompt, seed=77, mode="Master"))
     assert shown_text(entry) == f"A cinematic shot of {prompt}."
     (request,) = fake.requests
-    # The harness starts ComfyUI with PYTHONUNBUFFERED=1: the key comes from the named variable.
-    assert request.headers["Authorization"] == "Bearer 1"
+    # The key comes from the variable the owner's endpoint file names for this URL.
+    assert request.headers["Authorization"] == f"Bearer {SERVER_SECRETS['HYVID_TEST_OWNER_KEY']}"
     assert request.body["seed"] == 77 and request.body["max_tokens"] == 8
     assert request.body["messages"] == build_messages(prompt, "Master")
 
@@ -106,15 +108,17 @@ def test_endpoint_normal_reply_reaches_output(comfy, fake):
 def test_endpoint_empty_reply_falls_back_visibly(comfy, fake):
     fake.reset("empty")
     prompt = unique("a lighthouse")
-    entry = comfy.run(endpoint_graph(fake.url, prompt))
+    with owner_endpoints(comfy, [{"url": fake.url}]):
+        entry = comfy.run(endpoint_graph(fake.url, prompt))
     assert "fell back" in shown_text(entry) and shown_text(entry).endswith(prompt)
     assert "no usable text" in comfy.log_text()
 
 
 def test_missing_key_variable_is_a_clear_error(comfy, fake):
     fake.reset("normal")
-    message = comfy.run_expect_error(endpoint_graph(fake.url, unique("x"), api_key_env="HYVID_UNSET_KEY_VAR_123"))
-    assert "HYVID_UNSET_KEY_VAR_123" in message and "not set" in message
+    with owner_endpoints(comfy, [{"url": fake.url, "api_key_env": "HYVID_UNSET_KEY_VAR_123"}]) as path:
+        message = comfy.run_expect_error(endpoint_graph(fake.url, unique("x")))
+    assert "HYVID_UNSET_KEY_VAR_123" in message and "not set" in message and str(path) in message
     assert fake.requests == []
 
 
@@ -125,9 +129,10 @@ def test_missing_key_variable_is_a_clear_error(comfy, fake):
 def test_endpoint_failures_are_clear_and_bounded(comfy, fake, mode, expected):
     fake.reset("normal" if mode == "refused" else mode)
     url = closed_port_url() if mode == "refused" else fake.url
-    start = time.monotonic()
-    message = comfy.run_expect_error(endpoint_graph(url, unique("a storm at sea"), retries=2), timeout=60)
-    elapsed = time.monotonic() - start
+    with owner_endpoints(comfy, [{"url": url}]):
+        start = time.monotonic()
+        message = comfy.run_expect_error(endpoint_graph(url, unique("a storm at sea"), retries=2), timeout=60)
+        elapsed = time.monotonic() - start
     assert "HunyuanVideoPromptRewrite" in message and "RuntimeError" in message
     assert expected in message and url in message, message
     assert elapsed < TIMEOUT_S + SLACK_S, f"{mode}: {elapsed:.1f}s"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 
 from hunyuan.rewrite import RewriteCache, SamplingParams, build_messages, rewrite
-from hunyuan.rewrite.endpoint import EndpointBackend, chat_completions_url
+from hunyuan.rewrite.endpoint import REDACTED, EndpointBackend, chat_completions_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai_server import FakeOpenAIServer, closed_port_url  # noqa: E402
@@ -76,24 +77,42 @@ def test_no_key_env_sends_no_authorization(fake):
     assert "Authorization" not in fake.requests[-1].headers
 
 
+def test_the_default_is_no_key(fake):
+    EndpointBackend(fake.url, "m", timeout_s=TIMEOUT).complete(build_messages("x", "Normal"), SamplingParams())
+    assert "Authorization" not in fake.requests[-1].headers
+
+
 def test_missing_env_var_is_a_clear_error_without_a_request(fake, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
-    message, _ = timed_error(lambda: backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams()),
-                             ValueError)
-    assert KEY_ENV in message and "not set" in message and fake.url in message
+    message, _ = timed_error(lambda: backend(fake.url, key_source="/srv/endpoints.json").complete(
+        build_messages("x", "Normal"), SamplingParams()), ValueError)
+    assert KEY_ENV in message and "not set" in message and fake.url in message and "/srv/endpoints.json" in message
     assert fake.requests == []
 
 
-def test_key_like_name_is_not_echoed(fake):
-    pasted = "a1b2c3d4e5f6a7b8c9d0"  # a key without dashes passes the name check...
-    message, _ = timed_error(lambda: backend(fake.url, api_key_env=pasted).complete(
-        build_messages("x", "Normal"), SamplingParams()), ValueError)
-    assert pasted not in message and "may be a key" in message  # ...but is never echoed
+def test_a_reply_echoing_the_key_never_carries_it(fake):
+    fake.mode = "echo_auth"
+    text = backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams())
+    assert fake.requests[-1].headers["Authorization"] == "Bearer sk-test-123"  # the key was sent...
+    assert "sk-test-123" not in text and REDACTED in text  # ...and is blanked out of what came back
 
 
-def test_key_value_instead_of_name_is_rejected():
-    with pytest.raises(ValueError, match="NAME of a variable"):
-        EndpointBackend("http://127.0.0.1:1/v1", "m", api_key_env="sk-abc-123")
+def test_an_error_echoing_the_key_never_carries_it(fake):
+    fake.mode = "echo_auth_401"
+    with pytest.raises(RuntimeError) as info:
+        backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams())
+    shown = "".join(traceback.format_exception(info.value))  # what ComfyUI would log
+    assert "HTTP 401" in shown and REDACTED in shown and "configured for this endpoint" in shown
+    assert "sk-test-123" not in shown
+
+
+def test_redirects_are_not_followed(fake, server):
+    with FakeOpenAIServer() as elsewhere:
+        fake.mode = "redirect"
+        fake.redirect_to = elsewhere.url + "/chat/completions"
+        message, _ = timed_error(lambda: backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams()))
+        assert elsewhere.requests == []
+    assert "HTTP 302" in message and "redirects are not followed" in message and len(fake.requests) == 1
 
 
 def test_http_500_retries_then_fails_within_timeout(fake):
