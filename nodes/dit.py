@@ -25,7 +25,7 @@ from ..hunyuan.dit import (
 )
 from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import load_dit
-from .types import CATEGORY, Conditioning, DiT, TextEmbeds, listed
+from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ def refiner_patcher(dit: comfy.model_patcher.ModelPatcher) -> comfy.model_patche
     return patcher
 
 
-class HunyuanVideoDiTLoader(io.ComfyNode):
+class HunyuanVideoDiTLoader(CheckedNode):
+    CHOICES_FROM = {"dit_name": "models/diffusion_models"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -99,11 +101,6 @@ class HunyuanVideoDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dit_name: str | None = None) -> bool | str:
-        return listed("dit_name", dit_name, folder_paths.get_filename_list("diffusion_models"),
-                      "models/diffusion_models")
-
-    @classmethod
     def execute(cls, dit_name: str, weight_dtype: str, attention: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", dit_name)
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
@@ -120,7 +117,7 @@ class HunyuanVideoDiTLoader(io.ComfyNode):
         return io.NodeOutput(patcher)
 
 
-class HunyuanVideoTokenRefiner(io.ComfyNode):
+class HunyuanVideoTokenRefiner(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -22,7 +22,7 @@ from ..hunyuan.rewrite import MODES, SamplingParams, rewrite
 from ..hunyuan.rewrite.access import ENDPOINT_FILE, EndpointPolicy, load_policy
 from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm, weight_files
 from .text import LLM_FOLDER, hf_folders
-from .types import CATEGORY, RewriteModel, listed
+from .types import CATEGORY, CheckedNode, RewriteModel
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def _session(patcher: comfy.model_patcher.ModelPatcher):
     return run
 
 
-class HunyuanVideoRewriteModelLoader(io.ComfyNode):
+class HunyuanVideoRewriteModelLoader(CheckedNode):
+    CHOICES_FROM = {"model_name": f"models/{LLM_FOLDER}"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -88,10 +90,6 @@ class HunyuanVideoRewriteModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str | None = None) -> bool | str:
-        return listed("model_name", model_name, llm_folders(), f"models/{LLM_FOLDER}")
-
-    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         folder = hf_folders(LLM_FOLDER).get(model_name)
         if folder is None:
@@ -106,7 +104,7 @@ class HunyuanVideoRewriteModelLoader(io.ComfyNode):
         return io.NodeOutput(backend)
 
 
-class HunyuanVideoRewriteEndpoint(io.ComfyNode):
+class HunyuanVideoRewriteEndpoint(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -132,12 +130,14 @@ class HunyuanVideoRewriteEndpoint(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, endpoint_url: str | None = None) -> bool | str:
-        """Refuse a URL the owner does not allow when the job is queued, before anything runs."""
-        if endpoint_url is None:  # fed by a link: checked when the node runs
-            return True
+    def validate_inputs(cls, **values) -> bool | str:
+        """Also refuse a URL the owner does not allow when the job is queued, before anything runs."""
+        checked = super().validate_inputs(**values)
+        url = values.get("endpoint_url")
+        if checked is not True or url is None:  # None: fed by a link, checked when the node runs
+            return checked
         try:
-            endpoint_policy().lookup(endpoint_url)
+            endpoint_policy().lookup(url)
         except ValueError as exc:
             return str(exc)
         return True
@@ -161,7 +161,7 @@ class HunyuanVideoRewriteEndpoint(io.ComfyNode):
         return io.NodeOutput(endpoint_policy().backend(endpoint_url, model, timeout_s, max_retries))
 
 
-class HunyuanVideoPromptRewrite(io.ComfyNode):
+class HunyuanVideoPromptRewrite(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

@@ -31,7 +31,7 @@ from ..hunyuan.sampling import (
     seeded_noise,
 )
 from ..hunyuan.sampling.pipeline import sample_video
-from .types import CATEGORY, Conditioning, DiT
+from .types import CATEGORY, CheckedNode, Conditioning, DiT
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def active_engine(patcher) -> BlockSwapEngine | None:
     return engine
 
 
-class HunyuanVideoScheduler(io.ComfyNode):
+class HunyuanVideoScheduler(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -131,7 +131,7 @@ class HunyuanVideoScheduler(io.ComfyNode):
         return io.NodeOutput(flow_sigmas(steps, shift, denoise))
 
 
-class HunyuanVideoBlockSwap(io.ComfyNode):
+class HunyuanVideoBlockSwap(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -246,7 +246,7 @@ def _progress(total: int, device):
     return callback
 
 
-class HunyuanVideoSampler(io.ComfyNode):
+class HunyuanVideoSampler(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

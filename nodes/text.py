@@ -33,7 +33,7 @@ from ..hunyuan.text import (
     load_llm_tokenizer,
     parse_dtype,
 )
-from .types import CATEGORY, TextEncoder, listed
+from .types import CATEGORY, CheckedNode, TextEncoder
 from .types import TextEmbeds as TextEmbedsSocket
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ def _patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
         HeldModel(model), load_device=mm.text_encoder_device(), offload_device=mm.text_encoder_offload_device())
 
 
-class HunyuanVideoTextEncoderLoader(io.ComfyNode):
+class HunyuanVideoTextEncoderLoader(CheckedNode):
+    CHOICES_FROM = {"llm": f"models/{LLM_FOLDER} and models/{TE_FOLDER}", "clip": f"models/{TE_FOLDER}"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -128,14 +130,6 @@ class HunyuanVideoTextEncoderLoader(io.ComfyNode):
             ],
             outputs=[TextEncoder.Output(display_name="text_encoder")],
         )
-
-    @classmethod
-    def validate_inputs(cls, llm: str | None = None, clip: str | None = None) -> bool | str:
-        for ok in (listed("llm", llm, llm_sources(), f"models/{LLM_FOLDER} and models/{TE_FOLDER}"),
-                   listed("clip", clip, clip_sources(), f"models/{TE_FOLDER}")):
-            if ok is not True:
-                return ok
-        return True
 
     @classmethod
     def execute(cls, llm: str, clip: str, dtype: str) -> io.NodeOutput:
@@ -180,7 +174,7 @@ def _to_device(embeds: PromptEmbeds, device) -> PromptEmbeds:
     return PromptEmbeds(positive=_move(embeds.positive, device), negative=negative)
 
 
-class HunyuanVideoTextEncode(io.ComfyNode):
+class HunyuanVideoTextEncode(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -243,7 +237,7 @@ def conditioning_to_embeds(conditioning: list, name: str) -> TextEmbeds:
     return TextEmbeds(states=torch.cat(states), mask=torch.cat(masks), pooled=torch.cat(pooled))
 
 
-class HunyuanVideoConditioningBridge(io.ComfyNode):
+class HunyuanVideoConditioningBridge(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(

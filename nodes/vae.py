@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..hunyuan.vae import tiled
 from ..hunyuan.vae.loader import load_vae
 from ..hunyuan.vae.tiling import TileSpec, auto_tiling, estimate_peak
-from .types import CATEGORY, VAE, listed
+from .types import CATEGORY, VAE, CheckedNode
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def _callbacks():
     return progress, mm.throw_exception_if_processing_interrupted
 
 
-class HunyuanVideoVAELoader(io.ComfyNode):
+class HunyuanVideoVAELoader(CheckedNode):
+    CHOICES_FROM = {"vae_name": "models/vae"}
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -97,10 +99,6 @@ class HunyuanVideoVAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae_name: str | None = None) -> bool | str:
-        return listed("vae_name", vae_name, folder_paths.get_filename_list("vae"), "models/vae")
-
-    @classmethod
     def execute(cls, vae_name: str, dtype: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("vae", vae_name)
         load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
@@ -111,7 +109,7 @@ class HunyuanVideoVAELoader(io.ComfyNode):
         return io.NodeOutput(patcher)
 
 
-class HunyuanVideoVAEDecode(io.ComfyNode):
+class HunyuanVideoVAEDecode(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -145,7 +143,7 @@ class HunyuanVideoVAEDecode(io.ComfyNode):
         return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]))
 
 
-class HunyuanVideoVAEEncode(io.ComfyNode):
+class HunyuanVideoVAEEncode(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
