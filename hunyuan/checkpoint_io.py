@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -60,13 +61,10 @@ def _load_pickle(path: Path, device) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
     except RuntimeError as exc:
         if "mmap" not in str(exc):
-            raise CheckpointError(f"checkpoint {str(path)!r} could not be read safely: {exc}") from exc
+            raise _read_error(path, exc) from exc
         obj = _torch_load_plain(path, device)
-    except Exception as exc:  # pickle.UnpicklingError and friends: refuse, never retry unsafely
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): {exc}. "
-            "Only plain tensors are accepted; convert the file to .safetensors."
-        ) from exc
+    except Exception as exc:  # never retried unsafely
+        raise _read_error(path, exc) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)
@@ -77,7 +75,21 @@ def _torch_load_plain(path: Path, device):
     try:
         return torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): {exc}") from exc
+        raise _read_error(path, exc) from exc
+
+
+def _read_error(path: Path, exc: Exception) -> CheckpointError:
+    """A refusal by the weights-only unpickler says so; a damaged file is not blamed on pickle safety."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return CheckpointError(
+            f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): {exc}. "
+            "Only plain tensors are accepted; convert the file to .safetensors."
+        )
+    size = path.stat().st_size
+    return CheckpointError(
+        f"checkpoint {str(path)!r} ({size} bytes) cannot be read; it looks truncated or damaged "
+        f"(a partial download?): {exc.__class__.__name__}: {str(exc)[:300]}"
+    )
 
 
 def unwrap(sd: Mapping[str, object], wrappers: Iterable[str] = ("state_dict", "module", "model")) -> dict:

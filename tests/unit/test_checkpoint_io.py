@@ -84,3 +84,18 @@ def test_strip_prefix_keeps_only_the_prefixed_model():
     sd = {"model.diffusion_model.a": 1, "model.diffusion_model.b": 2, "vae.c": 3}
     assert strip_prefix(sd, ["model.model.", "model.diffusion_model."]) == {"a": 1, "b": 2}
     assert strip_prefix({"a": 1}, ["x."]) == {"a": 1}
+
+
+@pytest.mark.parametrize("keep", [0.5, 100, -10])
+def test_truncated_pt_is_called_damaged_not_unsafe(tmp_path, keep):
+    full = tmp_path / "full.pt"
+    torch.save({"x": torch.zeros(1000)}, str(full))
+    data = full.read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep if keep > 0 else len(data) + keep
+    path = tmp_path / "partial.pt"
+    path.write_bytes(data[:cut])
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(path)
+    message = str(info.value)
+    assert "truncated or damaged" in message and f"({cut} bytes)" in message and str(path) in message
+    assert "refused" not in message
