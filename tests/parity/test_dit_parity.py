@@ -22,13 +22,10 @@ from hunyuan.dit import DiTConfig, HunyuanVideoDiT
 from hunyuan.dit.checkpoint import load_dit
 from hunyuan.dit.keymap import to_comfy, to_diffusers
 from hunyuan.dit.tiny import random_state_dict, tiny_config
+from tests.checks import rel_err
 from tests.peers import diffusers_dit
 
 TOL = 1e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def comfy_model(cfg: DiTConfig, sd):

@@ -29,15 +29,12 @@ from hunyuan.text import (
     parse_dtype,
 )
 from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
+from tests.checks import rel_err
 from tests.peers import diffusers_dit
 
 PROMPT, NEGATIVE = "A red fox runs through snow, cinematic.", "blurry, low quality"
 WIDTH, HEIGHT, FRAMES, STEPS = 64, 48, 9, 4
 TOL = 1e-5  # fp32, the team default (measured: ~1e-7)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.fixture(scope="module")

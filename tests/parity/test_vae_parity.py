@@ -13,13 +13,10 @@ from hunyuan.vae.config import HUNYUAN_VIDEO_VAE, TINY_VAE, VAEConfig
 from hunyuan.vae.keys import diffusers_to_comfy
 from hunyuan.vae.loader import load_vae
 from hunyuan.vae.tiny import random_state_dict
+from tests.checks import rel_err
 from tests.peers import diffusers_vae
 
 diffusers = pytest.importorskip("diffusers")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def reference(cfg: VAEConfig, sd: dict) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from hunyuan.dit import TINY
 from hunyuan.dit.checkpoint import load_dit
 from hunyuan.dit.keymap import to_comfy, to_diffusers
 from hunyuan.dit.tiny import TINY_DIT_FILE, random_state_dict, write_tiny
+from tests.checks import FP32_RTOL, assert_same_weights, rel_err
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +32,8 @@ def run(model, seed=0):
     return model(x, torch.tensor([600.0]), text, torch.ones(1, 5, dtype=torch.bool), pooled, torch.tensor([6.0]))
 
 
-def rel_err(a, b) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-# The property is "same weights": that is checked bit for bit. The forward runs on tensors at
-# other addresses (an mmap'd file vs the in-memory dict), and oneDNN/MKL may then pick other
-# kernels or blockings: on an AMD EPYC (AVX512, no AMX) the outputs differ by ~3e-8 relative.
-# So outputs get the fp32 parity bound instead of bit equality.
-FP32_RTOL = 1e-5
-
-
 def assert_same_model(model, reference) -> None:
-    got, want = model.state_dict(), reference.state_dict()
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        assert torch.equal(got[key], value), key
+    assert_same_weights(model, reference)
     assert rel_err(run(model), run(reference)) < FP32_RTOL
 
 

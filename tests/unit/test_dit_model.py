@@ -11,10 +11,7 @@ from hunyuan.conditioning import TextEmbeds
 from hunyuan.dit import REAL, TINY, DiTConfig, HunyuanVideoDiT, infer_config, precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit
 from hunyuan.dit.tiny import random_state_dict
-
-
-def rel_err(a, b) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
+from tests.checks import rel_err
 
 
 @pytest.fixture(scope="module")

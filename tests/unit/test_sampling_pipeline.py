@@ -9,6 +9,7 @@ from hunyuan.conditioning import RefinedConditioning, RefinedText, TextEmbeds
 from hunyuan.dit import TINY, HunyuanVideoDiT, precompute_refined_text
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE, sample_video
+from tests.checks import rel_err
 
 SHAPE = (1, 16, 2, 4, 4)
 
@@ -30,10 +31,6 @@ def _text(seed):
 
 def _refine(model, text, sigmas):
     return precompute_refined_text(model.txt_in, text, sigmas, device="cpu", dtype=torch.float32)
-
-
-def rel_err(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @torch.no_grad()

@@ -13,15 +13,12 @@ from hunyuan.vae.layers import Runtime
 from hunyuan.vae.loader import load_vae
 from hunyuan.vae.tiling import TileSpec, auto_tiling, tile_ramp, tile_spans
 from hunyuan.vae.tiny import random_state_dict
+from tests.checks import rel_err
 
 
 @pytest.fixture(scope="module")
 def vae():
     return load_vae(random_state_dict(TINY_VAE, seed=2))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
