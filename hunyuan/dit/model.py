@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -105,13 +106,16 @@ class HunyuanVideoDiT(nn.Module):
         guidance: torch.Tensor | None = None,
         *,
         refined_text: torch.Tensor | None = None,
+        step_cache=None,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
         x: [B, 16, T, H, W] latent; timestep: [B] in 0..1000; text_states: [B, L, 4096] LLM states
         (ignored when ``refined_text`` is given); text_mask: [B, L] bool; text_pooled: [B, 768];
         guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
-        precomputed ``txt_in`` output for this timestep. Returns [B, 16, T, H, W] in x's dtype.
+        precomputed ``txt_in`` output for this timestep; step_cache: a
+        :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack.
+        Returns [B, 16, T, H, W] in x's dtype.
         """
         grid = self._check_input(x)
         dtype = self.compute_dtype or self.img_in.proj.weight.dtype
@@ -126,18 +130,38 @@ class HunyuanVideoDiT(nn.Module):
             txt = refined_text.to(device=x.device, dtype=dtype)[:, keep]
         else:
             txt = self.refiner(text_states.to(device=x.device, dtype=dtype)[:, keep], timestep, mask, attn)
-        return self._run_blocks(img, txt, vec, mask, attn, grid, x)
+        return self._run_blocks(img, txt, vec, mask, attn, grid, x, step_cache)
 
-    def _run_blocks(self, img, txt, vec, mask, attn, grid, x) -> torch.Tensor:
-        n_img = img.shape[1]
+    def _run_blocks(self, img, txt, vec, mask, attn, grid, x, step_cache=None) -> torch.Tensor:
         rope = video_rope(grid, self.config.rope_axes, self.config.rope_theta, device=x.device)
         key_mask = None
         if not bool(mask.all()):
-            key_mask = torch.cat((mask.new_ones(mask.shape[0], n_img), mask), dim=1)
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, rope, key_mask, attn)
-        seq = torch.cat((img, txt), dim=1)
-        for block in self.single_blocks:
-            seq = block(seq, vec, rope, n_img, key_mask, attn)
-        out = self.final_layer(seq[:, :n_img], vec)
+            key_mask = torch.cat((mask.new_ones(mask.shape[0], img.shape[1]), mask), dim=1)
+        blocks = BlockRunner(self, vec, rope, key_mask, attn, img.shape[1])
+        img = blocks.rest(0, img, txt) if step_cache is None else step_cache.blocks(self, img, txt, vec, blocks)
+        out = self.final_layer(img, vec)
         return self._unpatchify(out, grid, x.shape[2:]).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class BlockRunner:
+    """The block stack of one forward, in pieces a step cache can run or skip."""
+
+    model: HunyuanVideoDiT
+    vec: torch.Tensor
+    rope: torch.Tensor
+    key_mask: torch.Tensor | None
+    attn: object
+    n_img: int
+
+    def double(self, i: int, img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.double_blocks[i](img, txt, self.vec, self.rope, self.key_mask, self.attn)
+
+    def rest(self, start: int, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        """Double blocks ``start``.. and every single block; returns the video tokens."""
+        for i in range(start, len(self.model.double_blocks)):
+            img, txt = self.double(i, img, txt)
+        seq = torch.cat((img, txt), dim=1)
+        for block in self.model.single_blocks:
+            seq = block(seq, self.vec, self.rope, self.n_img, self.key_mask, self.attn)
+        return seq[:, : self.n_img]

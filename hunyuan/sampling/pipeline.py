@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ..conditioning import RefinedConditioning, RefinedText
+from ..dit.step_cache import StepCacheRun, StepCacheState
 from .loop import StepCallback, guided_velocity, noise_latent, sample_flow
 from .schedule import NUM_TRAIN_TIMESTEPS, check_sigmas, denoise_start_index
 from .solvers import VelocityFn
@@ -48,13 +49,16 @@ def text_velocity(
     offset: int,
     guidance: float | None,
     device: torch.device | str = "cpu",
+    cache: StepCacheState | None = None,
 ) -> VelocityFn:
     """velocity(x, i): the DiT at ``sigmas[i]`` with the refined tokens of schedule step offset+i.
 
     x: [B,16,T,H,W] float32 model space -> [B,16,T,H,W] float32 velocity.
     The steps' tokens, mask and pooled vector go to ``device`` once here, not once per step (the
-    memory planner already counts every step's tokens as resident).
+    memory planner already counts every step's tokens as resident). ``cache``: this pass's step
+    cache state, told the step before each call.
     """
+    total = len(sigmas) - 1
     all_tokens = text.tokens[offset:].to(device)
     text_mask, text_pooled = text.mask.to(device), text.pooled.to(device)
 
@@ -67,8 +71,12 @@ def text_velocity(
             tokens, mask, pooled = (t.expand(batch, *t.shape[1:]) for t in (tokens, mask, pooled))
         timestep = (sigmas[i] * NUM_TRAIN_TIMESTEPS).to(x.device).expand(batch)
         g = None if guidance is None else torch.full((batch,), float(guidance), device=x.device)
-        out = model(x, timestep, None, mask, pooled, g, refined_text=tokens)
-        return out.to(torch.float32)
+        if cache is None:
+            return model(x, timestep, None, mask, pooled, g, refined_text=tokens).to(torch.float32)
+        cache.begin(i, total)
+        return cache.model_call(
+            x, lambda: model(x, timestep, None, mask, pooled, g, refined_text=tokens, step_cache=cache).to(torch.float32)
+        )
 
     return velocity
 
@@ -86,6 +94,7 @@ def sample_video(
     solver: str = "euler",
     device: torch.device | str = "cpu",
     callback: StepCallback | None = None,
+    step_cache: StepCacheRun | None = None,
 ) -> torch.Tensor:
     """Sample a video latent.
 
@@ -94,6 +103,7 @@ def sample_video(
     denoise: the noise level the input latent is brought to; sampling starts at the first step
              whose sigma is <= denoise (1.0 = from pure noise)
     cfg:     true classifier-free guidance with the conditioning's negative (off at 1.0)
+    step_cache: a fresh StepCacheRun (one state per pass), or None to compute every step
     Returns: [B,16,T,H,W] float32 raw VAE latent on ``device``.
     """
     sigmas = check_sigmas(sigmas)
@@ -117,9 +127,14 @@ def sample_video(
         if latent.shape != noise.shape:
             raise ValueError(f"latent has shape {tuple(latent.shape)}, expected {tuple(noise.shape)} for this size")
         x = noise_latent(latent.to(device) * MODEL_LATENT_SCALE, noise, float(run[0]))
-    cond = text_velocity(model, conditioning.positive, run, offset=start, guidance=embedded_guidance, device=device)
+    def pass_cache(which: str):
+        return step_cache.state(which) if step_cache is not None else None
+
+    cond = text_velocity(model, conditioning.positive, run, offset=start, guidance=embedded_guidance, device=device,
+                         cache=pass_cache("cond"))
     uncond = None
     if negative is not None:
-        uncond = text_velocity(model, negative, run, offset=start, guidance=embedded_guidance, device=device)
+        uncond = text_velocity(model, negative, run, offset=start, guidance=embedded_guidance, device=device,
+                               cache=pass_cache("uncond"))
     out = sample_flow(guided_velocity(cond, uncond, cfg), x, run, solver=solver, callback=callback)
     return out / MODEL_LATENT_SCALE
