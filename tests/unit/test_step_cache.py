@@ -190,7 +190,7 @@ def test_easycache_decisions_and_skipped_outputs():
     for t, x in enumerate(inputs):
         state.begin(t, STEPS)
         calls = []
-        out = state.model_call(x, lambda x=x: calls.append(1) or f(x))
+        out = state.model_call(x, lambda x=x, calls=calls: calls.append(1) or f(x))
         got.append(bool(calls))
         if calls:
             change = out - x
