@@ -20,6 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hunyuan.conditioning import RefinedConditioning, RefinedText
+from ..hunyuan.dit.step_cache import DEFAULTS, KINDS, StepCacheRun, StepCacheSettings
 from ..hunyuan.memory import auto_swap, estimate_sampling_memory
 from ..hunyuan.offload import BlockSwapEngine, SwapSettings, make_engine, resident_bytes
 from ..hunyuan.sampling import (
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_SIZE = 8192
 MAX_FRAMES = 1025
 ENGINE_ATTR = "hyvid_swap_engine"
+STEP_CACHE_KEY = "hyvid_step_cache"  # in the patcher's model_options["transformer_options"]
 
 
 class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
@@ -172,6 +174,47 @@ class HunyuanVideoBlockSwap(CheckedNode):
         return io.NodeOutput(BlockSwapPatcher.from_patcher(dit, settings))
 
 
+class HunyuanVideoStepCache(CheckedNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        published = ", ".join(f"{k} {v[0]:g}" + (f" from {v[1]:g}" if v[1] else "") for k, v in DEFAULTS.items())
+        return io.Schema(
+            node_id="HunyuanVideoStepCache",
+            display_name="HunyuanVideo Step Cache",
+            category=CATEGORY,
+            description="Skips most of the DiT on steps where its output barely changes (TeaCache, First Block "
+            "Cache or EasyCache). Put it between the DiT and the sampler.",
+            inputs=[
+                DiT.Input("dit", tooltip="The DiT (from the loader or Block Swap)."),
+                io.Combo.Input("rule", options=list(KINDS), default="teacache",
+                               tooltip="teacache: accumulated change of the first block's modulated input. "
+                               "first_block: runs block 0 and skips the rest while its residual is unchanged. "
+                               "easycache: estimated change of the whole model's output."),
+                io.Float.Input("threshold", default=DEFAULTS["teacache"][0], min=0.0, max=5.0, step=0.005,
+                               tooltip=f"Higher skips more steps (0 = never skip). Published: {published}."),
+                io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps before which every step is computed (EasyCache's "
+                               "published warm-up is 0.1). The first and last steps are always computed."),
+                io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the steps from which every step is computed again."),
+            ],
+            outputs=[DiT.Output(display_name="dit", tooltip="A clone of the DiT carrying the cache settings.")],
+        )
+
+    @classmethod
+    def execute(cls, dit, rule, threshold, start, end) -> io.NodeOutput:
+        settings = StepCacheSettings(rule, threshold, start, end)
+        clone = dit.clone()
+        clone.model_options.setdefault("transformer_options", {})[STEP_CACHE_KEY] = settings
+        return io.NodeOutput(clone)
+
+
+def step_cache_run(dit) -> StepCacheRun | None:
+    """Fresh per-run cache states for a DiT that carries step-cache settings."""
+    settings = dit.model_options.get("transformer_options", {}).get(STEP_CACHE_KEY)
+    return StepCacheRun(settings) if settings is not None else None
+
+
 def _check_conditioning(conditioning) -> RefinedConditioning:
     if not isinstance(conditioning, RefinedConditioning) or not isinstance(conditioning.positive, RefinedText):
         raise ValueError(
@@ -304,13 +347,16 @@ class HunyuanVideoSampler(CheckedNode):
         noise = seeded_noise(seed, shape)
         engine = active_engine(patcher)
         guard = engine.running(mm.throw_exception_if_processing_interrupted) if engine else contextlib.nullcontext()
+        cache = step_cache_run(patcher)
         with torch.inference_mode(), guard:
             out = sample_video(
                 patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                 embedded_guidance=embedded_guidance, solver=solver, device=device,
-                callback=_progress(len(sigmas) - 1, device),
+                callback=_progress(len(sigmas) - 1, device), step_cache=cache,
             )
+        if cache is not None:
+            log.info("HunyuanVideo step cache %s", cache.summary())
         return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
 
 
-NODES = [HunyuanVideoScheduler, HunyuanVideoBlockSwap, HunyuanVideoSampler]
+NODES = [HunyuanVideoScheduler, HunyuanVideoBlockSwap, HunyuanVideoStepCache, HunyuanVideoSampler]

@@ -23,6 +23,7 @@ EXPECTED_NODES = {
     "HunyuanVideoVAEEncode",
     "HunyuanVideoRewriteModelLoader",
     "HunyuanVideoRewriteEndpoint",
+    "HunyuanVideoStepCache",
     "HunyuanVideoPromptRewrite",
 }
 
