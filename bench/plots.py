@@ -157,6 +157,19 @@ def plot_pipeline(data: dict, fig) -> None:
     b.set_title("API / in-process per repeat", fontsize=9)
 
 
+def plot_step_cache(data: dict, fig) -> None:
+    a, b = fig.subplots(1, 2)
+    rows = data["results"]
+    labels = list(rows)
+    _bars(a, labels, [rows[k]["seconds"]["median"] for k in labels], colors=OURS)
+    a.set_ylabel("seconds per video")
+    a.set_title(f"{data['config']['steps']} steps, real width, random weights", fontsize=9)
+    cached = [k for k in labels if k != "none"]
+    _bars(b, cached, [rows[k]["skipped"] for k in cached], colors=OURS)
+    b.set_ylabel("steps skipped")
+    b.set_title("skipped steps per cache", fontsize=9)
+
+
 def plot_gpu(data: dict, fig) -> None:
     a, b = fig.subplots(1, 2)
     rows = [r for r in data.get("rows", []) if not r.get("oom")]
@@ -169,7 +182,7 @@ def plot_gpu(data: dict, fig) -> None:
 
 PLOTS = {"dit_step": (plot_dit, (13, 4)), "refiner": (plot_refiner, (10, 4)), "vae_decode": (plot_vae, (14, 4.5)),
          "text_memory": (plot_text, (8, 4)), "blockswap": (plot_blockswap, (8, 4)), "planner": (plot_planner, (11, 4.5)),
-         "pipeline": (plot_pipeline, (10, 4)), "gpu": (plot_gpu, (10, 4))}
+         "pipeline": (plot_pipeline, (10, 4)), "step_cache": (plot_step_cache, (10, 4)), "gpu": (plot_gpu, (10, 4))}
 
 
 def make_plots(results: dict, out_dir: Path) -> dict[str, Path]:

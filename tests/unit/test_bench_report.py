@@ -72,6 +72,14 @@ def _results():
                      "workflow": "workflows/t2v_basic_api.json", "repeats": 3, "poll_s": 0.01,
                      "sizes": {"HunyuanVideoSampler": {"width": 64, "height": 48, "frames": 9},
                                "HunyuanVideoScheduler": {"steps": 3}}},
+        "step_cache": {"config": {"blocks": [1, 1], "hidden": 3072, "latent": [1, 16, 2, 24, 40], "text_tokens": 128,
+                                  "steps": 20, "repeats": 2, "dtype": "bf16", "video_tokens": 480},
+                       "results": {"none": {"seconds": _spread(30.0)},
+                                   "teacache": {"seconds": _spread(20.0), "speedup": _spread(1.5), "computed": 13,
+                                                "skipped": 7, "psnr_db": 35.0, "threshold": 0.15, "start": 0.0},
+                                   "easycache": {"seconds": _spread(30.0), "speedup": _spread(1.0), "computed": 20,
+                                                 "skipped": 0, "psnr_db": float("inf"), "threshold": 0.025,
+                                                 "start": 0.1}}},
     }
     benches = {key: {"status": "ok", "data": data[key], "seconds": 1.0, "command": f"bench {key}"} for key in data}
     benches["gpu"] = {"status": "not run", "error": "GPU: not run (no CUDA device).", "command": "-"}
@@ -79,7 +87,8 @@ def _results():
 
 
 # The figure groups issue 9 asks for; the report must have a section for each.
-EXPECTED_GROUPS = ["dit_step", "refiner", "vae_decode", "text_memory", "blockswap", "planner", "pipeline", "gpu"]
+EXPECTED_GROUPS = ["dit_step", "refiner", "vae_decode", "text_memory", "blockswap", "planner", "pipeline",
+                   "step_cache", "gpu"]
 
 
 def _verdict_rows(text: str, title: str) -> str:
