@@ -122,8 +122,12 @@ def estimate_sampling_memory(
     compute_dtype: torch.dtype | None = None,
     swap: SwapSettings | None = None,
     attention: str = "flash",
+    batched_cfg: bool = False,
 ) -> MemoryEstimate:
-    """Peak device bytes for sampling one video (see the module docstring for the model)."""
+    """Peak device bytes for sampling one video (see the module docstring for the model).
+
+    ``batched_cfg``: true CFG's two passes run as one forward of twice the batch, so the
+    activations double (off: they run one after the other and reuse the same memory)."""
     check_video_size(width, height, frames)
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention={attention!r} is not one of {ATTENTION_KINDS}")
@@ -136,10 +140,11 @@ def estimate_sampling_memory(
     n = n_img + text_tokens
     d, m = config.hidden_size, config.mlp_hidden
     per_token = (13 * d + 2 * m) * e  # = ACTIVATION_TENSORS * D * e at mlp ratio 4 (module docstring)
-    activations = batch * n * per_token + n_img * config.head_dim * 4 * 2
+    forward_batch = batch * (2 if cfg and batched_cfg else 1)
+    activations = forward_batch * n * per_token + n_img * config.head_dim * 4 * 2
     attention_bytes = 0
     if attention == "math":
-        attention_bytes = ATTENTION_MATRICES * batch * config.num_heads * n * n * e
+        attention_bytes = ATTENTION_MATRICES * forward_batch * config.num_heads * n * n * e
     state = LATENT_COPIES * math.prod(shape) * 4
     text = (2 if cfg else 1) * steps * batch * text_tokens * d * e
     return MemoryEstimate(

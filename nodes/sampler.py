@@ -239,7 +239,7 @@ def _start_latent(latent: dict | None, shape: tuple[int, ...], width: int, heigh
     return samples.to(torch.float32)
 
 
-def _swap_for_run(dit, shape, text_tokens: int, cfg: bool):
+def _swap_for_run(dit, shape, text_tokens: int, cfg: bool, batched_cfg: bool = False):
     """The patcher to load: auto mode resolves counts for this video and free memory (cached)."""
     settings = getattr(dit, "swap_settings", None)
     if settings is None or settings.mode != "auto" or torch.device(dit.load_device).type == "cpu":
@@ -252,7 +252,7 @@ def _swap_for_run(dit, shape, text_tokens: int, cfg: bool):
     chosen = auto_swap(
         config, int(free), base=settings, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, batch=shape[0],
         text_tokens=text_tokens, cfg=cfg, weight_dtype=_weight_dtype(model),
-        compute_dtype=model.compute_dtype,
+        compute_dtype=model.compute_dtype, batched_cfg=batched_cfg,
     )
     cache = dit.__dict__.setdefault("_hyvid_auto_clones", {})
     if chosen not in cache:
@@ -266,12 +266,13 @@ def _weight_dtype(model) -> torch.dtype:
     return max(model.parameters(), key=lambda p: p.numel()).dtype
 
 
-def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int) -> int:
+def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int, batched_cfg: bool = False) -> int:
     """Working memory (not weights) the sampler needs on the device, from the planner."""
     _, _, t, h, w = shape
     est = estimate_sampling_memory(
         model.config, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, batch=shape[0], text_tokens=text_tokens,
         steps=steps, cfg=cfg, weight_dtype=_weight_dtype(model), compute_dtype=model.compute_dtype,
+        batched_cfg=batched_cfg,
     )
     return est.activation_bytes + est.state_bytes + est.text_bytes
 
@@ -324,13 +325,17 @@ class HunyuanVideoSampler(CheckedNode):
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="With a latent: the noise level it is brought to; sampling starts at the first "
                                "step whose sigma is <= this. Ignored (must be 1) without a latent."),
+                io.Boolean.Input("batch_cfg", default=False, optional=True,
+                                 tooltip="With true CFG: run the prompt and the negative prompt as one forward of "
+                                 "twice the batch (same result; faster on a GPU at small sizes, but twice the "
+                                 "activation memory, which the block-swap planner counts). Not with a Step Cache."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="{'samples': [B,16,T,H/8,W/8]} raw VAE latent.")],
         )
 
     @classmethod
     def execute(cls, dit, conditioning, sigmas, seed, width, height, frames, embedded_guidance, cfg, solver,
-                latent=None, denoise=1.0) -> io.NodeOutput:
+                latent=None, denoise=1.0, batch_cfg=False) -> io.NodeOutput:
         check_video_size(width, height, frames)
         conditioning = _check_conditioning(conditioning)
         sigmas = check_sigmas(sigmas)
@@ -340,19 +345,22 @@ class HunyuanVideoSampler(CheckedNode):
         if start is None and denoise < 1.0:
             raise ValueError(f"denoise={denoise} needs an input latent (video-to-video); connect one or set 1.0")
         text_tokens, use_cfg = conditioning.positive.tokens.shape[2], cfg != 1.0 and conditioning.negative is not None
-        patcher = _swap_for_run(dit, shape, text_tokens, use_cfg)
-        memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1)
+        cache = step_cache_run(dit)
+        if batch_cfg and use_cfg and cache is not None:
+            log.info("batch_cfg is off for this run: a Step Cache keeps separate states for the two passes")
+        batched = bool(batch_cfg and use_cfg and cache is None)
+        patcher = _swap_for_run(dit, shape, text_tokens, use_cfg, batched)
+        memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1, batched)
         mm.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
         device = patcher.load_device
         noise = seeded_noise(seed, shape)
         engine = active_engine(patcher)
         guard = engine.running(mm.throw_exception_if_processing_interrupted) if engine else contextlib.nullcontext()
-        cache = step_cache_run(patcher)
         with torch.inference_mode(), guard:
             out = sample_video(
                 patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                 embedded_guidance=embedded_guidance, solver=solver, device=device,
-                callback=_progress(len(sigmas) - 1, device), step_cache=cache,
+                callback=_progress(len(sigmas) - 1, device), step_cache=cache, batched_cfg=batched,
             )
         if cache is not None:
             log.info("HunyuanVideo step cache %s", cache.summary())

@@ -125,3 +125,33 @@ def test_batch_expands_single_prompt():
     sigmas = flow_sigmas(2)
     out = sample_video(Recorder(0.5), RefinedConditioning(_fake_text(sigmas)), sigmas, seeded_noise(0, (2, 16, 1, 2, 2)))
     assert out.shape == (2, 16, 1, 2, 2)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_batched_cfg_equals_two_forwards(solver):
+    """Both passes in one forward (prompts of different lengths padded and masked) give the
+    two-forward result: fp32, bound 1e-6 (summation order in attention over the padded keys)."""
+    model, steps = _dit(), 3
+    g = torch.Generator().manual_seed(4)
+    long_text = TextEmbeds(torch.randn(1, 9, TINY.text_states_dim, generator=g), torch.ones(1, 9, dtype=torch.bool),
+                           torch.randn(1, TINY.text_states_dim_2, generator=g))
+    sigmas = flow_sigmas(steps, 7.0)
+    cond = RefinedConditioning(_refine(model, _text(1), sigmas), _refine(model, long_text, sigmas))
+    assert cond.positive.tokens.shape[2] != cond.negative.tokens.shape[2]
+    noise = seeded_noise(3, (2, *SHAPE[1:]))  # a batch of two videos, one prompt
+    two = sample_video(model, cond, sigmas, noise, cfg=4.0, solver=solver)
+    one = sample_video(model, cond, sigmas, noise, cfg=4.0, solver=solver, batched_cfg=True)
+    assert rel_err(one, two) <= 1e-6
+    assert not torch.equal(one, sample_video(model, cond, sigmas, noise, cfg=1.0))  # CFG did something
+
+
+def test_batched_cfg_doubles_the_planned_activations():
+    from hunyuan.memory import estimate_sampling_memory
+
+    kw = {"width": 848, "height": 480, "frames": 61, "cfg": True}
+    two, one = estimate_sampling_memory(**kw), estimate_sampling_memory(**kw, batched_cfg=True)
+    video = estimate_sampling_memory(**{**kw, "cfg": False}, batched_cfg=True)
+    assert one.weights_bytes == two.weights_bytes and one.text_bytes == two.text_bytes
+    assert one.activation_bytes > 1.9 * two.activation_bytes
+    assert video.activation_bytes == estimate_sampling_memory(**{**kw, "cfg": False}).activation_bytes
