@@ -25,9 +25,12 @@ from ..hunyuan.dit import (
 )
 from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import load_dit
+from ..hunyuan.dit.compile import MODES as COMPILE_MODES
+from ..hunyuan.dit.compile import CompileSettings, usable
 from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds
 
 log = logging.getLogger(__name__)
+COMPILE_KEY = "hyvid_compile"  # in the patcher's model_options["transformer_options"]
 
 WEIGHT_DTYPES = {
     "default": None,
@@ -170,4 +173,40 @@ def _to_intermediate(refined):
     )
 
 
-NODES = [HunyuanVideoDiTLoader, HunyuanVideoTokenRefiner]
+class HunyuanVideoCompile(CheckedNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoCompile",
+            display_name="HunyuanVideo Compile (torch.compile)",
+            category=CATEGORY,
+            description="Compiles each DiT block with torch.compile (inductor) for the sampler. The first run "
+            "compiles (minutes on a CPU); later runs at the same size reuse it.",
+            inputs=[
+                DiT.Input("dit", tooltip="The DiT (from the loader, Block Swap or Step Cache)."),
+                io.Combo.Input("mode", options=list(COMPILE_MODES), default="default",
+                               tooltip="inductor mode; max-autotune-no-cudagraphs tries more kernels (slower to "
+                               "compile). CUDA-graph modes are not offered: block swap moves weights every step."),
+                io.Boolean.Input("dynamic", default=False,
+                                 tooltip="Compile for any size (slower code). Off: one compile per video size."),
+                io.Int.Input("recompile_limit", default=8, min=1, max=64,
+                             tooltip="Compiles per block kind before torch gives up and runs it eagerly (with a "
+                             "warning in the log): a new video size or prompt-mask layout costs one."),
+                io.Boolean.Input("eager_fallback", default=True,
+                                 tooltip="Where compile cannot run (no C++ compiler on the CPU, no Triton on CUDA, "
+                                 "another device): log why and run uncompiled. Off: the job fails with that reason."),
+            ],
+            outputs=[DiT.Output(display_name="dit", tooltip="A clone of the DiT carrying the compile settings.")],
+        )
+
+    @classmethod
+    def execute(cls, dit, mode, dynamic, recompile_limit, eager_fallback) -> io.NodeOutput:
+        settings = CompileSettings(mode, dynamic, recompile_limit, eager_fallback)
+        if not usable(settings, dit.load_device):
+            return io.NodeOutput(dit)
+        clone = dit.clone()
+        clone.model_options.setdefault("transformer_options", {})[COMPILE_KEY] = settings
+        return io.NodeOutput(clone)
+
+
+NODES = [HunyuanVideoDiTLoader, HunyuanVideoTokenRefiner, HunyuanVideoCompile]

@@ -20,6 +20,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hunyuan.conditioning import RefinedConditioning, RefinedText
+from ..hunyuan.dit.compile import compiled_blocks, usable
 from ..hunyuan.dit.step_cache import DEFAULTS, KINDS, StepCacheRun, StepCacheSettings
 from ..hunyuan.memory import auto_swap, estimate_sampling_memory
 from ..hunyuan.offload import BlockSwapEngine, SwapSettings, make_engine, resident_bytes
@@ -32,6 +33,7 @@ from ..hunyuan.sampling import (
     seeded_noise,
 )
 from ..hunyuan.sampling.pipeline import sample_video
+from .dit import COMPILE_KEY
 from .types import CATEGORY, CheckedNode, Conditioning, DiT
 
 log = logging.getLogger(__name__)
@@ -290,6 +292,15 @@ def _progress(total: int, device):
     return callback
 
 
+def _compiled(patcher):
+    """Compiled block forwards for this run when the DiT carries Compile settings."""
+    settings = patcher.model_options.get("transformer_options", {}).get(COMPILE_KEY)
+    if settings is None or not usable(settings, patcher.load_device):
+        return contextlib.nullcontext()
+    log.info("HunyuanVideo: compiled DiT blocks (%s); the first run at a new size compiles", settings)
+    return compiled_blocks(patcher.model, settings)
+
+
 class HunyuanVideoSampler(CheckedNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -356,7 +367,7 @@ class HunyuanVideoSampler(CheckedNode):
         noise = seeded_noise(seed, shape)
         engine = active_engine(patcher)
         guard = engine.running(mm.throw_exception_if_processing_interrupted) if engine else contextlib.nullcontext()
-        with torch.inference_mode(), guard:
+        with torch.inference_mode(), guard, _compiled(patcher):
             out = sample_video(
                 patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                 embedded_guidance=embedded_guidance, solver=solver, device=device,

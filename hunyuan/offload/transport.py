@@ -18,6 +18,13 @@ from dataclasses import dataclass
 import torch
 
 
+def _normal_tensors():
+    """Device copies made while sampling (under inference_mode) are made as ordinary tensors, like
+    the resident weights: a compiled block then sees one kind of parameter whichever of its
+    instances is swapped, instead of recompiling for the inference-tensor kind."""
+    return torch.inference_mode(False)
+
+
 @dataclass
 class Ticket:
     """Device copies of one unit's tensors, plus the event that says they are complete."""
@@ -35,7 +42,8 @@ class CopyTransport:
         self.device = torch.device(device)
 
     def fetch(self, host: dict[str, torch.Tensor]) -> Ticket:
-        return Ticket({k: t.to(self.device, copy=True) for k, t in host.items()})
+        with _normal_tensors():
+            return Ticket({k: t.to(self.device, copy=True) for k, t in host.items()})
 
     def wait(self, ticket: Ticket) -> dict[str, torch.Tensor]:
         return ticket.tensors
@@ -56,7 +64,7 @@ class StreamTransport:
     def fetch(self, host: dict[str, torch.Tensor]) -> Ticket:
         # No wait on the compute stream: memory freed by earlier units is safe to reuse because
         # release() tied it to the compute stream (record_stream).
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(self.stream), _normal_tensors():
             tensors = {k: t.to(self.device, non_blocking=True) for k, t in host.items()}
             event = torch.cuda.Event()
             event.record(self.stream)

@@ -24,6 +24,7 @@ EXPECTED_NODES = {
     "HunyuanVideoRewriteModelLoader",
     "HunyuanVideoRewriteEndpoint",
     "HunyuanVideoStepCache",
+    "HunyuanVideoCompile",
     "HunyuanVideoPromptRewrite",
 }
 

@@ -1,0 +1,86 @@
+"""Regional torch.compile (hunyuan/dit/compile.py) on the CPU with inductor, at the tiny size.
+
+The first compile of each block kind takes ~30 s on a 2-core CPU; later tests reuse it (same code
+objects, same guards), so the module compiles twice in all.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hunyuan.conditioning import RefinedConditioning, TextEmbeds
+from hunyuan.dit import TINY, precompute_refined_text
+from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.compile import CompileSettings, check_can_compile, compiled_blocks, usable
+from hunyuan.dit.tiny import random_state_dict
+from hunyuan.offload import BlockSwapEngine, CopyTransport, SwapSettings
+from hunyuan.sampling import flow_sigmas, seeded_noise
+from hunyuan.sampling.pipeline import sample_video
+from tests.checks import FP32_RTOL, rel_err
+
+pytestmark = pytest.mark.slow
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_dit(random_state_dict(TINY, seed=2), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def run(model):
+    g = torch.Generator().manual_seed(6)
+    text = TextEmbeds(torch.randn(1, 6, TINY.text_states_dim, generator=g), torch.ones(1, 6, dtype=torch.bool),
+                      torch.randn(1, TINY.text_states_dim_2, generator=g))
+    sigmas = flow_sigmas(4, 7.0)
+    with torch.inference_mode():
+        tokens = precompute_refined_text(model.refiner, text, sigmas, device="cpu", dtype=torch.float32)
+
+    def sample():
+        with torch.inference_mode():
+            return sample_video(model, RefinedConditioning(tokens), sigmas, seeded_noise(1, (1, 16, 2, 4, 4)))
+
+    return sample
+
+
+def graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_compiled_blocks_equal_eager_and_compile_once_per_block_kind(model, run):
+    eager = run()
+    before = graphs()
+    with compiled_blocks(model, CompileSettings()):
+        compiled = run()  # 4 steps x (2 double + 2 single blocks)
+    assert graphs() - before == 2  # one graph per block kind, none between steps or blocks
+    assert rel_err(compiled, eager) <= FP32_RTOL
+    assert "forward" not in model.double_blocks[0].__dict__  # eager again after the run
+    with compiled_blocks(model, CompileSettings()):
+        again = run()
+    assert graphs() - before == 2 and torch.equal(again, compiled)  # the next run reuses the compile
+
+
+def test_compiled_blocks_under_block_swap(model, run):
+    eager = run()
+    with compiled_blocks(model, CompileSettings()):
+        run()  # compiled without swap (or reused from the test above)
+    settings = SwapSettings(double_blocks=2, single_blocks=1, prefetch=1)
+    before = graphs()
+    with compiled_blocks(model, CompileSettings()), BlockSwapEngine(model, settings, CPU, transport=CopyTransport(CPU)):
+        swapped = run()  # parameters re-pointed at fresh copies every block, some blocks resident
+    assert graphs() == before  # no recompile: swapped and resident parameters look alike to the guards
+    assert rel_err(swapped, eager) <= FP32_RTOL
+
+
+def test_compile_refuses_clearly_where_it_cannot_run(monkeypatch):
+    with pytest.raises(RuntimeError, match="not supported on device mps"):
+        check_can_compile("mps")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match="C/C\\+\\+ compiler"):
+        check_can_compile("cpu")
+    with pytest.raises(ValueError, match="mode="):
+        CompileSettings(mode="reduce-overhead")
+    assert usable(CompileSettings(), "cpu") is False  # the default: warn and run eagerly
+    with pytest.raises(RuntimeError, match="compiler"):
+        usable(CompileSettings(eager_fallback=False), "cpu")
