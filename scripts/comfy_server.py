@@ -181,8 +181,8 @@ class ComfyServer:
 
     def run_cli(self, workflow: Path, timeout: float = 600.0) -> dict:
         """Run a workflow file (API or UI format) through comfy-cli; return its JSON envelope."""
-        comfy = Path(self.python).with_name("comfy")
-        cmd = [str(comfy), "--skip-prompt", "--workspace", str(self.comfyui_dir), "run",
+        # As a module of this python: .venv-oldest has no `comfy` script of its own (it shares .venv's comfy-cli).
+        cmd = [self.python, "-m", "comfy_cli", "--skip-prompt", "--workspace", str(self.comfyui_dir), "run",
                "--workflow", str(workflow), "--host", "127.0.0.1", "--port", str(self.port),
                "--wait", "--json", "--timeout", str(int(timeout))]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30,

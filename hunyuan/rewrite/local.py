@@ -9,6 +9,7 @@ the same seed gives the same tokens, and temperature 0 is plain argmax.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -94,8 +95,8 @@ def load_local_lm(folder: str | Path, dtype: torch.dtype = torch.float32) -> Loc
         )
     config = AutoConfig.from_pretrained(str(folder), **_LOCAL_ONLY)
     try:
-        with _meta_params():
-            lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with _meta_params():  # no dtype here (4.5x calls it torch_dtype, 5.x dtype): the weights bring it
+            lm = AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError) as exc:
         raise CheckpointError(
             f"model folder {str(folder)!r} (model_type {getattr(config, 'model_type', '?')!r}) is not a causal "
@@ -220,13 +221,20 @@ def generate(local: LocalLM, input_ids: torch.Tensor, params: SamplingParams, de
     return new_ids
 
 
+def _cache_argument(lm: nn.Module) -> str:
+    """The KV cache's name in ``forward`` and its output: ``past_key_values`` up to transformers
+    5.2x, ``cache`` after (the old name is deprecated there)."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
 def _forward(lm: nn.Module, ids: torch.Tensor, cache):
     """Logits [V] (float32, CPU) of the last position, and the updated KV cache."""
+    name = _cache_argument(lm)
     try:  # only the last position's logits: a 128k vocabulary x a long prompt is large
-        out = lm(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = lm(input_ids=ids, use_cache=True, logits_to_keep=1, **{name: cache})
     except TypeError:  # architectures without logits_to_keep
-        out = lm(input_ids=ids, past_key_values=cache, use_cache=True)
-    return out.logits[0, -1].float().cpu(), out.past_key_values
+        out = lm(input_ids=ids, use_cache=True, **{name: cache})
+    return out.logits[0, -1].float().cpu(), out[name]
 
 
 def memory_estimate(local: LocalLM, tokens: int) -> int:

@@ -11,7 +11,11 @@ Layouts of the LLaVA-Llama-3 language model:
   ``X.scale_weight`` and a top-level ``scaled_fp8`` marker.
 
 CLIP-L: an HF ``CLIPTextModel`` folder, or ComfyUI's ``clip_l.safetensors`` (``text_model.*``).
-Weights are returned as memory-mapped tensors (nothing is copied here).
+Weights are returned as memory-mapped tensors (nothing is copied here), under the names the
+real files use (:func:`llama_layout`, :func:`clip_text_layout`). Those names are the pack's own
+facts: they do not follow whatever the installed transformers calls its parameters (transformers
+5 dropped ``CLIPTextModel``'s ``text_model.`` level, for one); :mod:`.loader` maps them onto the
+model it builds.
 """
 
 from __future__ import annotations
@@ -35,6 +39,55 @@ LLM_SKIP = ("lm_head.", "language_model.lm_head.", "vision_tower.", "model.visio
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + (".bin", ".pt", ".pth")
 
 
+Shapes = dict[str, tuple[int, ...]]
+
+
+def llama_layout(*, vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                 head_dim: int) -> Shapes:
+    """Keys and shapes of a Llama language model as the real files hold them, without a prefix
+    (HF folders and ComfyUI's single file add ``model.``, a full LLaVA ``language_model.model.``)."""
+    out: Shapes = {"embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"layers.{i}."
+        out.update({
+            p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+            p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+            p + "mlp.gate_proj.weight": (intermediate, hidden),
+            p + "mlp.up_proj.weight": (intermediate, hidden),
+            p + "mlp.down_proj.weight": (hidden, intermediate),
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
+        })
+    out["norm.weight"] = (hidden,)
+    return out
+
+
+def clip_encoder_layout(prefix: str, *, hidden: int, intermediate: int, layers: int) -> Shapes:
+    """The transformer layers of a CLIP text or vision tower (``{prefix}layers.N.*``)."""
+    out: Shapes = {}
+    for i in range(layers):
+        p = f"{prefix}layers.{i}."
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            out.update({f"{p}self_attn.{proj}.weight": (hidden, hidden), f"{p}self_attn.{proj}.bias": (hidden,)})
+        out.update({p + "layer_norm1.weight": (hidden,), p + "layer_norm1.bias": (hidden,),
+                    p + "mlp.fc1.weight": (intermediate, hidden), p + "mlp.fc1.bias": (intermediate,),
+                    p + "mlp.fc2.weight": (hidden, intermediate), p + "mlp.fc2.bias": (hidden,),
+                    p + "layer_norm2.weight": (hidden,), p + "layer_norm2.bias": (hidden,)})
+    return out
+
+
+def clip_text_layout(*, vocab: int, hidden: int, intermediate: int, layers: int, positions: int) -> Shapes:
+    """Keys and shapes of a CLIP text model as ``clip_l.safetensors`` and HF folders hold them
+    (``text_model.*``; the ``position_ids`` buffer some files carry is not a weight)."""
+    out: Shapes = {"text_model.embeddings.token_embedding.weight": (vocab, hidden),
+                   "text_model.embeddings.position_embedding.weight": (positions, hidden)}
+    out.update(clip_encoder_layout("text_model.encoder.", hidden=hidden, intermediate=intermediate, layers=layers))
+    out.update({"text_model.final_layer_norm.weight": (hidden,), "text_model.final_layer_norm.bias": (hidden,)})
+    return out
+
+
 @dataclass
 class FoundWeights:
     """Tensors under the model's own key names, the JSON config if one came with them,
@@ -55,6 +108,13 @@ def read_config(folder: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"config {str(path)!r} is not valid JSON: {exc}") from exc
+
+
+def config_json(model_type: str, architecture: str | None, fields: dict, dtype: str = "float16") -> dict:
+    """A config.json as the real folders have it: transformers 4.x field names (``rope_theta``,
+    ``torch_dtype``), which transformers 4.5x and 5.x both read; the loaders' ``*_fields`` give ``fields``."""
+    head = {"architectures": [architecture]} if architecture else {}
+    return {**head, "model_type": model_type, **fields, "torch_dtype": dtype}
 
 
 def is_llava_config(config: dict | None) -> bool:

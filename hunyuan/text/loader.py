@@ -1,5 +1,8 @@
 """Building the LLM (transformers ``LlamaModel``) and CLIP-L (``CLIPTextModel``) without copies.
 
+The files' key names (see :mod:`.layouts`) are mapped onto whatever the installed transformers
+(4.5x or 5.x) names the parameters; users never re-save weights for a transformers upgrade.
+
 Streaming load: the module is created with empty (meta) parameters, then the memory-mapped
 tensors from :mod:`.layouts` are assigned in place (``load_state_dict(assign=True)``). When the
 requested dtype equals the file's, the parameters ARE the file's pages, so peak RAM is about one
@@ -40,10 +43,26 @@ def _heads_for(hidden: int, head_dim: int) -> int:
     return hidden // head_dim if hidden >= 4 * head_dim else 4
 
 
-def llama_config(found: FoundWeights) -> LlamaConfig:
-    """The config from the folder (if any) with every shape re-read from the weights."""
+# Fields of a config.json that describe the file, not the model; transformers sets them itself.
+_FILE_FIELDS = ("architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path")
+
+
+def _rope_as_saved_by_4x(config: dict) -> dict:
+    """A config.json saved by transformers 5 holds ``rope_parameters``; 4.x reads only ``rope_theta``
+    and ``rope_scaling`` (and would silently use theta 10000), 5.x reads both spellings. Use the 4.x one."""
+    config = dict(config)
+    params = dict(config.pop("rope_parameters", None) or {})
+    if "rope_theta" in params:
+        config.setdefault("rope_theta", params.pop("rope_theta"))
+    if params.get("rope_type", "default") != "default":
+        config.setdefault("rope_scaling", params)
+    return config
+
+
+def llama_fields(found: FoundWeights) -> dict:
+    """The LLM's config.json fields: the folder's config (if any) with every shape re-read from the weights."""
     sd = found.tensors
-    base = {**LLAVA_LLAMA3_8B, **(found.config or {})}
+    base = {**LLAVA_LLAMA3_8B, **_rope_as_saved_by_4x(found.config or {})}
     vocab, hidden = sd["embed_tokens.weight"].shape
     if found.config is None or "num_attention_heads" not in found.config:
         base["num_attention_heads"] = _heads_for(hidden, 128)
@@ -55,12 +74,15 @@ def llama_config(found: FoundWeights) -> LlamaConfig:
         intermediate_size=sd["layers.0.mlp.gate_proj.weight"].shape[0],
         num_key_value_heads=sd["layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
     )
-    for key in ("architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path"):
-        base.pop(key, None)
-    return LlamaConfig(**base)
+    return {k: v for k, v in base.items() if k not in _FILE_FIELDS}
 
 
-def clip_config(found: FoundWeights) -> CLIPTextConfig:
+def llama_config(found: FoundWeights) -> LlamaConfig:
+    return LlamaConfig(**llama_fields(found))
+
+
+def clip_fields(found: FoundWeights) -> dict:
+    """CLIP-L's config.json fields, shapes re-read from the (``text_model.*``) weights."""
     sd = found.tensors
     base = {**CLIP_L, **(found.config or {})}
     vocab, hidden = sd["text_model.embeddings.token_embedding.weight"].shape
@@ -72,9 +94,11 @@ def clip_config(found: FoundWeights) -> CLIPTextConfig:
         intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
     )
-    for key in ("architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path"):
-        base.pop(key, None)
-    return CLIPTextConfig(**base)
+    return {k: v for k, v in base.items() if k not in _FILE_FIELDS}
+
+
+def clip_config(found: FoundWeights) -> CLIPTextConfig:
+    return CLIPTextConfig(**clip_fields(found))
 
 
 def _file_dtype(found: FoundWeights, key: str) -> torch.dtype:
@@ -104,11 +128,39 @@ def _cast(tensor: torch.Tensor, scale: torch.Tensor | None, dtype: DtypeChoice) 
     return tensor if tensor.dtype == dtype.compute else tensor.to(dtype.compute)
 
 
-def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8_names: set[str], what: str):
+def _model_prefix(model: torch.nn.Module, anchor: str, what: str) -> str:
+    """Where the installed transformers puts the weights the files keep under one common prefix:
+    the part of ``model.state_dict()``'s name before ``anchor`` (``text_model.`` for CLIP under
+    transformers 4, nothing under 5)."""
+    owners = [k[: -len(anchor)] for k in model.state_dict() if k == anchor or k.endswith("." + anchor)]
+    if len(owners) != 1:
+        raise RuntimeError(
+            f"the installed transformers builds a {type(model).__name__} with {len(owners)} parameters named "
+            f"'...{anchor}'; expected exactly one (this transformers version is not supported for the {what})"
+        )
+    return owners[0]
+
+
+def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8_names: set[str], what: str,
+            file_prefix: str, anchor: str):
+    """Put the file's tensors (real names, all under ``file_prefix``) into ``model``.
+
+    ``file_prefix + anchor`` is one file key; the model's own name for it tells how the file's
+    names map onto the installed transformers' names.
+    """
+    model_prefix = _model_prefix(model, anchor, what)
+
+    def to_model(name: str) -> str:
+        return model_prefix + name[len(file_prefix):]
+
+    def to_file(name: str) -> str:
+        return file_prefix + name[len(model_prefix):] if name.startswith(model_prefix) else name
+
     state = {}
     for name in list(found.tensors):
         tensor = found.tensors.pop(name)  # drop our reference as we go
         scale = found.scales.get(name)
+        name = to_model(name)
         if name in fp8_names:
             state[name], state[name[: -len("weight")] + "weight_scale"] = _to_fp8(tensor, scale)
         else:
@@ -116,6 +168,7 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
+        missing, unexpected = [to_file(k) for k in missing], [to_file(k) for k in unexpected]
         raise CheckpointError(
             f"{what} checkpoint {str(found.source)!r} does not match the model built from its shapes: "
             f"missing {missing[:5]} ({len(missing)} total), unexpected {unexpected[:5]} ({len(unexpected)} total)"
@@ -130,7 +183,7 @@ def build_llm(found: FoundWeights, dtype: DtypeChoice) -> LlamaModel:
     with init_empty_weights():
         model = LlamaModel(config)
     fp8_names = make_fp8_linears(model) if dtype.fp8 else set()
-    _assign(model, found, dtype, fp8_names, "LLM")
+    _assign(model, found, dtype, fp8_names, "LLM", "", "embed_tokens.weight")
     return model.eval().requires_grad_(False)
 
 
@@ -143,7 +196,7 @@ def build_clip(found: FoundWeights, dtype: DtypeChoice) -> CLIPTextModel:
     config._attn_implementation = "sdpa"
     with init_empty_weights():
         model = CLIPTextModel(config)
-    _assign(model, found, dtype, set(), "CLIP")
+    _assign(model, found, dtype, set(), "CLIP", "text_model.", "embeddings.token_embedding.weight")
     return model.eval().requires_grad_(False)
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM
 
+from .layouts import Shapes, clip_encoder_layout, clip_text_layout, config_json, llama_layout
 from .loader import CLIP_L, LLAVA_LLAMA3_8B
 
 LLAMA_DIR, LLAVA_DIR, CLIP_DIR = "hyvid_tiny_llama", "hyvid_tiny_llava", "hyvid_tiny_clip_l"
@@ -50,13 +50,7 @@ def clip_tokenizer_dir() -> Path:
     return comfy_dir() / "comfy" / "sd1_tokenizer"
 
 
-def _shapes(model_cls, config) -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        model = model_cls(config)
-    return {k: v.shape for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-
-
-def _randomize(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
+def _randomize(shapes: Shapes, seed: int) -> dict[str, torch.Tensor]:
     """fp16 values: norm weights near 1, everything else N(0, 0.1)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
@@ -67,20 +61,56 @@ def _randomize(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tens
     return out
 
 
-def tiny_llama_config() -> LlamaConfig:
-    return LlamaConfig(**{**LLAVA_LLAMA3_8B, **TINY_LLAMA, "max_position_embeddings": 1024})
+def tiny_llama_config() -> dict:
+    """The tiny LLM's config.json fields (the real file's names: ``rope_theta``, ``head_dim``...)."""
+    return {**LLAVA_LLAMA3_8B, **TINY_LLAMA, "max_position_embeddings": 1024}
 
 
-def tiny_llama_weights(seed: int = 0) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
-    """LlamaForCausalLM-named fp16 weights (``model.*`` + ``lm_head.weight``)."""
+def tiny_clip_config() -> dict:
+    return {**CLIP_L, **TINY_CLIP}
+
+
+def llama_shapes(config: dict) -> Shapes:
+    """Bare language-model names and shapes for a config.json's fields."""
+    return llama_layout(vocab=config["vocab_size"], hidden=config["hidden_size"],
+                        intermediate=config["intermediate_size"], layers=config["num_hidden_layers"],
+                        heads=config["num_attention_heads"], kv_heads=config["num_key_value_heads"],
+                        head_dim=config["head_dim"])
+
+
+def tiny_llama_weights(seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+    """LlamaForCausalLM-layout fp16 weights (``model.*`` + ``lm_head.weight``), as HF folders hold them."""
     config = tiny_llama_config()
-    return config, _randomize(_shapes(LlamaForCausalLM, config), seed)
+    shapes = {"model." + k: v for k, v in llama_shapes(config).items()}
+    shapes["lm_head.weight"] = (config["vocab_size"], config["hidden_size"])
+    return config, _randomize(shapes, seed)
 
 
-def tiny_clip_weights(seed: int = 0) -> tuple[CLIPTextConfig, dict[str, torch.Tensor]]:
-    """CLIPTextModel-named fp16 weights (``text_model.*``)."""
-    config = CLIPTextConfig(**{**CLIP_L, **TINY_CLIP})
-    return config, _randomize(_shapes(CLIPTextModel, config), seed + 1)
+def tiny_clip_weights(seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+    """CLIP text-model fp16 weights (``text_model.*``), as clip_l.safetensors holds them."""
+    config = tiny_clip_config()
+    shapes = clip_text_layout(vocab=config["vocab_size"], hidden=config["hidden_size"],
+                              intermediate=config["intermediate_size"], layers=config["num_hidden_layers"],
+                              positions=config["max_position_embeddings"])
+    return config, _randomize(shapes, seed + 1)
+
+
+def llava_vision_shapes(vision: dict, text_hidden: int) -> Shapes:
+    """xtuner's LLaVA vision tower (a CLIP vision model) and projector, under their on-disk names."""
+    hidden, patch = vision["hidden_size"], vision["patch_size"]
+    v = "vision_tower.vision_model."
+    out: Shapes = {v + "embeddings.class_embedding": (hidden,),
+                   v + "embeddings.patch_embedding.weight": (hidden, 3, patch, patch),
+                   v + "embeddings.position_embedding.weight": ((vision["image_size"] // patch) ** 2 + 1, hidden),
+                   v + "pre_layrnorm.weight": (hidden,), v + "pre_layrnorm.bias": (hidden,)}
+    out.update(clip_encoder_layout(v + "encoder.", hidden=hidden, intermediate=vision["intermediate_size"],
+                                   layers=vision["num_hidden_layers"]))
+    out.update({v + "post_layernorm.weight": (hidden,), v + "post_layernorm.bias": (hidden,),
+                "multi_modal_projector.linear_1.weight": (text_hidden, hidden),
+                "multi_modal_projector.linear_1.bias": (text_hidden,),
+                "multi_modal_projector.linear_2.weight": (text_hidden, text_hidden),
+                "multi_modal_projector.linear_2.bias": (text_hidden,)})
+    return out
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -89,37 +119,32 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copyfile(file, dst / file.name)
 
 
-def _write_config(folder: Path, config) -> None:
+def _write_config(folder: Path, config: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(config.to_json_string())
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def write_tiny_llama_folder(folder: Path, config: LlamaConfig, sd: dict) -> Path:
-    _write_config(folder, config)
+def write_tiny_llama_folder(folder: Path, config: dict, sd: dict) -> Path:
+    _write_config(folder, config_json("llama", "LlamaForCausalLM", config))
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
     _copy_tokenizer(llama_tokenizer_dir(), folder)
     return folder
 
 
-def write_tiny_llava_folder(folder: Path, config: LlamaConfig, sd: dict, seed: int) -> Path:
+def write_tiny_llava_folder(folder: Path, config: dict, sd: dict, seed: int) -> Path:
     """xtuner's on-disk LLaVA layout: ``language_model.model.*`` in 2 shards, vision tower + projector in a 3rd."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(**TINY_VISION)
-    llava = LlavaConfig(vision_config=vision, text_config=config, image_token_index=128257)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(llava.to_json_string())
-    old_names = {"model.language_model.": "language_model.model.", "model.vision_tower.": "vision_tower.",
-                 "model.multi_modal_projector.": "multi_modal_projector.", "lm_head.": "language_model.lm_head."}
-    others = {}
-    for key, shape in _shapes(LlavaForConditionalGeneration, llava).items():
-        if not key.startswith(("model.language_model.", "lm_head.")):
-            new = next(old + key[len(new):] for new, old in old_names.items() if key.startswith(new))
-            others[new] = shape
-    extra = _randomize(others, seed + 2)
+    vision = {**TINY_VISION, "hidden_act": "quick_gelu"}
+    llava = config_json("llava", "LlavaForConditionalGeneration", {
+        "text_config": config_json("llama", None, config),
+        "vision_config": config_json("clip_vision_model", None, vision),
+        "image_token_index": 128257, "projector_hidden_act": "gelu",
+        "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+    })
+    _write_config(folder, llava)
+    extra = _randomize(llava_vision_shapes(vision, config["hidden_size"]), seed + 2)
     renamed = {("language_model." + k): v for k, v in sd.items()}
     renamed.update(extra)
-    half = config.num_hidden_layers // 2
+    half = config["num_hidden_layers"] // 2
     first_prefixes = ("language_model.model.embed_tokens.",) + tuple(
         f"language_model.model.layers.{i}." for i in range(half))
     first = {k: v for k, v in renamed.items() if k.startswith(first_prefixes)}
@@ -153,7 +178,7 @@ def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
     save_file({**clip, "text_projection.weight": projection}, str(te_dir / CLIP_FILE))
     written += [te_dir / LLAMA_FILE, te_dir / CLIP_FILE]
     clip_folder = models_dir / "clip" / CLIP_DIR
-    _write_config(clip_folder, clip_config)
+    _write_config(clip_folder, config_json("clip_text_model", "CLIPTextModel", clip_config))
     save_file(clip, str(clip_folder / "model.safetensors"), metadata={"format": "pt"})
     _copy_tokenizer(clip_tokenizer_dir(), clip_folder)
     written.append(clip_folder)

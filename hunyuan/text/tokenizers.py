@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerFast
+from transformers import CLIPTokenizer, PreTrainedTokenizerFast
 
 from ..checkpoint_io import CheckpointError
 
@@ -31,10 +31,16 @@ def _check(folder: Path, needed: tuple[str, ...], what: str) -> None:
 
 
 def load_llm_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
-    """Llama-3 fast tokenizer (``tokenizer.json`` + ``tokenizer_config.json``); pads on the right."""
+    """Llama-3 tokenizer: ``tokenizer.json``'s own pipeline, the special tokens of
+    ``tokenizer_config.json``; pads on the right.
+
+    The class is chosen here, not by the config's ``tokenizer_class``: LLaVA-Llama-3 folders name
+    ``LlamaTokenizer``, and transformers 5's class of that name rebuilds a SentencePiece-style
+    (Metaspace) pipeline around the byte-level BPE vocabulary, which drops spaces and newlines.
+    """
     folder = Path(folder)
     _check(folder, LLAMA_FILES, "Llama-3")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     if tokenizer.pad_token_id is None:
         raise CheckpointError(
             f"Llama-3 tokenizer in {str(folder)!r} has no pad token; expected LLaVA's '<pad>' in tokenizer_config.json"

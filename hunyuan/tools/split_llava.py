@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint_io import CheckpointError, load_state_dict
-from ..text.layouts import FoundWeights, is_llava_config, read_config, weight_files
-from ..text.loader import llama_config
+from ..text.layouts import FoundWeights, config_json, is_llava_config, read_config, weight_files
+from ..text.loader import llama_fields
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,15 @@ def split_llava(src: str | Path, dst: str | Path) -> Path:
         write_safetensors(dst / name, part, {"format": "pt"})
         for key, tensor in part.items():
             weight_map[key] = name
-            shapes[key] = torch.empty(tensor.shape, device="meta")
+            shapes[key] = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
             total += tensor.numel() * tensor.element_size()
         log.info("%s: %d language-model tensors -> %s", shard.name, len(part), name)
         del part
     found = FoundWeights(src, {k[len("model."):]: v for k, v in shapes.items() if k.startswith("model.")},
                          config.get("text_config") or {})
-    llama = llama_config(found)
-    llama.architectures = ["LlamaForCausalLM"]
-    (dst / "config.json").write_text(llama.to_json_string())
+    dtype = str(found.tensors["embed_tokens.weight"].dtype).removeprefix("torch.")
+    config = config_json("llama", "LlamaForCausalLM", llama_fields(found), dtype)
+    (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     _copy_tokenizer(src, dst)

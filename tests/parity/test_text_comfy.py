@@ -9,26 +9,32 @@ hidden state (what native CLIPTextEncode uses) must equal ours on the real promp
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 from hunyuan.text import (
+    IMAGE,
     VIDEO,
     EncodeOptions,
     crop_start,
+    load_clip_tokenizer,
     load_llm,
     load_llm_tokenizer,
     parse_dtype,
 )
 from hunyuan.text.encode import encode_llm
-from hunyuan.text.tiny import LLAMA_FILE, TINY_LLAMA, llama_tokenizer_dir, write_tiny
+from hunyuan.text.tiny import LLAMA_FILE, TINY_LLAMA, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "A panda eats bamboo in the rain, cinematic lighting."
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,7 +100,42 @@ def test_single_file_hidden_states_match_comfyui(single_file):
     assert rel_err(states[0, :n], hidden[0, crop:]) <= 1e-5
 
 
+def reference_ids(text: str) -> list[int]:
+    """tokenizer.json run by the tokenizers library alone: the pipeline the reference (Tencent's
+    AutoTokenizer under transformers 4.x, diffusers) applies, with no transformers class in between."""
+    return Tokenizer.from_file(str(llama_tokenizer_dir() / "tokenizer.json")).encode(text).ids
+
+
+def test_our_template_ids_are_the_references():
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    for template in (VIDEO, IMAGE):
+        text = template.apply(PROMPT)
+        ours = tokenizer(text)["input_ids"]
+        assert ours == reference_ids(text)
+        # <|begin_of_text|> <|start_header_id|> system <|end_header_id|> "\n\n" Describe
+        assert ours[:6] == [128000, 128006, 9125, 128007, 271, 75885]
+        crop = crop_start(tokenizer, template)
+        assert ours[crop - 4:crop] == [128006, 882, 128007, 271]  # <|start_header_id|>user<|end_header_id|>\n\n
+
+
+def test_clip_ids_are_the_references():
+    """CLIP-L's BPE: ids as transformers 4.57's CLIPTokenizer (the reference's) gives them, under 4.x and 5.x."""
+    tokenizer = load_clip_tokenizer(clip_tokenizer_dir())
+    ids = tokenizer("A cat walks on the grass, realistic style. Two dogs!")["input_ids"]
+    assert ids == [49406, 320, 2368, 8192, 525, 518, 5922, 267, 16157, 1844, 269, 1237, 3255, 256, 49407]
+    padded = tokenizer("a cat", max_length=6, padding="max_length", truncation=True)["input_ids"]
+    assert padded == [49406, 320, 2368, 49407, 49407, 49407]
+
+
 def test_comfyui_template_and_crop_match_ours():
+    """ComfyUI 0.3.75 tokenizes the template like us under transformers 4.x; under 5.x its ids move.
+
+    ComfyUI loads its llama_tokenizer folder with transformers' ``LlamaTokenizerFast``. Under
+    transformers 5 that name is ``LlamaTokenizer``, which builds a SentencePiece-style (Metaspace)
+    pipeline around tokenizer.json's byte-level BPE vocabulary and drops every space and newline:
+    the ids part from ours at index 4, the "\n\n" after the system header. That is ComfyUI's native
+    text path (DualCLIPLoader + CLIPTextEncode) misreading prompts; ours stay the reference's.
+    """
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
@@ -105,11 +146,20 @@ def test_comfyui_template_and_crop_match_ours():
     pairs = native.tokenize_with_weights(PROMPT)["llama"][0]
     native_ids = [int(p[0]) for p in pairs]
     tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
-    ours = tokenizer(VIDEO.apply(PROMPT))["input_ids"]
-    assert native_ids == ours
-    # ComfyUI crops after "<|start_header_id|>user<|end_header_id|>\n\n" (ids 128006, 882, 128007, 271).
-    crop = crop_start(tokenizer, VIDEO)
-    assert native_ids[crop - 4:crop] == [128006, 882, 128007, 271]
+    text = VIDEO.apply(PROMPT)
+    ours = tokenizer(text)["input_ids"]
+    assert ours == reference_ids(text)
+    if TRANSFORMERS_MAJOR < 5:
+        assert native_ids == ours
+        # ComfyUI crops after "<|start_header_id|>user<|end_header_id|>\n\n" (ids 128006, 882, 128007, 271).
+        crop = crop_start(tokenizer, VIDEO)
+        assert native_ids[crop - 4:crop] == [128006, 882, 128007, 271]
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(native_ids, ours, strict=False)) if a != b)
+        assert first == 4 and ours[4] == 271
+        decoded = Tokenizer.from_file(str(llama_tokenizer_dir() / "tokenizer.json")).decode(
+            native_ids, skip_special_tokens=False)
+        assert decoded == "<|begin_of_text|>" + re.sub(r"\s", "", text)
 
 
 def test_bridge_turns_native_conditioning_into_our_embeds(single_file):

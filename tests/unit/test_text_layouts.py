@@ -205,3 +205,28 @@ def test_truncated_llama_is_reported(models, tmp_path):
     save_file(sd, path)
     with pytest.raises(CheckpointError, match=r"broken\.safetensors.*missing \['layers\.2\.self_attn\.o_proj\.weight'\]"):
         load_llm(path, FP32)
+
+
+def test_truncated_clip_is_reported_under_the_files_names(models, tmp_path):
+    """Under transformers 5 too, where the model's own name has no text_model. level."""
+    sd = load_file(models / "text_encoders" / CLIP_FILE)
+    del sd["text_model.encoder.layers.1.mlp.fc2.bias"]
+    path = tmp_path / "clip_broken.safetensors"
+    save_file(sd, path)
+    with pytest.raises(CheckpointError,
+                       match=r"clip_broken\.safetensors.*missing \['text_model\.encoder\.layers\.1\.mlp\.fc2\.bias'\]"):
+        load_clip(path, FP32)
+
+
+def test_config_saved_by_transformers_5_keeps_its_rope_theta(models, tmp_path):
+    """transformers 5 saves rope_theta inside rope_parameters; 4.x alone would not read it there."""
+    folder = tmp_path / "saved_by_5"
+    shutil.copytree(models / "LLM" / LLAMA_DIR, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("rope_theta") == 500000.0  # LLaVA-Llama-3's, also the loader's default
+    theta = 123456.0
+    config["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    (folder / "config.json").write_text(json.dumps(config))
+    got = load_llm(folder, FP32).rotary_emb.inv_freq
+    head_dim = config["head_dim"]
+    assert torch.allclose(got, 1.0 / theta ** (torch.arange(0, head_dim, 2) / head_dim), rtol=1e-6, atol=0)
