@@ -31,14 +31,11 @@ from hunyuan.text import (
 )
 from hunyuan.text.encode import encode_llm
 from hunyuan.text.tiny import LLAMA_FILE, TINY_LLAMA, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
+from tests.checks import rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "A panda eats bamboo in the rain, cinematic lighting."
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 @pytest.fixture(scope="module")

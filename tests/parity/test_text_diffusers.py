@@ -30,12 +30,9 @@ from hunyuan.text import (
     parse_dtype,
 )
 from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
+from tests.checks import rel_err
 
 PROMPTS = ["A cat walks on the grass, realistic style.", "Two dogs play with a red ball in slow motion"]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 @pytest.fixture(scope="module")
