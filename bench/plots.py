@@ -170,6 +170,17 @@ def plot_step_cache(data: dict, fig) -> None:
     b.set_title("skipped steps per cache", fontsize=9)
 
 
+def plot_compile_cfg(data: dict, fig) -> None:
+    a = fig.subplots(1, 1)
+    pairs = [("two forwards", data["batched_cfg"]["seconds"]["two_forwards"]),
+             ("batched CFG", data["batched_cfg"]["seconds"]["batched"])]
+    if "seconds" in data["compile"]:
+        pairs += [("eager", data["compile"]["seconds"]["eager"]), ("compiled", data["compile"]["seconds"]["compiled"])]
+    _bars(a, [p[0] for p in pairs], [p[1]["median"] for p in pairs], colors=OURS)
+    a.set_ylabel("seconds per step")
+    a.set_title("one step, real width, bf16, CPU", fontsize=9)
+
+
 def plot_gpu(data: dict, fig) -> None:
     a, b = fig.subplots(1, 2)
     rows = [r for r in data.get("rows", []) if not r.get("oom")]
@@ -182,7 +193,8 @@ def plot_gpu(data: dict, fig) -> None:
 
 PLOTS = {"dit_step": (plot_dit, (13, 4)), "refiner": (plot_refiner, (10, 4)), "vae_decode": (plot_vae, (14, 4.5)),
          "text_memory": (plot_text, (8, 4)), "blockswap": (plot_blockswap, (8, 4)), "planner": (plot_planner, (11, 4.5)),
-         "pipeline": (plot_pipeline, (10, 4)), "step_cache": (plot_step_cache, (10, 4)), "gpu": (plot_gpu, (10, 4))}
+         "pipeline": (plot_pipeline, (10, 4)), "step_cache": (plot_step_cache, (10, 4)),
+         "compile_cfg": (plot_compile_cfg, (7, 4)), "gpu": (plot_gpu, (10, 4))}
 
 
 def make_plots(results: dict, out_dir: Path) -> dict[str, Path]:

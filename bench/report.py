@@ -16,16 +16,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.report_fmt import MET, MISSED, NOT_MEASURED, NOT_RUN
 from bench.report_models import dit_section, refiner_section, text_section, vae_section
 from bench.report_system import (
     blockswap_section,
+    compile_cfg_section,
     gpu_section,
     pipeline_section,
     planner_section,
     step_cache_section,
 )
-
-MET, MISSED, INFO, NOT_MEASURED, NOT_RUN = "MET", "MISSED", "no target", "NOT MEASURED", "NOT RUN"
 
 
 @dataclass
@@ -55,6 +55,7 @@ GROUPS: list[tuple[str, str, Callable]] = [
     ("planner", "Memory planner: predicted vs measured, 13B vs published", planner_section),
     ("pipeline", "Whole pipeline: tiny demo through the API vs in-process", pipeline_section),
     ("step_cache", "Step caches: time per video vs no cache", step_cache_section),
+    ("compile_cfg", "Compiled blocks and batched true CFG: one step", compile_cfg_section),
     ("gpu", "GPU mode: block-swap counts and attention backends", gpu_section),
 ]
 

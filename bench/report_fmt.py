@@ -9,7 +9,7 @@ figures that relate two groups. A verdict is a dict with figure, target, measure
 from __future__ import annotations
 
 MB = 2**20
-MET, MISSED, INFO = "MET", "MISSED", "no target"
+MET, MISSED, INFO, NOT_MEASURED, NOT_RUN = "MET", "MISSED", "no target", "NOT MEASURED", "NOT RUN"
 
 
 def verdict(figure: str, target: str, measured: str, status: str, note: str = "") -> dict:

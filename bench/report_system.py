@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.report_fmt import INFO, MB, met, rng, table, verdict
+from bench.report_fmt import INFO, MB, NOT_RUN, met, rng, table, verdict
 
 PLANNER_BAND = 20.0
 
@@ -179,4 +179,29 @@ def step_cache_section(data: dict, results: dict) -> tuple[list[dict], str]:
             "model). Not measured yet: the same against ComfyUI's native EasyCache on its own HunyuanVideo model.\n\n")
     body += table(["cache", "setting", "seconds per video", "speed-up", "computed / skipped", "final latent vs uncached"],
                   table_rows)
+    return verdicts, body
+
+
+# -- compile and batched CFG -----------------------------------------------------------------------
+
+def compile_cfg_section(data: dict, results: dict) -> tuple[list[dict], str]:
+    c, b, comp = data["config"], data["batched_cfg"], data["compile"]
+    verdicts = [verdict("Batched true CFG step vs two forwards (bf16, CPU)", "report (the gain is on a GPU)",
+                        f"{rng(b['speedup'], '{:.2f}', 'x')}; outputs differ by {b['max_rel_diff']:.1e} (bf16)", INFO)]
+    rows = [["true CFG, two forwards", rng(b["seconds"]["two_forwards"], "{:.2f}")],
+            ["true CFG, one batched forward", rng(b["seconds"]["batched"], "{:.2f}")]]
+    if "skipped" in comp:
+        verdicts.append(verdict("Compiled vs eager step (inductor, CPU)", "report", comp["skipped"], NOT_RUN))
+    else:
+        verdicts.append(verdict("Compiled vs eager step (inductor, CPU)", "report",
+                                f"{rng(comp['speedup'], '{:.2f}', 'x')}, compiled in {comp['compile_s']:.0f} s; outputs "
+                                f"differ by {comp['max_rel_diff']:.1e} (bf16)", INFO))
+        rows += [["one pass, eager", rng(comp["seconds"]["eager"], "{:.2f}")],
+                 ["one pass, blocks compiled", rng(comp["seconds"]["compiled"], "{:.2f}")]]
+    body = (f"The DiT at real width ({c['hidden']}) with {c['blocks'][0]} double + {c['blocks'][1]} single blocks, "
+            f"random weights, {c['dtype']}, the step-cache bench's video size, text of {c['text_tokens'][0]} and "
+            f"{c['text_tokens'][1]} tokens; each pair in turn, {c['repeats']} repeats. The fp32 equalities are tests "
+            "(compiled == eager within 1e-5, batched == two forwards within 1e-6); here both run in bf16, where "
+            "another kernel or batch shape rounds differently.\n\n")
+    body += table(["one step", "seconds (median, range)"], rows)
     return verdicts, body

@@ -59,6 +59,7 @@ BENCHES = [
     # one repeat (about 2.5 min here) keeps make bench near its 20-minute budget; the script defaults to 2
     Bench("step_cache", "bench_step_cache.py", "step_cache.json", args=("--repeats", "1"),
           quick_args=("--steps", "4", "--repeats", "1")),
+    Bench("compile_cfg", "bench_compile_cfg.py", "compile_cfg.json", quick_args=("--repeats", "1")),
     Bench("vae_decode", "bench_vae_decode.py", "vae_decode.json", quick_args=None, takes_out=False,
           args=("--variants", "ours_untiled", "ours_tiled_64_16", "diffusers_tiled", "comfy_untiled", "comfy_tiled")),
     Bench("text_memory", "bench_text_memory.py", "text_memory.json", quick_args=None, memory_only=True),
