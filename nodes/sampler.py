@@ -279,14 +279,20 @@ def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int, 
     return est.activation_bytes + est.state_bytes + est.text_bytes
 
 
-def _progress(total: int, device):
-    """Step callback: progress bar with a latent preview, then the interrupt check."""
+def _progress(total: int, device, cache: StepCacheRun | None = None, node_id: str | None = None):
+    """Step callback: progress bar with a latent preview, the step cache's computed/skipped
+    counts as the node's progress text (ComfyUI's own way to show text on a running node), then
+    the interrupt check."""
     pbar = comfy.utils.ProgressBar(total)
     previewer = latent_preview.get_previewer(device, comfy.latent_formats.HunyuanVideo())
 
     def callback(info) -> None:
         preview = previewer.decode_latent_to_preview_image("JPEG", info.denoised) if previewer else None
         pbar.update_absolute(info.index + 1, info.total, preview)
+        if cache is not None and node_id is not None:
+            from server import PromptServer  # ComfyUI's server module: imported only inside a running server
+
+            PromptServer.instance.send_progress_text(cache.summary(), node_id)
         mm.throw_exception_if_processing_interrupted()
 
     return callback
@@ -342,6 +348,7 @@ class HunyuanVideoSampler(CheckedNode):
                                  "activation memory, which the block-swap planner counts). Not with a Step Cache."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="{'samples': [B,16,T,H/8,W/8]} raw VAE latent.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -371,7 +378,8 @@ class HunyuanVideoSampler(CheckedNode):
             out = sample_video(
                 patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                 embedded_guidance=embedded_guidance, solver=solver, device=device,
-                callback=_progress(len(sigmas) - 1, device), step_cache=cache, batched_cfg=batched,
+                callback=_progress(len(sigmas) - 1, device, cache, cls.hidden.unique_id), step_cache=cache,
+                batched_cfg=batched,
             )
         if cache is not None:
             log.info("HunyuanVideo step cache %s", cache.summary())
