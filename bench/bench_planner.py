@@ -94,11 +94,11 @@ def predicted_forward_peak(config: dict, dtype: str, latent: tuple[int, int, int
 
     from hunyuan.dit import DiTConfig
     from hunyuan.memory import estimate_sampling_memory
+    from hunyuan.sampling import video_size
 
     cfg = DiTConfig(text_states_dim=64, text_states_dim_2=32, **config)
-    t, h, w = latent
     est = estimate_sampling_memory(
-        cfg, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, text_tokens=text,
+        cfg, **video_size(latent), text_tokens=text,
         weight_dtype=getattr(torch, dtype), attention="flash",
     )
     return est.activation_bytes

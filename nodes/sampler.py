@@ -31,6 +31,7 @@ from ..hunyuan.sampling import (
     flow_sigmas,
     latent_shape,
     seeded_noise,
+    video_size,
 )
 from ..hunyuan.sampling.pipeline import sample_video
 from .dit import COMPILE_KEY
@@ -233,9 +234,10 @@ def _start_latent(latent: dict | None, shape: tuple[int, ...], width: int, heigh
     if samples.ndim == 4:  # a single image latent [B, 16, H, W]
         samples = samples.unsqueeze(2)
     if tuple(samples.shape[1:]) != tuple(shape[1:]):
-        _, c, t, h, w = samples.shape
+        size = video_size(samples.shape)
         raise ValueError(
-            f"latent has shape {tuple(samples.shape)} ({c} channels, {(t - 1) * 4 + 1} frames, {w * 8}x{h * 8}) but "
+            f"latent has shape {tuple(samples.shape)} ({samples.shape[1]} channels, {size['frames']} frames, "
+            f"{size['width']}x{size['height']}) but "
             f"width={width}, height={height}, frames={frames} need {tuple(shape[1:])}; set them to the latent's size"
         )
     return samples.to(torch.float32)
@@ -250,10 +252,8 @@ def _swap_for_run(dit, shape, text_tokens: int, cfg: bool, batched_cfg: bool = F
     # whatever of this DiT is loaded now (by any of its patchers) is freed before our clone loads
     free = mm.get_free_memory(dit.load_device) + model.model_loaded_weight_memory
     free -= mm.extra_reserved_memory()
-    _, _, t, h, w = shape
     chosen = auto_swap(
-        config, int(free), base=settings, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, batch=shape[0],
-        text_tokens=text_tokens, cfg=cfg, weight_dtype=_weight_dtype(model),
+        config, int(free), base=settings, **video_size(shape), batch=shape[0], text_tokens=text_tokens, cfg=cfg, weight_dtype=_weight_dtype(model),
         compute_dtype=model.compute_dtype, batched_cfg=batched_cfg,
     )
     cache = dit.__dict__.setdefault("_hyvid_auto_clones", {})
@@ -270,9 +270,8 @@ def _weight_dtype(model) -> torch.dtype:
 
 def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int, batched_cfg: bool = False) -> int:
     """Working memory (not weights) the sampler needs on the device, from the planner."""
-    _, _, t, h, w = shape
     est = estimate_sampling_memory(
-        model.config, width=w * 8, height=h * 8, frames=(t - 1) * 4 + 1, batch=shape[0], text_tokens=text_tokens,
+        model.config, **video_size(shape), batch=shape[0], text_tokens=text_tokens,
         steps=steps, cfg=cfg, weight_dtype=_weight_dtype(model), compute_dtype=model.compute_dtype,
         batched_cfg=batched_cfg,
     )

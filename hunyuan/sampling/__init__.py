@@ -15,6 +15,7 @@ from .schedule import (
     flow_sigmas,
     latent_shape,
     timesteps_for,
+    video_size,
 )
 from .solvers import SOLVERS, make_solver
 
@@ -29,6 +30,7 @@ __all__ = [
     "flow_sigmas",
     "guided_velocity",
     "latent_shape",
+    "video_size",
     "make_solver",
     "noise_latent",
     "sample_flow",

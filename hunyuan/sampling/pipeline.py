@@ -15,11 +15,12 @@ import torch
 
 from ..conditioning import RefinedConditioning, RefinedText
 from ..dit.step_cache import StepCacheRun, StepCacheState
+from ..vae.config import SCALING_FACTOR
 from .loop import StepCallback, guided_velocity, noise_latent, sample_flow
 from .schedule import NUM_TRAIN_TIMESTEPS, check_sigmas, denoise_start_index
 from .solvers import VelocityFn
 
-MODEL_LATENT_SCALE = 0.476986
+MODEL_LATENT_SCALE = SCALING_FACTOR  # the VAE's latent scale: the DiT works on raw * this
 SCHEDULE_TOLERANCE = 1e-5
 
 

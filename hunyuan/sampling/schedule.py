@@ -103,6 +103,13 @@ def check_video_size(width: int, height: int, frames: int) -> None:
         raise ValueError(f"frames={frames} is not 4k+1; nearest valid: {near}")
 
 
+def video_size(latent_shape: tuple[int, ...]) -> dict[str, int]:
+    """The inverse of :func:`latent_shape`: ``width``, ``height`` and ``frames`` of a [B, C, T, H, W] latent."""
+    t, h, w = latent_shape[-3:]
+    return {"width": w * SPATIAL_COMPRESSION, "height": h * SPATIAL_COMPRESSION,
+            "frames": (t - 1) * TEMPORAL_COMPRESSION + 1}
+
+
 def latent_shape(batch: int, width: int, height: int, frames: int, channels: int = 16) -> tuple[int, ...]:
     """Shape of the latent for a video: [B, C, (frames-1)/4+1, height/8, width/8]."""
     check_video_size(width, height, frames)

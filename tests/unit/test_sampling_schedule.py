@@ -94,3 +94,11 @@ def test_latent_shape():
     assert latent_shape(2, 64, 32, 1) == (2, 16, 1, 4, 8)
     with pytest.raises(ValueError, match="frames=2"):
         latent_shape(1, 64, 64, 2)
+
+
+@pytest.mark.parametrize("size", [(848, 480, 61), (1280, 720, 129), (16, 16, 1)])
+def test_video_size_inverts_latent_shape(size):
+    from hunyuan.sampling import latent_shape, video_size
+
+    width, height, frames = size
+    assert video_size(latent_shape(2, width, height, frames)) == {"width": width, "height": height, "frames": frames}
