@@ -32,23 +32,12 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_dit_step import make_config, weights  # noqa: E402
-from bench.bench_step_cache import LATENT, TEXT_LEN  # noqa: E402
+from bench.bench_step_cache import LATENT, TEXT_LEN, partial_dit, random_text  # noqa: E402
 from bench.common import RESULTS, interleaved, ratios, spread, write_json  # noqa: E402
-from hunyuan.conditioning import RefinedText  # noqa: E402
-from hunyuan.dit.checkpoint import load_dit  # noqa: E402
 from hunyuan.dit.compile import CompileSettings, check_can_compile, compiled_blocks  # noqa: E402
 from hunyuan.sampling import flow_sigmas, seeded_noise  # noqa: E402
 from hunyuan.sampling.loop import guided_velocity  # noqa: E402
 from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE, batched_guided_velocity, text_velocity  # noqa: E402
-
-
-def text(config, sigmas, length: int, seed: int) -> RefinedText:
-    g = torch.Generator().manual_seed(seed)
-    steps = len(sigmas) - 1
-    tokens = (torch.randn(steps, 1, length, config.hidden_size, generator=g) * 0.5).to(torch.bfloat16)
-    return RefinedText(sigmas, tokens, torch.ones(1, length, dtype=torch.bool),
-                       torch.randn(1, config.text_states_dim_2, generator=g))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,18 +50,16 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", default="1,1", help="double,single blocks at real width")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_cfg.json")
     args = parser.parse_args(argv)
-    double, single = (int(v) for v in args.blocks.split(","))
-    config = make_config(double, single)
-    model = load_dit(weights(config, torch.bfloat16), dtype=torch.bfloat16)
-    model.detach_refiner()
+    config, model = partial_dit(args.blocks)
     sigmas = flow_sigmas(4, 7.0)
-    pos, neg = text(config, sigmas, TEXT_LEN, 1), text(config, sigmas, TEXT_LEN * 3 // 4, 2)
+    pos = random_text(config, sigmas, TEXT_LEN, torch.Generator().manual_seed(1))
+    neg = random_text(config, sigmas, TEXT_LEN * 3 // 4, torch.Generator().manual_seed(2))
     x = seeded_noise(0, LATENT) * MODEL_LATENT_SCALE
     kw = {"offset": 0, "guidance": 6.0}
     single_pass = text_velocity(model, pos, sigmas, **kw)
     two = guided_velocity(single_pass, text_velocity(model, neg, sigmas, **kw), 5.0)
     one = batched_guided_velocity(model, pos, neg, sigmas, 5.0, **kw)
-    out: dict = {"config": {"blocks": [double, single], "hidden": config.hidden_size, "latent": list(LATENT),
+    out: dict = {"config": {"blocks": [len(model.double_blocks), len(model.single_blocks)], "hidden": config.hidden_size, "latent": list(LATENT),
                             "text_tokens": [TEXT_LEN, TEXT_LEN * 3 // 4], "repeats": args.repeats, "dtype": "bf16"},
                  "torch": torch.__version__, "threads": torch.get_num_threads()}
     with torch.inference_mode():

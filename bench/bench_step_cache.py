@@ -39,6 +39,22 @@ LATENT = (1, 16, 2, 24, 40)  # raw latent: 2 x 12 x 20 = 480 video tokens after 
 TEXT_LEN = 128
 
 
+def partial_dit(blocks: str):
+    """The DiT at real width with ``blocks`` ("double,single") blocks, random bf16 weights, no refiner."""
+    double, single = (int(v) for v in blocks.split(","))
+    config = make_config(double, single)
+    model = load_dit(weights(config, torch.bfloat16), dtype=torch.bfloat16)
+    model.detach_refiner()
+    return config, model
+
+
+def random_text(config, sigmas: torch.Tensor, length: int, generator: torch.Generator) -> RefinedText:
+    """Random refined text tokens (bf16, N(0, 0.25)) and pooled vector for every step of ``sigmas``."""
+    tokens = (torch.randn(len(sigmas) - 1, 1, length, config.hidden_size, generator=generator) * 0.5)
+    return RefinedText(sigmas, tokens.to(torch.bfloat16), torch.ones(1, length, dtype=torch.bool),
+                       torch.randn(1, config.text_states_dim_2, generator=generator))
+
+
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
     mse = float((x.float() - ref.float()).pow(2).mean())
     peak = float(ref.float().abs().max())
@@ -52,15 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", default="1,1", help="double,single blocks at real width")
     parser.add_argument("--out", type=Path, default=RESULTS / "step_cache.json")
     args = parser.parse_args(argv)
-    double, single = (int(v) for v in args.blocks.split(","))
-    config = make_config(double, single)
-    model = load_dit(weights(config, torch.bfloat16), dtype=torch.bfloat16)
-    model.detach_refiner()
-    g = torch.Generator().manual_seed(3)
+    config, model = partial_dit(args.blocks)
     sigmas = flow_sigmas(args.steps, 7.0)
-    tokens = (torch.randn(args.steps, 1, TEXT_LEN, config.hidden_size, generator=g) * 0.5).to(torch.bfloat16)
-    text = RefinedText(sigmas, tokens, torch.ones(1, TEXT_LEN, dtype=torch.bool),
-                       torch.randn(1, config.text_states_dim_2, generator=g))
+    text = random_text(config, sigmas, TEXT_LEN, torch.Generator().manual_seed(3))
     conditioning, noise = RefinedConditioning(text), seeded_noise(0, LATENT)
     settings = {"none": None} | {kind: StepCacheSettings(kind, thr, start) for kind, (thr, start) in DEFAULTS.items()}
     runs_of: dict[str, list[StepCacheRun]] = {label: [] for label in settings}
@@ -83,7 +93,7 @@ def main(argv=None) -> int:
                     "skipped": state.skipped, "psnr_db": psnr(outputs[label], outputs["none"]),
                     "threshold": settings[label].threshold, "start": settings[label].start}
         rows[label] = row
-    data = {"config": {"blocks": [double, single], "hidden": config.hidden_size, "latent": list(LATENT),
+    data = {"config": {"blocks": [len(model.double_blocks), len(model.single_blocks)], "hidden": config.hidden_size, "latent": list(LATENT),
                        "text_tokens": TEXT_LEN, "steps": args.steps, "repeats": args.repeats, "dtype": "bf16",
                        "video_tokens": LATENT[2] * (LATENT[3] // 2) * (LATENT[4] // 2)},
             "results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -27,10 +27,10 @@ from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import load_dit
 from ..hunyuan.dit.compile import MODES as COMPILE_MODES
 from ..hunyuan.dit.compile import CompileSettings, usable
-from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds
+from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds, with_option
 
 log = logging.getLogger(__name__)
-COMPILE_KEY = "hyvid_compile"  # in the patcher's model_options["transformer_options"]
+COMPILE_KEY = "hyvid_compile"  # a with_option() key
 
 WEIGHT_DTYPES = {
     "default": None,
@@ -204,9 +204,7 @@ class HunyuanVideoCompile(CheckedNode):
         settings = CompileSettings(mode, dynamic, recompile_limit, eager_fallback)
         if not usable(settings, dit.load_device):
             return io.NodeOutput(dit)
-        clone = dit.clone()
-        clone.model_options.setdefault("transformer_options", {})[COMPILE_KEY] = settings
-        return io.NodeOutput(clone)
+        return io.NodeOutput(with_option(dit, COMPILE_KEY, settings))
 
 
 NODES = [HunyuanVideoDiTLoader, HunyuanVideoTokenRefiner, HunyuanVideoCompile]

@@ -35,14 +35,14 @@ from ..hunyuan.sampling import (
 )
 from ..hunyuan.sampling.pipeline import sample_video
 from .dit import COMPILE_KEY
-from .types import CATEGORY, CheckedNode, Conditioning, DiT
+from .types import CATEGORY, CheckedNode, Conditioning, DiT, option, with_option
 
 log = logging.getLogger(__name__)
 
 MAX_SIZE = 8192
 MAX_FRAMES = 1025
 ENGINE_ATTR = "hyvid_swap_engine"
-STEP_CACHE_KEY = "hyvid_step_cache"  # in the patcher's model_options["transformer_options"]
+STEP_CACHE_KEY = "hyvid_step_cache"  # a with_option() key
 
 
 class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
@@ -207,14 +207,12 @@ class HunyuanVideoStepCache(CheckedNode):
     @classmethod
     def execute(cls, dit, rule, threshold, start, end) -> io.NodeOutput:
         settings = StepCacheSettings(rule, threshold, start, end)
-        clone = dit.clone()
-        clone.model_options.setdefault("transformer_options", {})[STEP_CACHE_KEY] = settings
-        return io.NodeOutput(clone)
+        return io.NodeOutput(with_option(dit, STEP_CACHE_KEY, settings))
 
 
 def step_cache_run(dit) -> StepCacheRun | None:
     """Fresh per-run cache states for a DiT that carries step-cache settings."""
-    settings = dit.model_options.get("transformer_options", {}).get(STEP_CACHE_KEY)
+    settings = option(dit, STEP_CACHE_KEY)
     return StepCacheRun(settings) if settings is not None else None
 
 
@@ -299,7 +297,7 @@ def _progress(total: int, device, cache: StepCacheRun | None = None, node_id: st
 
 def _compiled(patcher):
     """Compiled block forwards for this run when the DiT carries Compile settings."""
-    settings = patcher.model_options.get("transformer_options", {}).get(COMPILE_KEY)
+    settings = option(patcher, COMPILE_KEY)
     if settings is None or not usable(settings, patcher.load_device):
         return contextlib.nullcontext()
     log.info("HunyuanVideo: compiled DiT blocks (%s); the first run at a new size compiles", settings)

@@ -17,6 +17,19 @@ RewriteModel = io.Custom("HYVID_REWRITE_MODEL")  # a rewrite backend: local caus
 
 
 
+def with_option(patcher, key: str, value):
+    """A clone of ``patcher`` carrying ``value`` under ``key`` in its transformer options, where
+    ``clone()`` (Block Swap, Step Cache, Compile, ComfyUI's own nodes) carries it on."""
+    clone = patcher.clone()
+    clone.model_options.setdefault("transformer_options", {})[key] = value
+    return clone
+
+
+def option(patcher, key: str):
+    """What :func:`with_option` put on ``patcher`` (or one of its ancestors) under ``key``; None if nothing."""
+    return patcher.model_options.get("transformer_options", {}).get(key)
+
+
 def listed(input_name: str, value, choices: list, where: str = "") -> bool | str:
     """True, or why ``value`` is not one of ``choices`` (``where``: the folder they come from)."""
     if value is None or value in choices:

@@ -120,7 +120,7 @@ class EndpointBackend:
             if remaining <= 0:
                 break
             try:
-                return parse_reply(self.url, _redact(self._post(body, headers, remaining), key))
+                return parse_reply(self.url, _redact(self._post(body, headers, remaining, key), key))
             except _Retryable as exc:
                 failures.append(str(exc))
                 log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts, exc)
@@ -131,9 +131,8 @@ class EndpointBackend:
         last = failures[-1] if failures else "no time left for an attempt"
         raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
 
-    def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> bytes:
-        """The response body; every message built from the response has the key blanked out."""
-        key = headers.get("Authorization", "").removeprefix("Bearer ")
+    def _post(self, body: bytes, headers: dict[str, str], timeout: float, key: str) -> bytes:
+        """The response body; every message built from the response has ``key`` blanked out."""
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
             with _OPENER.open(request, timeout=timeout) as response:
