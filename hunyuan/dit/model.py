@@ -107,6 +107,7 @@ class HunyuanVideoDiT(nn.Module):
         *,
         refined_text: torch.Tensor | None = None,
         step_cache=None,
+        sequence_parallel=None,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
@@ -114,8 +115,9 @@ class HunyuanVideoDiT(nn.Module):
         (ignored when ``refined_text`` is given); text_mask: [B, L] bool; text_pooled: [B, 768];
         guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
         precomputed ``txt_in`` output for this timestep; step_cache: a
-        :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack.
-        Returns [B, 16, T, H, W] in x's dtype.
+        :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack;
+        sequence_parallel: a :class:`~hunyuan.parallel.sequence.SequenceShard` when this call is one
+        rank's share of the forward. Returns [B, 16, T, H, W] in x's dtype.
         """
         grid = self._check_input(x)
         dtype = self.compute_dtype or self.img_in.proj.weight.dtype
@@ -130,16 +132,20 @@ class HunyuanVideoDiT(nn.Module):
             txt = refined_text.to(device=x.device, dtype=dtype)[:, keep]
         else:
             txt = self.refiner(text_states.to(device=x.device, dtype=dtype)[:, keep], timestep, mask, attn)
-        return self._run_blocks(img, txt, vec, mask, attn, grid, x, step_cache)
+        return self._run_blocks(img, txt, vec, mask, attn, grid, x, step_cache, sequence_parallel)
 
-    def _run_blocks(self, img, txt, vec, mask, attn, grid, x, step_cache=None) -> torch.Tensor:
+    def _run_blocks(self, img, txt, vec, mask, attn, grid, x, step_cache=None, shard=None) -> torch.Tensor:
         rope = video_rope(grid, self.config.rope_axes, self.config.rope_theta, device=x.device)
         key_mask = None
-        if not bool(mask.all()):
+        if shard is not None:
+            img, rope, key_mask, attn = shard.split(img, rope, mask, attn)
+        elif not bool(mask.all()):
             key_mask = torch.cat((mask.new_ones(mask.shape[0], img.shape[1]), mask), dim=1)
         blocks = BlockRunner(self, vec, rope, key_mask, attn, img.shape[1])
         img = blocks.rest(0, img, txt) if step_cache is None else step_cache.blocks(self, img, txt, vec, blocks)
         out = self.final_layer(img, vec)
+        if shard is not None:
+            out = shard.join(out)
         return self._unpatchify(out, grid, x.shape[2:]).to(x.dtype)
 
 

@@ -1,0 +1,184 @@
+"""Ulysses sequence parallelism and CFG parallelism for the DiT, on ``torch.distributed``.
+
+Every rank holds the whole model and the same inputs; what is split is the work of one forward:
+
+* **CFG parallel** (degree 1 or 2): with true CFG batched as [cond; uncond] (see
+  :func:`hunyuan.sampling.pipeline.batched_guided_velocity`), each CFG group runs one half of the
+  batch and the halves are gathered back.
+* **Ulysses** (degree dividing the number of heads): inside a CFG group the video tokens are split
+  into equal shards, one per rank (padded at the end to a multiple of the degree; the padding is
+  masked out of attention and dropped afterwards). Each rank rotates its own tokens with RoPE. Around
+  attention one all-to-all trades sequence shards for head shards, so each rank attends over the
+  whole sequence with ``heads / degree`` heads; a second all-to-all trades them back. The text
+  tokens are held whole by every rank (as xDiT's joint tensor): each rank takes its heads of them
+  into attention and the text output is gathered over heads, so every rank keeps the same text
+  stream.
+
+Rank layout: ``rank = cfg_index * ulysses_degree + ulysses_index``. The all-to-all is
+``torch.distributed.all_to_all_single`` (NCCL on GPUs, gloo on the CPU); yunchang's, which xfuser
+uses, wraps the same call and would add flash-attn as a dependency.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParallelGroups:
+    """This rank's place in a cfg_degree x ulysses_degree grid of processes."""
+
+    cfg_degree: int
+    ulysses_degree: int
+    cfg_index: int
+    ulysses_index: int
+    cfg_group: object | None  # ranks with the same ulysses_index (None when cfg_degree is 1)
+    ulysses_group: object | None  # ranks with the same cfg_index (None when ulysses_degree is 1)
+
+
+def check_degrees(world: int, cfg_degree: int, heads: int) -> int:
+    """The Ulysses degree for ``world`` processes, or ValueError naming what does not divide."""
+    if cfg_degree not in (1, 2):
+        raise ValueError(f"cfg_degree is {cfg_degree}; expected 1 or 2 (the two passes of true CFG)")
+    if world % cfg_degree:
+        raise ValueError(f"{world} processes cannot be split into {cfg_degree} CFG groups")
+    ulysses = world // cfg_degree
+    if heads % ulysses:
+        raise ValueError(f"Ulysses degree {ulysses} ({world} processes / cfg_degree {cfg_degree}) must divide "
+                         f"the DiT's {heads} attention heads")
+    return ulysses
+
+
+def make_groups(cfg_degree: int, heads: int) -> ParallelGroups:
+    """Create the process groups (every rank must call this, in the same order)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    ulysses = check_degrees(world, cfg_degree, heads)
+    cfg_index, ulysses_index = divmod(rank, ulysses)
+    ulysses_group = cfg_group = None
+    for c in range(cfg_degree):  # new_group is collective: every rank creates every group
+        group = dist.new_group([c * ulysses + u for u in range(ulysses)]) if ulysses > 1 else None
+        if c == cfg_index:
+            ulysses_group = group
+    for u in range(ulysses):
+        group = dist.new_group([c * ulysses + u for c in range(cfg_degree)]) if cfg_degree > 1 else None
+        if u == ulysses_index:
+            cfg_group = group
+    return ParallelGroups(cfg_degree, ulysses, cfg_index, ulysses_index, cfg_group, ulysses_group)
+
+
+def _all_to_all(send: torch.Tensor, group) -> torch.Tensor:
+    """send [P, ...] contiguous: chunk j goes to rank j of ``group``; returns what each rank sent me."""
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv
+
+
+class UlyssesAttention:
+    """Wraps an attention backend: q, k, v [B, H, n_local + Nt, D] -> [B, n_local + Nt, H*D]."""
+
+    def __init__(self, inner, groups: ParallelGroups, n_local: int):
+        self.inner, self.groups, self.n_local = inner, groups, n_local
+
+    def _gather_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Video part, [B, H, n_local, D] -> [B, H/P, n_local*P, D] (my heads, every rank's tokens)."""
+        b, h, n, d = x.shape
+        p = self.groups.ulysses_degree
+        send = x.reshape(b, p, h // p, n, d).transpose(0, 1).contiguous()
+        recv = _all_to_all(send, self.groups.ulysses_group)  # [P(source rank), B, H/P, n, D]
+        return recv.permute(1, 2, 0, 3, 4).reshape(b, h // p, p * n, d)
+
+    def _scatter_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Video output, [B, n_local*P, H/P, D] -> [B, n_local, H*D] (my tokens, every rank's heads)."""
+        b, n, hp, d = x.shape
+        p = self.groups.ulysses_degree
+        send = x.reshape(b, p, n // p, hp, d).transpose(0, 1).contiguous()
+        recv = _all_to_all(send, self.groups.ulysses_group)  # [P(source rank), B, n_local, H/P, D]
+        return recv.permute(1, 2, 0, 3, 4).reshape(b, n // p, p * hp * d)
+
+    def _gather_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Text output, [B, Nt, H/P, D] -> [B, Nt, H*D]: every rank's heads, in rank order."""
+        parts = [torch.empty_like(x) for _ in range(self.groups.ulysses_degree)]
+        dist.all_gather(parts, x.contiguous(), group=self.groups.ulysses_group)
+        return torch.cat(parts, dim=2).flatten(2)
+
+    def __call__(self, q, k, v, key_mask=None):
+        n, hp = self.n_local, q.shape[1] // self.groups.ulysses_degree
+        mine = slice(self.groups.ulysses_index * hp, (self.groups.ulysses_index + 1) * hp)
+        q, k, v = (torch.cat((self._gather_sequence(t[:, :, :n]), t[:, mine, n:]), dim=2) for t in (q, k, v))
+        out = self.inner(q, k, v, key_mask)  # [B, N_video + Nt, H/P * D]
+        out = out.unflatten(-1, (hp, -1))
+        n_video = n * self.groups.ulysses_degree
+        return torch.cat((self._scatter_sequence(out[:, :n_video]), self._gather_heads(out[:, n_video:])), dim=1)
+
+
+class SequenceShard:
+    """What :class:`~hunyuan.dit.model.HunyuanVideoDiT` calls to split and re-join its video tokens."""
+
+    def __init__(self, groups: ParallelGroups):
+        self.groups = groups
+        self.n_video = 0
+
+    def split(self, img: torch.Tensor, rope: torch.Tensor, text_mask: torch.Tensor, attn):
+        """img [B, N, C], rope [N, D/2], text_mask [B, Nt] -> this rank's (img, rope, key_mask, attn)."""
+        p, index = self.groups.ulysses_degree, self.groups.ulysses_index
+        b, n = img.shape[:2]
+        pad = -n % p
+        self.n_video = n
+        img = torch.nn.functional.pad(img, (0, 0, 0, pad))
+        rope = torch.cat((rope, rope.new_ones(pad, rope.shape[1])))  # identity rotation for padding
+        valid = torch.arange(n + pad, device=img.device) < n
+        key_mask = torch.cat((valid.expand(b, -1), text_mask), dim=1)
+        local = (n + pad) // p
+        mine = slice(index * local, (index + 1) * local)
+        attention = UlyssesAttention(attn, self.groups, local) if p > 1 else attn
+        return img[:, mine].contiguous(), rope[mine], None if bool(key_mask.all()) else key_mask, attention
+
+    def join(self, out: torch.Tensor) -> torch.Tensor:
+        """This rank's final-layer output [B, n_local, C] -> every rank's, unpadded: [B, N, C]."""
+        if self.groups.ulysses_degree == 1:
+            return out
+        parts = [torch.empty_like(out) for _ in range(self.groups.ulysses_degree)]
+        dist.all_gather(parts, out.contiguous(), group=self.groups.ulysses_group)
+        return torch.cat(parts, dim=1)[:, : self.n_video]
+
+
+class ParallelDiT:
+    """Calls a DiT as every rank's share of one forward; every rank gets the whole output.
+
+    Same call signature as the DiT, so :func:`hunyuan.sampling.pipeline.sample_video` runs on each
+    rank unchanged (with the same noise, every rank follows the same trajectory). With CFG
+    parallel the batch is split between the CFG groups, so sample with ``batched_cfg=True``; a
+    batch that does not split (CFG off) is computed whole by each CFG group.
+    """
+
+    def __init__(self, model, groups: ParallelGroups):
+        self.model, self.groups = model, groups
+        self._warned = False
+
+    def __call__(self, x, timestep, text_states, text_mask, text_pooled, guidance=None, *, refined_text=None,
+                 step_cache=None):
+        if step_cache is not None:
+            raise ValueError("step caches do not run with several processes yet; remove the Step Cache node")
+        g = self.groups
+        args = [x, timestep, text_states, text_mask, text_pooled, guidance, refined_text]
+        split = g.cfg_degree > 1 and x.shape[0] % g.cfg_degree == 0
+        if g.cfg_degree > 1 and not split and not self._warned:
+            self._warned = True
+            log.warning("CFG parallel: batch %d does not split in %d (true CFG off, or not batched); each CFG "
+                        "group computes the whole batch, so half the processes repeat the other half's work",
+                        x.shape[0], g.cfg_degree)
+        if split:
+            args = [None if a is None else a.chunk(g.cfg_degree)[g.cfg_index] for a in args]
+        *positional, refined = args
+        out = self.model(*positional, refined_text=refined, sequence_parallel=SequenceShard(g))
+        if not split:
+            return out
+        parts = [torch.empty_like(out) for _ in range(g.cfg_degree)]
+        dist.all_gather(parts, out.contiguous(), group=g.cfg_group)
+        return torch.cat(parts, dim=0)

@@ -1,0 +1,108 @@
+"""Sequence (Ulysses) and CFG parallelism on the CPU with gloo: every rank's result equals the
+single-process one (fp32, max rel. error <= 1e-5: attention sums over the same keys in a different
+order once heads are split between processes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from hunyuan.conditioning import RefinedConditioning, TextEmbeds
+from hunyuan.dit import TINY, HunyuanVideoDiT, precompute_refined_text
+from hunyuan.parallel.sequence import ParallelDiT, check_degrees, make_groups
+from hunyuan.sampling import flow_sigmas, seeded_noise
+from hunyuan.sampling.pipeline import sample_video
+from tests.checks import FP32_RTOL, rel_err
+
+SHAPE = (1, 16, 3, 6, 10)  # 3 x 3 x 5 = 45 video tokens: padded to 46 for 2 ranks, 48 for 4
+STEPS = 3
+
+
+def _dit() -> HunyuanVideoDiT:
+    torch.manual_seed(0)
+    model = HunyuanVideoDiT(TINY).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    return model
+
+
+def _conditioning(model) -> RefinedConditioning:
+    g = torch.Generator().manual_seed(1)
+    texts = []
+    for length, valid in ((6, 4), (9, 9)):  # a padded prompt and a longer negative one
+        mask = torch.arange(length)[None] < valid
+        texts.append(TextEmbeds(torch.randn(1, length, TINY.text_states_dim, generator=g), mask,
+                                torch.randn(1, TINY.text_states_dim_2, generator=g)))
+    sigmas = flow_sigmas(STEPS, 7.0)
+    pos, neg = (precompute_refined_text(model.txt_in, t, sigmas, device="cpu", dtype=torch.float32) for t in texts)
+    return RefinedConditioning(pos, neg)
+
+
+@torch.no_grad()
+def _results(model, dit: HunyuanVideoDiT) -> dict[str, torch.Tensor]:
+    """What ``model`` (the DiT or a ParallelDiT of it) computes: one forward of a [cond; uncond]
+    batch, and sampled latents with and without true CFG."""
+    cond, sigmas, noise = _conditioning(dit), flow_sigmas(STEPS, 7.0), seeded_noise(5, SHAPE)
+    pos, neg = cond.positive, cond.negative
+    n = pos.tokens.shape[2]
+    tokens = torch.cat((pos.tokens[0], neg.tokens[0, :, :n]))
+    mask = torch.cat((pos.mask, neg.mask[:, :n]))
+    x = torch.cat((noise, noise * 0.5))
+    forward = model(x, torch.tensor([900.0, 900.0]), None, mask, torch.cat((pos.pooled, neg.pooled)),
+                    torch.tensor([6.0, 6.0]), refined_text=tokens)
+    return {"forward": forward,
+            "cfg": sample_video(model, cond, sigmas, noise, cfg=4.0, batched_cfg=True),
+            "no_cfg": sample_video(model, RefinedConditioning(pos), sigmas, noise, cfg=1.0)}
+
+
+def _worker(rank: int, world: int, cfg_degree: int, rendezvous: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        model = _dit()
+        parallel = ParallelDiT(model, make_groups(cfg_degree, model.config.num_heads))
+        results = _results(parallel, model)  # without CFG, each CFG group runs the whole batch of 1
+        save_file({k: v.contiguous() for k, v in results.items()}, f"{out_dir}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    model = _dit()
+    return _results(model, model)
+
+
+@pytest.mark.parametrize(("world", "cfg_degree"), [(2, 1), (4, 1), (2, 2), (4, 2)])
+def test_every_rank_equals_one_process(tmp_path, single_process, world, cfg_degree):
+    mp.spawn(_worker, args=(world, cfg_degree, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world)
+    for rank in range(world):
+        got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        assert set(got) == {"forward", "cfg", "no_cfg"}
+        for name, value in got.items():
+            assert rel_err(value, single_process[name]) <= FP32_RTOL, (rank, name)
+
+
+def test_the_token_count_needs_padding():
+    model = _dit()
+    tokens = SHAPE[2] * (SHAPE[3] // 2) * (SHAPE[4] // 2)
+    assert model.config.patch_size == (1, 2, 2) and tokens % 2 and tokens % 4
+
+
+@pytest.mark.parametrize(("world", "cfg_degree", "heads", "message"), [
+    (3, 1, 4, "Ulysses degree 3 (3 processes / cfg_degree 1) must divide the DiT's 4 attention heads"),
+    (3, 2, 24, "3 processes cannot be split into 2 CFG groups"),
+    (4, 3, 24, "cfg_degree is 3; expected 1 or 2"),
+])
+def test_degrees_that_do_not_divide_are_named(world, cfg_degree, heads, message):
+    with pytest.raises(ValueError) as caught:
+        check_degrees(world, cfg_degree, heads)
+    assert str(caught.value).startswith(message)
+
+
+def test_step_cache_is_refused_by_name():
+    with pytest.raises(ValueError, match="step caches do not run with several processes"):
+        ParallelDiT(_dit(), None)(torch.zeros(SHAPE), torch.zeros(1), None, None, None, step_cache=object())
