@@ -1,0 +1,227 @@
+"""Worker processes for one video on several devices: Ray actors, one per device, joined by
+``torch.distributed`` (NCCL on GPUs, gloo on the CPU) and running :mod:`.sequence`'s parallel DiT.
+
+Each worker loads the DiT itself from the same file (safetensors are memory-mapped) and keeps it
+between runs; a run sends it the refined text, the schedule and the noise, and rank 0 returns the
+latent. Ray is what starts, watches and (on another machine) places the workers; it is imported
+only here, when a multi-device run is asked for (``pip install ray``).
+
+Every rank checks a shared stop flag after each step (one all-reduce), so an interrupt stops all
+ranks at the same step and none is left waiting in a collective. A worker that dies fails the run;
+the pool then kills the others, and the next run starts fresh workers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..conditioning import RefinedConditioning
+from ..dit.attention import available_backends
+from ..dit.checkpoint import load_dit
+from ..sampling.pipeline import sample_video
+from .sequence import ParallelDiT, check_degrees, make_groups
+
+log = logging.getLogger(__name__)
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class DiTSource:
+    """How the workers load the DiT: the file and the loader's choices (dtype names as in torch)."""
+
+    path: str
+    dtype: str
+    weight_dtype: str | None
+    attention: str
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    processes: int
+    device: str  # "cpu" or "cuda"
+    cfg_parallel: bool
+    address: str | None = None  # an existing Ray cluster (the server owner's setting), or None: local
+
+    @property
+    def cfg_degree(self) -> int:
+        return 2 if self.cfg_parallel else 1
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """The arguments of :func:`~hunyuan.sampling.pipeline.sample_video` that travel to the workers."""
+
+    conditioning: RefinedConditioning
+    sigmas: torch.Tensor
+    noise: torch.Tensor
+    latent: torch.Tensor | None = None
+    denoise: float = 1.0
+    cfg: float = 1.0
+    embedded_guidance: float | None = 6.0
+    solver: str = "euler"
+
+
+class WorkerInterrupted(RuntimeError):
+    """Every rank stopped at the same step because an interrupt was asked for."""
+
+
+class WorkerFailed(RuntimeError):
+    """A worker died or raised; the pool has been shut down and restarts on the next run."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class DiTWorker:
+    """One rank. Ray runs it as an actor with two threads, so ``interrupt`` and ``progress`` are
+    answered while ``sample`` runs."""
+
+    def __init__(self, rank: int, world: int, cfg_degree: int, device: str):
+        self.rank, self.world, self.cfg_degree = rank, world, cfg_degree
+        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")  # Ray sets the visible GPU
+        self.model = self.source = self.groups = None
+        self._stop = threading.Event()
+        self._progress = (0, 0)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def rendezvous(self) -> tuple[str, int]:
+        """(address, port) the other ranks reach this one at (asked of rank 0)."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def connect(self, host: str, port: int) -> None:
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
+                                world_size=self.world, timeout=COLLECTIVE_TIMEOUT)
+
+    def load(self, source: DiTSource) -> None:
+        if source == self.source:
+            return
+        self.model = None
+        fp8 = getattr(torch, source.weight_dtype) if source.weight_dtype else None
+        model = load_dit(source.path, device=self.device, dtype=getattr(torch, source.dtype), weight_dtype=fp8)
+        model.detach_refiner()  # the refined text comes with each run
+        object.__setattr__(model, "_detached_refiner", None)
+        model.attention_backend = source.attention if source.attention in available_backends() else "auto"
+        if self.groups is None:  # collective: every rank loads the same DiT at the same time
+            self.groups = make_groups(self.cfg_degree, model.config.num_heads)
+        self.model, self.source = model.eval(), source
+
+    def sample(self, job: SampleJob) -> torch.Tensor | None:
+        self._stop.clear()
+        self._progress = (0, len(job.sigmas) - 1)
+
+        def after_step(info) -> None:
+            self._progress = (info.index + 1, info.total)
+            flag = torch.tensor([1.0 if self._stop.is_set() else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
+
+        with torch.inference_mode():
+            out = sample_video(
+                ParallelDiT(self.model, self.groups), job.conditioning, job.sigmas, job.noise, latent=job.latent,
+                denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,
+                device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1,
+            )
+        return out.cpu() if self.rank == 0 else None
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+    def progress(self) -> tuple[int, int]:
+        return self._progress
+
+
+class WorkerPool:
+    """``settings.processes`` DiTWorker actors, started on first use and kept between runs."""
+
+    def __init__(self, settings: PoolSettings, heads: int):
+        check_degrees(settings.processes, settings.cfg_degree, heads)
+        self.settings = settings
+        self.actors: list = []
+        self.pids: list[int] = []
+
+    def start(self) -> None:
+        import ray
+
+        s = self.settings
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        actor_env = None
+        if not ray.is_initialized():
+            # the workers import this package as top-level ``hunyuan``, shipped to them by Ray (so
+            # a worker on another machine needs no copy of the pack)
+            local = {} if s.address else {"num_cpus": max(os.cpu_count() or 1, s.processes)}
+            ray.init(address=s.address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"py_modules": [package]}, **local)
+        elif not any(package in str(m) for m in (ray.get_runtime_context().runtime_env or {}).get("py_modules", [])):
+            actor_env = {"env_vars": {"PYTHONPATH": os.path.dirname(package)}}  # Ray started by someone else
+        resources = {"num_gpus": 1, "num_cpus": 0} if s.device == "cuda" else {"num_cpus": 0}
+        actor = ray.remote(DiTWorker).options(max_concurrency=2, runtime_env=actor_env, **resources)
+        self.actors = [actor.remote(rank, s.processes, s.cfg_degree, s.device) for rank in range(s.processes)]
+        self.pids = ray.get([a.pid.remote() for a in self.actors])
+        host, port = ray.get(self.actors[0].rendezvous.remote())
+        ray.get([a.connect.remote(host, port) for a in self.actors])
+        log.info("HunyuanVideo multi-device: %d %s workers (pids %s), CFG parallel %s, Ulysses degree %d",
+                 s.processes, s.device, self.pids, s.cfg_parallel, s.processes // s.cfg_degree)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.pids = [], []
+
+    def run(self, source: DiTSource, job: SampleJob, interrupted: Callable[[], bool] = lambda: False,
+            progress: Callable[[int, int], None] = lambda done, total: None) -> torch.Tensor:
+        """The sampled latent; WorkerInterrupted or WorkerFailed (with the pool shut down) otherwise."""
+        if not self.actors:
+            self.start()
+        try:
+            self._wait([a.load.remote(source) for a in self.actors], interrupted, None)
+            return self._wait([a.sample.remote(job) for a in self.actors], interrupted, progress)[0]
+        except WorkerInterrupted:
+            raise
+        except Exception as exc:
+            self.shutdown()
+            raise WorkerFailed(f"a multi-device worker failed ({type(exc).__name__}: {str(exc)[:800]}); "
+                               "the workers are restarted on the next run") from None
+
+    def _wait(self, refs: list, interrupted, progress) -> list:
+        import ray
+
+        results, pending, stopping = {}, list(refs), False
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=0.25)
+            for ref in done:
+                try:
+                    results[refs.index(ref)] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, WorkerInterrupted):
+                        stopping = True
+                        continue
+                    raise
+            if not stopping and interrupted():
+                stopping = True
+                for actor in self.actors:
+                    actor.interrupt.remote()
+            if progress is not None and pending:
+                progress(*ray.get(self.actors[0].progress.remote()))
+        if stopping:
+            raise WorkerInterrupted("the run was interrupted; every worker stopped at the same step")
+        return [results[i] for i in range(len(refs))]

@@ -1,0 +1,118 @@
+"""The multi-device worker pool (Ray actors, gloo on the CPU): the same latent as one process,
+CFG parallel, an interrupt that stops every rank, a killed worker that fails the run and is
+replaced on the next. fp32 tiny DiT; max rel. error <= 1e-5 (heads split across processes sum
+attention in another order)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import ray  # a test tool (requirements/dev.txt); users install it for multi-device runs
+import torch
+
+from hunyuan.conditioning import RefinedConditioning, TextEmbeds
+from hunyuan.dit import precompute_refined_text
+from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.tiny import write_tiny
+from hunyuan.parallel.workers import (
+    DiTSource,
+    PoolSettings,
+    SampleJob,
+    WorkerFailed,
+    WorkerInterrupted,
+    WorkerPool,
+)
+from hunyuan.sampling import flow_sigmas, seeded_noise
+from hunyuan.sampling.pipeline import sample_video
+from tests.checks import FP32_RTOL, rel_err
+
+SHAPE = (1, 16, 3, 6, 10)  # 45 video tokens: padded for 2 ranks
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> DiTSource:
+    path = write_tiny(tmp_path_factory.mktemp("models"))[0]
+    return DiTSource(str(path), "float32", None, "sdpa")
+
+
+def _job(source: DiTSource, steps: int) -> SampleJob:
+    model = load_dit(source.path, dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    sigmas = flow_sigmas(steps, 7.0)
+    texts = [TextEmbeds(torch.randn(1, n, model.config.text_states_dim, generator=g), torch.arange(n)[None] < valid,
+                        torch.randn(1, model.config.text_states_dim_2, generator=g)) for n, valid in ((7, 5), (4, 4))]
+    pos, neg = (precompute_refined_text(model.txt_in, t, sigmas, device="cpu", dtype=torch.float32) for t in texts)
+    return SampleJob(RefinedConditioning(pos, neg), sigmas, seeded_noise(11, SHAPE), cfg=3.0)
+
+
+@pytest.fixture(scope="module")
+def job(source) -> SampleJob:
+    return _job(source, STEPS)
+
+
+def _one_process(source: DiTSource, job: SampleJob) -> torch.Tensor:
+    model = load_dit(source.path, dtype=torch.float32)
+    with torch.inference_mode():
+        return sample_video(model, job.conditioning, job.sigmas, job.noise, cfg=job.cfg,
+                            embedded_guidance=job.embedded_guidance)
+
+
+@pytest.fixture(scope="module")
+def reference(source, job) -> torch.Tensor:
+    return _one_process(source, job)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("cfg_parallel", [False, True])
+def test_two_workers_equal_one_process(source, job, reference, cfg_parallel):
+    pool = WorkerPool(PoolSettings(2, "cpu", cfg_parallel), heads=4)
+    try:
+        seen = []
+        out = pool.run(source, job, progress=lambda done, total: seen.append((done, total)))
+        assert rel_err(out, reference) <= FP32_RTOL
+        assert seen and all(total == STEPS for _, total in seen)
+    finally:
+        pool.shutdown()
+
+
+def test_interrupt_stops_every_rank_and_the_pool_runs_again(source, job, reference):
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    try:
+        progress = []
+        with pytest.raises(WorkerInterrupted):
+            pool.run(source, job, interrupted=lambda: bool(progress) and progress[-1][0] >= 1,
+                     progress=lambda done, total: progress.append((done, total)))
+        pids = list(pool.pids)
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL
+        assert pool.pids == pids, "an interrupt keeps the workers (and their loaded DiT)"
+    finally:
+        pool.shutdown()
+
+
+def test_a_killed_worker_fails_the_run_and_is_replaced(source, job, reference):
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    try:
+        pool.start()
+        victim, killed = pool.pids[1], []
+
+        def kill_once(done, total):  # mid-run: a long schedule, so the run is still going
+            if done >= 1 and not killed:
+                killed.append(done)
+                os.kill(victim, signal.SIGKILL)
+
+        with pytest.raises(WorkerFailed, match="the workers are restarted on the next run"):
+            pool.run(source, _job(source, 400), progress=kill_once)
+        assert killed and killed[0] < 400
+        assert pool.actors == []
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL
+        assert victim not in pool.pids
+    finally:
+        pool.shutdown()
