@@ -35,6 +35,7 @@ from ..hunyuan.sampling import (
 )
 from ..hunyuan.sampling.pipeline import sample_video
 from .dit import COMPILE_KEY
+from .multi import MULTI_KEY, sample_on_workers
 from .types import CATEGORY, CheckedNode, Conditioning, DiT, option, with_option
 
 log = logging.getLogger(__name__)
@@ -364,11 +365,15 @@ class HunyuanVideoSampler(CheckedNode):
         if batch_cfg and use_cfg and cache is not None:
             log.info("batch_cfg is off for this run: a Step Cache keeps separate states for the two passes")
         batched = bool(batch_cfg and use_cfg and cache is None)
+        noise = seeded_noise(seed, shape)
+        if option(dit, MULTI_KEY) is not None:
+            out = sample_on_workers(dit, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
+                                    embedded_guidance=embedded_guidance, solver=solver, step_cache=cache)
+            return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
         patcher = _swap_for_run(dit, shape, text_tokens, use_cfg, batched)
         memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1, batched)
         mm.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
         device = patcher.load_device
-        noise = seeded_noise(seed, shape)
         engine = active_engine(patcher)
         guard = engine.running(mm.throw_exception_if_processing_interrupted) if engine else contextlib.nullcontext()
         with torch.inference_mode(), guard, _compiled(patcher):

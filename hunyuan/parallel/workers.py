@@ -19,12 +19,12 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.distributed as dist
 
-from ..conditioning import RefinedConditioning
+from ..conditioning import RefinedConditioning, RefinedText
 from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit
 from ..sampling.pipeline import sample_video
@@ -58,9 +58,14 @@ class PoolSettings:
 
 @dataclass(frozen=True)
 class SampleJob:
-    """The arguments of :func:`~hunyuan.sampling.pipeline.sample_video` that travel to the workers."""
+    """The arguments of :func:`~hunyuan.sampling.pipeline.sample_video` that travel to the workers.
 
-    conditioning: RefinedConditioning
+    The refined texts travel as plain dicts of tensors (the fields of RefinedText), so a job made
+    by a caller that imported this package under another name still unpickles in the workers.
+    """
+
+    positive: dict
+    negative: dict | None
     sigmas: torch.Tensor
     noise: torch.Tensor
     latent: torch.Tensor | None = None
@@ -68,6 +73,18 @@ class SampleJob:
     cfg: float = 1.0
     embedded_guidance: float | None = 6.0
     solver: str = "euler"
+
+    @classmethod
+    def of(cls, conditioning, sigmas, noise, **options) -> SampleJob:
+        """From a RefinedConditioning (of any import of this package) and sample_video's options."""
+        def plain(text):
+            return None if text is None else {f.name: getattr(text, f.name) for f in fields(text)}
+
+        return cls(plain(conditioning.positive), plain(conditioning.negative), sigmas, noise, **options)
+
+    def conditioning(self) -> RefinedConditioning:
+        negative = RefinedText(**self.negative) if self.negative is not None else None
+        return RefinedConditioning(RefinedText(**self.positive), negative)
 
 
 class WorkerInterrupted(RuntimeError):
@@ -135,7 +152,7 @@ class DiTWorker:
 
         with torch.inference_mode():
             out = sample_video(
-                ParallelDiT(self.model, self.groups), job.conditioning, job.sigmas, job.noise, latent=job.latent,
+                ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise, latent=job.latent,
                 denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,
                 device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1,
             )
@@ -199,7 +216,8 @@ class WorkerPool:
             raise
         except Exception as exc:
             self.shutdown()
-            raise WorkerFailed(f"a multi-device worker failed ({type(exc).__name__}: {str(exc)[:800]}); "
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise WorkerFailed(f"a multi-device worker failed ({type(exc).__name__}: {first}); "
                                "the workers are restarted on the next run") from None
 
     def _wait(self, refs: list, interrupted, progress) -> list:

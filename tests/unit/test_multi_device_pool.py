@@ -45,7 +45,7 @@ def _job(source: DiTSource, steps: int) -> SampleJob:
     texts = [TextEmbeds(torch.randn(1, n, model.config.text_states_dim, generator=g), torch.arange(n)[None] < valid,
                         torch.randn(1, model.config.text_states_dim_2, generator=g)) for n, valid in ((7, 5), (4, 4))]
     pos, neg = (precompute_refined_text(model.txt_in, t, sigmas, device="cpu", dtype=torch.float32) for t in texts)
-    return SampleJob(RefinedConditioning(pos, neg), sigmas, seeded_noise(11, SHAPE), cfg=3.0)
+    return SampleJob.of(RefinedConditioning(pos, neg), sigmas, seeded_noise(11, SHAPE), cfg=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def job(source) -> SampleJob:
 def _one_process(source: DiTSource, job: SampleJob) -> torch.Tensor:
     model = load_dit(source.path, dtype=torch.float32)
     with torch.inference_mode():
-        return sample_video(model, job.conditioning, job.sigmas, job.noise, cfg=job.cfg,
+        return sample_video(model, job.conditioning(), job.sigmas, job.noise, cfg=job.cfg,
                             embedded_guidance=job.embedded_guidance)
 
 

@@ -1,0 +1,125 @@
+"""Multi-device sampling: a node that marks a DiT to be sampled by worker processes, and the
+sampler's path that runs the job on them (hunyuan/parallel/workers.py).
+
+The workers are Ray actors that import the library as top-level ``hunyuan`` (Ray ships the
+package to them). ComfyUI imports this pack under its folder name, so the worker classes are
+imported once more under the top-level name here, and only plain tensors and those classes
+travel to the workers. Where the Ray cluster is (another machine) is the server owner's setting,
+``HYVID_RAY_ADDRESS`` in the server's environment: a workflow cannot name a host.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..hunyuan.parallel.sequence import check_degrees
+from .types import CATEGORY, CheckedNode, DiT, option, with_option
+
+log = logging.getLogger(__name__)
+MULTI_KEY = "hyvid_multi_device"  # a with_option() key: PoolSettings
+SOURCE_KEY = "hyvid_dit_source"  # set by the DiT loader: DiTSource
+ADDRESS_ENV = "HYVID_RAY_ADDRESS"
+ROOT = Path(__file__).resolve().parents[1]
+
+_pool = None  # the one worker pool of this server, kept between runs
+
+
+def workers_module():
+    """hunyuan.parallel.workers imported under the top-level name the workers use."""
+    existing = sys.modules.get("hunyuan")
+    if existing is not None and Path(existing.__file__).resolve().parent != ROOT / "hunyuan":
+        raise RuntimeError(f"another package named 'hunyuan' is imported ({existing.__file__}); "
+                           "multi-device sampling needs that name for this pack's library")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise RuntimeError("multi-device sampling needs Ray: pip install ray (in ComfyUI's Python)") from None
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module("hunyuan.parallel.workers")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def record_source(patcher, path: str, dtype: torch.dtype, weight_dtype: torch.dtype | None, attention: str) -> None:
+    """The DiT loader notes where its weights came from, so workers can load the same."""
+    source = (path, str(dtype).removeprefix("torch."), str(weight_dtype).removeprefix("torch.") if weight_dtype
+              else None, attention)
+    patcher.model_options.setdefault("transformer_options", {})[SOURCE_KEY] = source
+
+
+class HunyuanVideoMultiDevice(CheckedNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoMultiDevice",
+            display_name="HunyuanVideo Multi-Device",
+            category=CATEGORY,
+            description="Samples one video on several devices: worker processes (Ray), each holding the whole DiT, "
+            "split the video tokens between them (Ulysses sequence parallel) and, with true CFG, the two passes.",
+            inputs=[
+                DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader (each worker loads the same file)."),
+                io.Int.Input("processes", default=2, min=2, max=16,
+                             tooltip="Worker processes, one per device. With cfg_parallel off it must divide the "
+                             "24 attention heads (2, 3, 4, 6, 8); with it on, half of it must."),
+                io.Combo.Input("device", options=["cuda", "cpu"], default="cuda",
+                               tooltip="cuda: one GPU per worker (NCCL). cpu: CPU processes (gloo), for tests."),
+                io.Boolean.Input("cfg_parallel", default=False,
+                                 tooltip="With true CFG (cfg > 1): the prompt and the negative prompt run on different "
+                                 "halves of the workers. Without true CFG, each half repeats the other's work."),
+            ],
+            outputs=[DiT.Output(display_name="dit", tooltip="The DiT, marked to be sampled by the workers.")],
+        )
+
+    @classmethod
+    def execute(cls, dit, processes, device, cfg_parallel) -> io.NodeOutput:
+        check_degrees(processes, 2 if cfg_parallel else 1, dit.model.config.num_heads)
+        if option(dit, SOURCE_KEY) is None:
+            raise ValueError("dit did not come from HunyuanVideo DiT Loader, so the workers cannot load it; "
+                             "connect the loader (or nodes that pass its DiT on)")
+        if device == "cuda" and not os.environ.get(ADDRESS_ENV) and torch.cuda.device_count() < processes:
+            raise ValueError(f"processes={processes} with device 'cuda' needs {processes} GPUs; this machine has "
+                             f"{torch.cuda.device_count()}")
+        return io.NodeOutput(with_option(dit, MULTI_KEY, (processes, device, cfg_parallel)))
+
+
+def _pool_for(dit, settings):
+    global _pool
+    if _pool is not None and _pool.settings == settings:
+        return _pool
+    if _pool is not None:
+        _pool.shutdown()
+    _pool = workers_module().WorkerPool(settings, heads=dit.model.config.num_heads)
+    return _pool
+
+
+def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tensor:
+    """The sampler's run on the worker pool: the latent [B,16,T,H,W] float32 (raw VAE space)."""
+    if dit.patches:
+        raise ValueError(f"dit carries {len(dit.patches)} weight patches (e.g. a LoRA), which the multi-device "
+                         "workers do not apply yet; remove them or the Multi-Device node")
+    if options.pop("step_cache", None) is not None:
+        raise ValueError("a Step Cache does not run on multi-device workers yet; remove one of the two nodes")
+    workers = workers_module()
+    processes, device, cfg_parallel = option(dit, MULTI_KEY)
+    pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))
+    job = workers.SampleJob.of(conditioning, sigmas.cpu(), noise.cpu(), **options)
+    pbar = comfy.utils.ProgressBar(len(sigmas) - 1)
+    try:
+        return pool.run(workers.DiTSource(*option(dit, SOURCE_KEY)), job, interrupted=mm.processing_interrupted,
+                        progress=lambda done, total: pbar.update_absolute(done, total))
+    except workers.WorkerInterrupted:
+        mm.throw_exception_if_processing_interrupted()
+        raise
+
+
+NODES = [HunyuanVideoMultiDevice]

@@ -1,0 +1,130 @@
+"""The Multi-Device node through a real ComfyUI server: two CPU worker processes (Ray + gloo) give
+the single-device latent (fp32 weights, max rel. error <= 1e-5: heads split across processes sum
+attention in another order), through the API and comfy-cli; an interrupt and a killed worker each
+fail only their job, and the next run is right again.
+
+These tests use their own server (its Ray workers end with it), reading the session server's
+tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scripts.comfy_server import ROOT, JobFailed
+from scripts.smoke_size import shrink
+from tests.checks import FP32_RTOL, rel_err
+from tests.harness import SERVER_SECRETS, TestServer, _log_outside, pack_tracebacks
+
+pytestmark = pytest.mark.server
+
+MULTI = "30"
+
+
+@pytest.fixture(scope="module")
+def server(comfy, tmp_path_factory):
+    base = tmp_path_factory.mktemp("multi-device")
+    (base / "models").symlink_to(comfy.base_dir / "models", target_is_directory=True)
+    srv = TestServer(base, env=SERVER_SECRETS).start()
+    started = srv.log_size()  # (start-up tracebacks are ComfyUI's optional nodes, checked by the comfy fixture)
+    try:
+        yield srv
+        # outside the deliberately failed jobs: no traceback of ours
+        assert not pack_tracebacks(_log_outside(srv, started, srv.log_size()))
+    finally:
+        srv.stop()
+
+
+def graph(prefix: str, *, multi: bool, cfg: float = 1.0, cfg_parallel: bool = False, steps: int = 3) -> dict:
+    """t2v at the smoke size (80 px wide: 45 video tokens, padded for 2 workers), fp32 weights."""
+    g = shrink(json.loads((ROOT / "workflows" / "t2v_basic_api.json").read_text()))
+    g["2"]["inputs"]["negative_prompt"] = "blurry, low quality"
+    g["3"]["inputs"].update(weight_dtype="fp32", attention="sdpa")
+    g["4"]["inputs"]["steps"] = steps
+    g["6"]["inputs"].update(width=80, cfg=cfg)
+    for node in ("7", "8", "9", "10"):
+        del g[node]
+    g["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}}
+    if multi:
+        g[MULTI] = {"class_type": "HunyuanVideoMultiDevice",
+                    "inputs": {"dit": ["3", 0], "processes": 2, "device": "cpu", "cfg_parallel": cfg_parallel}}
+        g["6"]["inputs"]["dit"] = [MULTI, 0]
+    return g
+
+
+def latent_of(server, entry) -> torch.Tensor:
+    path = next(f for f in server.output_files(entry) if f.suffix == ".latent")
+    return load_file(str(path))["latent_tensor"]
+
+
+@pytest.mark.parametrize(("cfg", "cfg_parallel"), [(1.0, False), (4.0, True)])
+def test_two_workers_equal_one_device(server, cfg, cfg_parallel):
+    one = latent_of(server, server.run(graph(f"one_{cfg}", multi=False, cfg=cfg), timeout=600))
+    two = latent_of(server, server.run(graph(f"two_{cfg}", multi=True, cfg=cfg, cfg_parallel=cfg_parallel),
+                                       timeout=600))
+    assert rel_err(two, one) <= FP32_RTOL
+    assert "HunyuanVideo multi-device: 2 cpu workers" in server.log_text()
+
+
+def test_comfy_cli_runs_the_multi_device_graph(server, tmp_path):
+    path = tmp_path / "multi_api.json"
+    path.write_text(json.dumps(graph("cli", multi=True)))
+    result = server.run_cli(path)
+    assert result["returncode"] == 0
+
+
+def _worker_pids(server) -> list[int]:
+    found = re.findall(r"HunyuanVideo multi-device: 2 cpu workers \(pids \[(\d+), (\d+)\]\)", server.log_text())
+    return [int(p) for p in found[-1]]
+
+
+def _start_long_job(server, prefix: str) -> str:
+    """Queue a 400-step run on the (already started) workers; return once it is running."""
+    status, body = server.submit(graph(prefix, multi=True, steps=400))
+    assert status == 200, body
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        running = server.get("/queue")["queue_running"]
+        if running and running[0][1] == body["prompt_id"]:
+            time.sleep(2.0)  # text encoding and the refiner, then the workers' steps
+            return body["prompt_id"]
+        time.sleep(0.1)
+    raise TimeoutError("the long job never started")
+
+
+def test_interrupt_and_a_killed_worker_fail_only_their_job(server):
+    reference = latent_of(server, server.run(graph("before", multi=True), timeout=600))
+
+    mark = server.log_size()
+    prompt_id = _start_long_job(server, "interrupted")
+    server.interrupt()
+    with pytest.raises(JobFailed, match="interrupted"):
+        server.wait(prompt_id, timeout=300)
+    server.allowed_spans.append((mark, server.log_size()))
+    assert server.alive()
+    assert rel_err(latent_of(server, server.run(graph("after_interrupt", multi=True), timeout=600)), reference) <= FP32_RTOL
+
+    mark = server.log_size()
+    prompt_id = _start_long_job(server, "killed")
+    victim = _worker_pids(server)[1]
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(JobFailed, match="a multi-device worker failed .* the workers are restarted on the next run"):
+        server.wait(prompt_id, timeout=300)
+    server.allowed_spans.append((mark, server.log_size()))
+    assert server.alive()
+    assert rel_err(latent_of(server, server.run(graph("after_kill", multi=True), timeout=600)), reference) <= FP32_RTOL
+    assert victim not in _worker_pids(server)
+
+
+def test_heads_that_do_not_divide_are_a_clear_error(server):
+    bad = graph("bad", multi=True)
+    bad[MULTI]["inputs"]["processes"] = 3  # the tiny DiT has 4 heads
+    message = server.run_expect_error(bad)
+    assert "Ulysses degree 3 (3 processes / cfg_degree 1) must divide the DiT's 4 attention heads" in message
