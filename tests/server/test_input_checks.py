@@ -30,9 +30,18 @@ ENDPOINT_GRAPH = {
 }
 
 
+def multi_device_graph() -> dict:
+    """t2v_basic with the Multi-Device node before the sampler (no shipped workflow needs several devices)."""
+    graph = shrink(json.loads((ROOT / "workflows" / "t2v_basic_api.json").read_text()))
+    graph["30"] = {"class_type": "HunyuanVideoMultiDevice",
+                   "inputs": {"dit": ["3", 0], "processes": 2, "device": "cpu", "cfg_parallel": False}}
+    graph["6"]["inputs"]["dit"] = ["30", 0]
+    return graph
+
+
 def graphs_by_class() -> dict[str, tuple[dict, str]]:
     """class_type -> (a smoke-size graph holding it, that node's id)."""
-    found = {"HunyuanVideoRewriteEndpoint": (ENDPOINT_GRAPH, "1")}
+    found = {"HunyuanVideoRewriteEndpoint": (ENDPOINT_GRAPH, "1"), "HunyuanVideoMultiDevice": (multi_device_graph(), "30")}
     for path in sorted((ROOT / "workflows").glob("*_api.json")):
         graph = shrink(json.loads(path.read_text()))
         for node_id, node in graph.items():
