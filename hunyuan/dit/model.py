@@ -14,6 +14,7 @@ from .config import DiTConfig
 from .layers import MLPEmbedder, PatchEmbed, TimestepEmbedder
 from .refiner import SingleTokenRefiner, trim_padding
 from .rope import video_rope
+from .token_replace import FirstFrameVec
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,18 @@ class HunyuanVideoDiT(nn.Module):
             grid.append(size // p)
         return tuple(grid)
 
-    def _conditioning_vector(self, timestep, pooled, guidance, dtype) -> torch.Tensor:
-        """vec [B, D] = time_in(t) + vector_in(CLIP pooled) (+ guidance_in(1000 g))."""
-        vec = self.time_in(timestep, dtype) + self.vector_in(pooled.to(dtype))
+    def _conditioning_vector(self, timestep, pooled, guidance, dtype, first_frame_tokens: int = 0):
+        """vec [B, D] = time_in(t) + vector_in(CLIP pooled) (+ guidance_in(1000 g)).
+
+        With ``first_frame_tokens`` (token replace) a :class:`FirstFrameVec` whose first-frame
+        vector is time_in(0) + vector_in(pooled), without guidance (Tencent's I2V code).
+        """
+        text = self.vector_in(pooled.to(dtype))
+        vec = self.time_in(timestep, dtype) + text
         if self.guidance_in is not None and guidance is not None:
             vec = vec + self.guidance_in(guidance.to(device=vec.device, dtype=torch.float32) * 1000.0, dtype)
+        if first_frame_tokens:
+            return FirstFrameVec(vec, self.time_in(torch.zeros_like(timestep), dtype) + text, first_frame_tokens)
         return vec
 
     def _unpatchify(self, out: torch.Tensor, grid, shape) -> torch.Tensor:
@@ -107,6 +115,7 @@ class HunyuanVideoDiT(nn.Module):
         *,
         refined_text: torch.Tensor | None = None,
         step_cache=None,
+        token_replace: bool = False,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
@@ -114,7 +123,9 @@ class HunyuanVideoDiT(nn.Module):
         (ignored when ``refined_text`` is given); text_mask: [B, L] bool; text_pooled: [B, 768];
         guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
         precomputed ``txt_in`` output for this timestep; step_cache: a
-        :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack.
+        :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack;
+        token_replace: the first latent frame is a clean image latent (HunyuanVideo-I2V v2), its
+        tokens are modulated as at t=0 (see :mod:`.token_replace`).
         Returns [B, 16, T, H, W] in x's dtype.
         """
         grid = self._check_input(x)
@@ -125,7 +136,8 @@ class HunyuanVideoDiT(nn.Module):
         mask = text_mask[:, keep]
         img = self.img_in(x.to(dtype)).contiguous()
         timestep = timestep.to(x.device).float().expand(x.shape[0])
-        vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype)
+        first = grid[1] * grid[2] if token_replace else 0
+        vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype, first)
         if refined_text is not None:
             txt = refined_text.to(device=x.device, dtype=dtype)[:, keep]
         else:
