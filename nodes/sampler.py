@@ -35,7 +35,8 @@ from ..hunyuan.sampling import (
 )
 from ..hunyuan.sampling.pipeline import sample_video
 from .dit import COMPILE_KEY
-from .types import CATEGORY, CheckedNode, Conditioning, DiT, option, with_option
+from .i2v import image_input
+from .types import CATEGORY, CheckedNode, Conditioning, DiT, ImageLatent, option, with_option
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +344,8 @@ class HunyuanVideoSampler(CheckedNode):
                                  tooltip="With true CFG: run the prompt and the negative prompt as one forward of "
                                  "twice the batch (same result; faster on a GPU at small sizes, but twice the "
                                  "activation memory, which the block-swap planner counts). Not with a Step Cache."),
+                ImageLatent.Input("image_latent", optional=True, tooltip="Image-to-video: the start image from "
+                                  "HunyuanVideo I2V Encode (needed by I2V DiTs); not with an input latent."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="{'samples': [B,16,T,H/8,W/8]} raw VAE latent.")],
             hidden=[io.Hidden.unique_id],
@@ -350,13 +353,14 @@ class HunyuanVideoSampler(CheckedNode):
 
     @classmethod
     def execute(cls, dit, conditioning, sigmas, seed, width, height, frames, embedded_guidance, cfg, solver,
-                latent=None, denoise=1.0, batch_cfg=False) -> io.NodeOutput:
+                latent=None, denoise=1.0, batch_cfg=False, image_latent=None) -> io.NodeOutput:
         check_video_size(width, height, frames)
         conditioning = _check_conditioning(conditioning)
         sigmas = check_sigmas(sigmas)
         batch = latent["samples"].shape[0] if latent is not None else conditioning.positive.tokens.shape[1]
         shape = latent_shape(batch, width, height, frames)
         start = _start_latent(latent, shape, width, height, frames)
+        image = image_input(dit, image_latent, seed, shape)
         if start is None and denoise < 1.0:
             raise ValueError(f"denoise={denoise} needs an input latent (video-to-video); connect one or set 1.0")
         text_tokens, use_cfg = conditioning.positive.tokens.shape[2], cfg != 1.0 and conditioning.negative is not None
@@ -376,7 +380,7 @@ class HunyuanVideoSampler(CheckedNode):
                 patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                 embedded_guidance=embedded_guidance, solver=solver, device=device,
                 callback=_progress(len(sigmas) - 1, device, cache, cls.hidden.unique_id), step_cache=cache,
-                batched_cfg=batched,
+                batched_cfg=batched, image=image,
             )
         if cache is not None:
             log.info("HunyuanVideo step cache %s", cache.summary())
