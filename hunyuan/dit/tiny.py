@@ -13,10 +13,12 @@ from .model import HunyuanVideoDiT
 
 TINY_DIT_FILE = "hyvid_tiny_dit.safetensors"
 TINY_I2V_FILES = {
-    # file name -> (input channels, guidance embedding, seed offset), the released I2V variants' shapes
-    "hyvid_tiny_dit_i2v_replace.safetensors": (16, True, 1),  # HunyuanVideo-I2V v2: T2V keys and shapes
-    "hyvid_tiny_dit_i2v_concat.safetensors": (33, False, 2),  # HunyuanVideo-I2V v1
-    "hyvid_tiny_dit_skyreels_i2v.safetensors": (32, True, 3),  # SkyReels-V1-I2V
+    # file name -> (input channels, guidance embedding, seed offset, weight std): the released I2V
+    # variants' shapes. The token-replace file has wider weights so that frames couple through
+    # attention enough for a pipeline test to see the first frame's own modulation.
+    "hyvid_tiny_dit_i2v_replace.safetensors": (16, True, 1, 0.1),  # HunyuanVideo-I2V v2: T2V keys and shapes
+    "hyvid_tiny_dit_i2v_concat.safetensors": (33, False, 2, 0.02),  # HunyuanVideo-I2V v1
+    "hyvid_tiny_dit_skyreels_i2v.safetensors": (32, True, 3, 0.02),  # SkyReels-V1-I2V
 }
 
 
@@ -57,13 +59,13 @@ def write_tiny(
     folder = pathlib.Path(models_dir) / "diffusion_models"
     folder.mkdir(parents=True, exist_ok=True)
     paths = [_write(folder / TINY_DIT_FILE, config, seed)]
-    for name, (channels, guidance, offset) in TINY_I2V_FILES.items():
+    for name, (channels, guidance, offset, std) in TINY_I2V_FILES.items():
         variant = dataclasses.replace(config, in_channels=channels, guidance_embed=guidance)
-        paths.append(_write(folder / name, variant, seed + 1000 * offset))
+        paths.append(_write(folder / name, variant, seed + 1000 * offset, std))
     return paths
 
 
-def _write(path: pathlib.Path, config: DiTConfig, seed: int) -> pathlib.Path:
-    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in random_state_dict(config, seed).items()}
+def _write(path: pathlib.Path, config: DiTConfig, seed: int, std: float = 0.02) -> pathlib.Path:
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in random_state_dict(config, seed, std).items()}
     save_file(sd, str(path), metadata={"format": "pt", "model": "hunyuan_video_dit_tiny"})
     return path

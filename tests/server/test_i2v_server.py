@@ -58,14 +58,14 @@ def server_graph(workflow: str, *, dit: str | None = None, image: str = I2V_INPU
     graph["6"]["inputs"]["seed"] = SEED
     graph["7"]["inputs"]["dtype"] = "fp32"
     graph["8"]["inputs"]["tiling"] = "off"
-    graph["11"]["inputs"]["image"] = image
-    graph["12"]["inputs"].update(stability=stability, mode=mode)
+    graph["22"]["inputs"]["image"] = image
+    graph["23"]["inputs"].update(stability=stability, mode=mode)
     del graph["9"], graph["10"]
-    graph["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{tag}"}}
+    graph["30"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{tag}"}}
     return graph
 
 
-def run_latent(comfy, graph: dict, node: str = "20") -> torch.Tensor:
+def run_latent(comfy, graph: dict, node: str = "30") -> torch.Tensor:
     files = comfy.output_files(comfy.run(graph, timeout=600))
     latent = next(f for f in files if f.suffix == ".latent" and graph[node]["inputs"]["filename_prefix"] in str(f))
     return load_file(str(latent))["latent_tensor"].float()
@@ -103,17 +103,17 @@ def hunyuan_i2v_reference(comfy, graph: dict, image_condition_type: str) -> torc
 
 def test_token_replace_equals_diffusers_and_keeps_the_image_latent(comfy):
     graph = server_graph("i2v_token_replace", tag="i2v_tr")
-    graph["21"] = {"class_type": "HunyuanVideoVAEEncode", "inputs": {
-        "vae": ["7", 0], "pixels": ["11", 0], "tiling": "off", "tile_size": 256, "tile_overlap": 64,
+    graph["31"] = {"class_type": "HunyuanVideoVAEEncode", "inputs": {
+        "vae": ["7", 0], "pixels": ["22", 0], "tiling": "off", "tile_size": 256, "tile_overlap": 64,
         "temporal_chunk": 2, "shared_norm": True}}
-    graph["22"] = {"class_type": "SaveLatent", "inputs": {"samples": ["21", 0], "filename_prefix": "latents/i2v_img"}}
+    graph["32"] = {"class_type": "SaveLatent", "inputs": {"samples": ["31", 0], "filename_prefix": "latents/i2v_img"}}
     ours = run_latent(comfy, graph)
     ref = hunyuan_i2v_reference(comfy, graph, "token_replace")
     assert ours.shape == ref.shape == (1, 16, 3, 6, 8)
     err = rel_err(ours * MODEL_LATENT_SCALE, ref)
     print(f"token replace latent relative error vs diffusers: {err:.2e}")
     assert err <= TOL
-    image_latent = run_latent(comfy, graph, "22")
+    image_latent = run_latent(comfy, graph, "32")
     assert torch.equal(ours[:, :, :1], image_latent)  # frame 0 is the image's own latent, bit for bit
     assert not torch.equal(ours[:, :, 1:2], image_latent)
 
