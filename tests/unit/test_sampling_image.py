@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hunyuan.sampling.image import FirstFrame, resolve
+from tests.checks import rel_err
 
 SCALE = 0.476986
 
@@ -110,3 +111,27 @@ def test_image_of_another_size_is_named():
 def test_unknown_mode_is_named():
     with pytest.raises(ValueError, match="mode='v1' is unknown"):
         FirstFrame(torch.zeros(1), torch.zeros(1), "v1")
+
+
+@pytest.mark.parametrize("extra", ["batched_cfg", "teacache", "first_block"])
+@torch.no_grad()
+def test_token_replace_runs_with_batched_cfg_and_step_caches(extra):
+    """The first frame's own modulation passes through batched CFG and the step caches' probes."""
+    from hunyuan.conditioning import RefinedConditioning
+    from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings
+    from hunyuan.sampling import flow_sigmas, seeded_noise
+    from hunyuan.sampling.pipeline import sample_video
+    from tests.unit.test_sampling_pipeline import _dit, _refine, _text
+
+    model, sigmas = _dit(), flow_sigmas(4, 7.0)
+    cond = RefinedConditioning(_refine(model, _text(1), sigmas), _refine(model, _text(2), sigmas))
+    first = first_frame()
+    image = resolve("none", FirstFrame(first.mean[..., :2, :2], first.std[..., :2, :2]), scale=SCALE, seed=0,
+                    latent_hw=(2, 2))
+    cache = None if extra == "batched_cfg" else StepCacheRun(StepCacheSettings(extra, 0.05))
+    out = sample_video(model, cond, sigmas, seeded_noise(3, (1, 16, 3, 2, 2)), cfg=2.0, image=image,
+                       batched_cfg=extra == "batched_cfg", step_cache=cache)
+    assert torch.equal(out[:, :, :1], first.mean[..., :2, :2]) and out[:, :, 1:].abs().max() > 0
+    if cache is None:  # batched CFG is the same maths as two passes
+        plain = sample_video(model, cond, sigmas, seeded_noise(3, (1, 16, 3, 2, 2)), cfg=2.0, image=image)
+        assert rel_err(out, plain) <= 1e-5
