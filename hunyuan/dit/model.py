@@ -119,8 +119,9 @@ class HunyuanVideoDiT(nn.Module):
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
-        x: [B, 16, T, H, W] latent; timestep: [B] in 0..1000; text_states: [B, L, 4096] LLM states
-        (ignored when ``refined_text`` is given); text_mask: [B, L] bool; text_pooled: [B, 768];
+        x: [B, C, T, H, W] latent (C = 16, or 32/33 with an I2V image concatenated); timestep: [B]
+        in 0..1000; text_states: [B, L, 4096] LLM states (ignored when ``refined_text`` is given);
+        text_mask: [B, L] bool; text_pooled: [B, 768];
         guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
         precomputed ``txt_in`` output for this timestep; step_cache: a
         :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack;
