@@ -109,6 +109,9 @@ def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tens
                          "workers do not apply yet; remove them or the Multi-Device node")
     if options.pop("step_cache", None) is not None:
         raise ValueError("a Step Cache does not run on multi-device workers yet; remove one of the two nodes")
+    if options.pop("image", None) is not None:
+        raise ValueError("image-to-video does not run on multi-device workers yet; remove the image_latent input "
+                         "or the Multi-Device node")
     workers = workers_module()
     processes, device, cfg_parallel = option(dit, MULTI_KEY)
     pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))

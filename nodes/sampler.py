@@ -35,8 +35,9 @@ from ..hunyuan.sampling import (
 )
 from ..hunyuan.sampling.pipeline import sample_video
 from .dit import COMPILE_KEY
+from .i2v import image_input
 from .multi import MULTI_KEY, sample_on_workers
-from .types import CATEGORY, CheckedNode, Conditioning, DiT, option, with_option
+from .types import CATEGORY, CheckedNode, Conditioning, DiT, ImageLatent, option, with_option
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,8 @@ class HunyuanVideoSampler(CheckedNode):
                                  tooltip="With true CFG: run the prompt and the negative prompt as one forward of "
                                  "twice the batch (same result; faster on a GPU at small sizes, but twice the "
                                  "activation memory, which the block-swap planner counts). Not with a Step Cache."),
+                ImageLatent.Input("image_latent", optional=True, tooltip="Image-to-video: the start image from "
+                                  "HunyuanVideo I2V Encode (needed by I2V DiTs); not with an input latent."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="{'samples': [B,16,T,H/8,W/8]} raw VAE latent.")],
             hidden=[io.Hidden.unique_id],
@@ -351,13 +354,14 @@ class HunyuanVideoSampler(CheckedNode):
 
     @classmethod
     def execute(cls, dit, conditioning, sigmas, seed, width, height, frames, embedded_guidance, cfg, solver,
-                latent=None, denoise=1.0, batch_cfg=False) -> io.NodeOutput:
+                latent=None, denoise=1.0, batch_cfg=False, image_latent=None) -> io.NodeOutput:
         check_video_size(width, height, frames)
         conditioning = _check_conditioning(conditioning)
         sigmas = check_sigmas(sigmas)
         batch = latent["samples"].shape[0] if latent is not None else conditioning.positive.tokens.shape[1]
         shape = latent_shape(batch, width, height, frames)
         start = _start_latent(latent, shape, width, height, frames)
+        image = image_input(dit, image_latent, seed, shape)
         if start is None and denoise < 1.0:
             raise ValueError(f"denoise={denoise} needs an input latent (video-to-video); connect one or set 1.0")
         text_tokens, use_cfg = conditioning.positive.tokens.shape[2], cfg != 1.0 and conditioning.negative is not None
@@ -368,7 +372,7 @@ class HunyuanVideoSampler(CheckedNode):
         noise = seeded_noise(seed, shape)
         if option(dit, MULTI_KEY) is not None:
             out = sample_on_workers(dit, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
-                                    embedded_guidance=embedded_guidance, solver=solver, step_cache=cache)
+                                    embedded_guidance=embedded_guidance, solver=solver, step_cache=cache, image=image)
             return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
         patcher = _swap_for_run(dit, shape, text_tokens, use_cfg, batched)
         memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1, batched)
@@ -381,7 +385,7 @@ class HunyuanVideoSampler(CheckedNode):
                 patcher.model, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                 embedded_guidance=embedded_guidance, solver=solver, device=device,
                 callback=_progress(len(sigmas) - 1, device, cache, cls.hidden.unique_id), step_cache=cache,
-                batched_cfg=batched,
+                batched_cfg=batched, image=image,
             )
         if cache is not None:
             log.info("HunyuanVideo step cache %s", cache.summary())

@@ -13,6 +13,7 @@ TextEmbeds = io.Custom("HYVID_TEXT_EMBEDS")  # LLM states + mask + CLIP pooled (
 DiT = io.Custom("HYVID_DIT")  # the DiT in a ModelPatcher, plus swap/attention options
 Conditioning = io.Custom("HYVID_CONDITIONING")  # refined text tokens for every step of a schedule
 VAE = io.Custom("HYVID_VAE")  # the causal 3D VAE in a ModelPatcher
+ImageLatent = io.Custom("HYVID_FIRST_FRAME")  # an encoded start image for image-to-video
 RewriteModel = io.Custom("HYVID_REWRITE_MODEL")  # a rewrite backend: local causal LM or OpenAI-compatible endpoint
 
 

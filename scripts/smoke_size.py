@@ -11,6 +11,7 @@ import copy
 SMOKE_INPUTS = {
     "HunyuanVideoSampler": {"width": 64, "height": 48, "frames": 9},
     "HunyuanVideoScheduler": {"steps": 3},
+    "HunyuanVideoI2VEncode": {"width": 64, "height": 48},
     "HunyuanVideoPromptRewrite": {"max_new_tokens": 12},
 }
 
@@ -23,6 +24,28 @@ def shrink(api: dict) -> dict:
             if name in node["inputs"] and not isinstance(node["inputs"][name], list):
                 node["inputs"][name] = value
     return out
+
+
+I2V_INPUT = "hunyuan_i2v_input.png"  # the image workflows/i2v_*_api.json load from input/
+
+
+def smoke_image_pixels(width: int, height: int, mode: str = "RGB", phase: int = 0):
+    """A colourful test picture as a PIL image (``mode`` RGB, L or RGBA; ``phase`` shifts the pattern)."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(xx * 4 + phase) % 256, (yy * 5 + 2 * phase) % 256, (xx + yy * 3) % 256], -1)
+    image = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    if mode == "RGBA":
+        image.putalpha(Image.fromarray(((xx * 7) % 256).astype(np.uint8), "L"))
+    return image.convert(mode) if mode != "RGBA" else image
+
+
+def write_smoke_input_image(path) -> None:
+    """The I2V examples' start image, at the smoke size."""
+    size = SMOKE_INPUTS["HunyuanVideoI2VEncode"]
+    smoke_image_pixels(size["width"], size["height"]).save(str(path))
 
 
 V2V_INPUT = "hunyuan_v2v_input.mp4"  # the file workflows/v2v_api.json loads from input/

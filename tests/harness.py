@@ -22,7 +22,7 @@ import pytest
 from hunyuan.rewrite.access import ENDPOINT_FILE
 from hunyuan.tools.make_tiny_models import write_all
 from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed
-from scripts.smoke_size import V2V_INPUT, write_smoke_input_video
+from scripts.smoke_size import I2V_INPUT, V2V_INPUT, write_smoke_input_image, write_smoke_input_video
 
 ARTIFACTS = ROOT / "artifacts"
 TEST_SHIMS = ROOT / "tests" / "comfy_shims"
@@ -98,6 +98,7 @@ def comfy(tmp_path_factory) -> TestServer:
     write_all(base / "models", seed=0, real_names=True)
     (base / "input").mkdir(exist_ok=True)
     write_smoke_input_video(base / "input" / V2V_INPUT)
+    write_smoke_input_image(base / "input" / I2V_INPUT)
     link_test_shims(base / "custom_nodes")
     server = TestServer(base, python=sys.executable, env=SERVER_SECRETS)
     server.start()

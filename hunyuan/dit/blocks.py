@@ -14,6 +14,7 @@ from torch import nn
 from .attention import AttentionFn
 from .layers import MLP, Linear, Modulation, RMSNorm, activation_, gated_residual_, layer_norm, modulate
 from .rope import apply_rope
+from .token_replace import plain
 
 Rope = torch.Tensor
 
@@ -57,7 +58,7 @@ class DoubleStreamBlock(nn.Module):
         return gated_residual_(x, mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
 
     def forward(self, img, txt, vec, rope: Rope, key_mask, attn: AttentionFn):
-        img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
+        img_mods, txt_mods = self.img_mod(vec), self.txt_mod(plain(vec))
         iq, ik, iv = self._qkv("img", img, img_mods[0], img_mods[1])
         tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
         iq, ik = apply_rope(iq, rope), apply_rope(ik, rope)
@@ -106,5 +107,5 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden, 2 * hidden, **kw))
 
     def forward(self, x, vec):
-        shift, scale = self.adaLN_modulation(vec).unsqueeze(1).chunk(2, dim=-1)
+        shift, scale = self.adaLN_modulation(plain(vec)).unsqueeze(1).chunk(2, dim=-1)
         return self.linear(modulate(layer_norm(x), shift, scale))

@@ -155,6 +155,6 @@ def load_dit(
     _attach_scales(model, scales, device=device, source=source)
     model.compute_dtype = dtype
     model.eval().requires_grad_(False)
-    log.info("DiT: loaded %s (%s layout, hidden %d, %d+%d blocks)", source, layout,
-             config.hidden_size, config.depth_double, config.depth_single)
+    log.info("DiT: loaded %s (%s layout, hidden %d, %d+%d blocks; %s)", source, layout,
+             config.hidden_size, config.depth_double, config.depth_single, config.describe())
     return model

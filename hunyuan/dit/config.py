@@ -50,10 +50,33 @@ class DiTConfig:
         return int(self.hidden_size * self.mlp_ratio)
 
     @property
+    def image_input(self) -> str:
+        """How the weights take an input image, from the input channel count (see :data:`IMAGE_INPUTS`)."""
+        extra = self.in_channels - self.out_channels
+        for name, (channels, _) in IMAGE_INPUTS.items():
+            if extra == channels:
+                return name
+        raise ValueError(
+            f"in_channels={self.in_channels} with out_channels={self.out_channels} is no known HunyuanVideo "
+            f"variant: expected {self.out_channels}, {2 * self.out_channels} or {2 * self.out_channels + 1}"
+        )
+
+    def describe(self) -> str:
+        guidance = "with" if self.guidance_embed else "no"
+        return f"{self.in_channels} input channels, {guidance} guidance embedding: {IMAGE_INPUTS[self.image_input][1]}"
+
+    @property
     def patch_volume(self) -> int:
         pt, ph, pw = self.patch_size
         return pt * ph * pw
 
+
+IMAGE_INPUTS = {
+    "none": (0, "text-to-video, or HunyuanVideo-I2V token replace (the weights cannot tell: choose the mode)"),
+    "concat": (16, "SkyReels-V1 image-to-video (noisy latent + image latent)"),
+    "concat_mask": (17, "HunyuanVideo-I2V concat, the v1 weights (noisy latent + image latent + mask)"),
+}
+"""Extra input channels beyond the latent's -> (how the image enters, what the weights are)."""
 
 REAL = DiTConfig()
 """HunyuanVideo 13B text-to-video (720p), the released weights."""
@@ -117,7 +140,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], *, source: str = "state dict") 
     head_dim = int(sd["double_blocks.0.img_attn_q_norm.weight"].shape[0])
     out_ch = int(sd["final_layer.linear.weight"].shape[0]) // (patch[0] * patch[1] * patch[2])
     mlp_hidden = int(sd["double_blocks.0.img_mlp.fc1.weight"].shape[0])
-    return DiTConfig(
+    config = DiTConfig(
         in_channels=in_ch,
         out_channels=out_ch,
         patch_size=patch,
@@ -132,3 +155,8 @@ def infer_config(sd: Mapping[str, torch.Tensor], *, source: str = "state dict") 
         text_states_dim_2=int(sd["vector_in.in_layer.weight"].shape[1]),
         refiner_depth=_count(sd, r"txt_in\.individual_token_refiner\.blocks\.(\d+)\."),
     )
+    try:
+        _ = config.image_input
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    return config

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .token_replace import FirstFrameVec, Split, gated_residual_split, modulate_split
+
 
 class Linear(nn.Linear):
     """``nn.Linear`` whose weight may be stored in a narrower dtype than the compute dtype.
@@ -121,6 +123,8 @@ def activation_(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 def gated_residual_(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``x + y * gate``, accumulated into x when no autograd graph is recorded (saves a big allocation)."""
+    if isinstance(gate, Split):
+        return gated_residual_split(x, y, gate, _inference())
     return x.addcmul_(y, gate) if _inference() else torch.addcmul(x, y, gate)
 
 
@@ -145,7 +149,9 @@ class Modulation(nn.Module):
         self.factor = factor
         self.linear = Linear(hidden, factor * hidden, **kw)
 
-    def forward(self, vec: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, vec: torch.Tensor | FirstFrameVec) -> list[torch.Tensor] | list[Split]:
+        if isinstance(vec, FirstFrameVec):
+            return [Split(a, b, vec.n) for a, b in zip(self(vec.first), self(vec.vec))]
         return list(self.linear(F.silu(vec)).unsqueeze(1).chunk(self.factor, dim=-1))
 
 
@@ -156,4 +162,6 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: ``x * (1 + scale) + shift`` with shift/scale [B, 1, D] broadcast over tokens."""
+    if isinstance(shift, Split):
+        return modulate_split(x, shift, scale)
     return torch.addcmul(shift, x, 1 + scale)

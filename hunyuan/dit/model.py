@@ -14,6 +14,7 @@ from .config import DiTConfig
 from .layers import MLPEmbedder, PatchEmbed, TimestepEmbedder
 from .refiner import SingleTokenRefiner, trim_padding
 from .rope import video_rope
+from .token_replace import FirstFrameVec
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,18 @@ class HunyuanVideoDiT(nn.Module):
             grid.append(size // p)
         return tuple(grid)
 
-    def _conditioning_vector(self, timestep, pooled, guidance, dtype) -> torch.Tensor:
-        """vec [B, D] = time_in(t) + vector_in(CLIP pooled) (+ guidance_in(1000 g))."""
-        vec = self.time_in(timestep, dtype) + self.vector_in(pooled.to(dtype))
+    def _conditioning_vector(self, timestep, pooled, guidance, dtype, first_frame_tokens: int = 0):
+        """vec [B, D] = time_in(t) + vector_in(CLIP pooled) (+ guidance_in(1000 g)).
+
+        With ``first_frame_tokens`` (token replace) a :class:`FirstFrameVec` whose first-frame
+        vector is time_in(0) + vector_in(pooled), without guidance (Tencent's I2V code).
+        """
+        text = self.vector_in(pooled.to(dtype))
+        vec = self.time_in(timestep, dtype) + text
         if self.guidance_in is not None and guidance is not None:
             vec = vec + self.guidance_in(guidance.to(device=vec.device, dtype=torch.float32) * 1000.0, dtype)
+        if first_frame_tokens:
+            return FirstFrameVec(vec, self.time_in(torch.zeros_like(timestep), dtype) + text, first_frame_tokens)
         return vec
 
     def _unpatchify(self, out: torch.Tensor, grid, shape) -> torch.Tensor:
@@ -108,18 +116,24 @@ class HunyuanVideoDiT(nn.Module):
         refined_text: torch.Tensor | None = None,
         step_cache=None,
         sequence_parallel=None,
+        token_replace: bool = False,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
-        x: [B, 16, T, H, W] latent; timestep: [B] in 0..1000; text_states: [B, L, 4096] LLM states
-        (ignored when ``refined_text`` is given); text_mask: [B, L] bool; text_pooled: [B, 768];
+        x: [B, C, T, H, W] latent (C = 16, or 32/33 with an I2V image concatenated); timestep: [B]
+        in 0..1000; text_states: [B, L, 4096] LLM states (ignored when ``refined_text`` is given);
+        text_mask: [B, L] bool; text_pooled: [B, 768];
         guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
         precomputed ``txt_in`` output for this timestep; step_cache: a
         :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack;
         sequence_parallel: a :class:`~hunyuan.parallel.sequence.SequenceShard` when this call is one
-        rank's share of the forward. Returns [B, 16, T, H, W] in x's dtype.
+        rank's share of the forward; token_replace: the first latent frame is a clean image latent
+        (HunyuanVideo-I2V v2), its tokens are modulated as at t=0 (see :mod:`.token_replace`).
+        Returns [B, 16, T, H, W] in x's dtype.
         """
         grid = self._check_input(x)
+        if token_replace and sequence_parallel is not None:
+            raise ValueError("token replace (image-to-video) does not run with sequence parallelism yet")
         dtype = self.compute_dtype or self.img_in.proj.weight.dtype
         _, attn = resolve_backend(self.attention_backend, x.device)
         text_mask = text_mask.to(device=x.device, dtype=torch.bool)
@@ -127,7 +141,8 @@ class HunyuanVideoDiT(nn.Module):
         mask = text_mask[:, keep]
         img = self.img_in(x.to(dtype)).contiguous()
         timestep = timestep.to(x.device).float().expand(x.shape[0])
-        vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype)
+        first = grid[1] * grid[2] if token_replace else 0
+        vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype, first)
         if refined_text is not None:
             txt = refined_text.to(device=x.device, dtype=dtype)[:, keep]
         else:

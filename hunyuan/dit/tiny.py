@@ -12,6 +12,14 @@ from .config import TINY, DiTConfig
 from .model import HunyuanVideoDiT
 
 TINY_DIT_FILE = "hyvid_tiny_dit.safetensors"
+TINY_I2V_FILES = {
+    # file name -> (input channels, guidance embedding, seed offset, weight std): the released I2V
+    # variants' shapes. The token-replace file has wider weights so that frames couple through
+    # attention enough for a pipeline test to see the first frame's own modulation.
+    "hyvid_tiny_dit_i2v_replace.safetensors": (16, True, 1, 0.1),  # HunyuanVideo-I2V v2: T2V keys and shapes
+    "hyvid_tiny_dit_i2v_concat.safetensors": (33, False, 2, 0.02),  # HunyuanVideo-I2V v1
+    "hyvid_tiny_dit_skyreels_i2v.safetensors": (32, True, 3, 0.02),  # SkyReels-V1-I2V
+}
 
 
 def random_state_dict(config: DiTConfig, seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
@@ -45,10 +53,19 @@ def write_tiny(
     hidden 64, 4 heads x 16 (RoPE axes 4+6+6), 2 double + 2 single blocks, 2 refiner blocks,
     guidance embedding. ``text_states_dim`` / ``text_states_dim_2`` must match the tiny LLM's
     hidden size and the tiny CLIP's pooled size.
+    Also the image-to-video variants (:data:`TINY_I2V_FILES`), each with its own seed.
     """
     config = tiny_config(text_states_dim, text_states_dim_2)
-    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in random_state_dict(config, seed).items()}
-    path = pathlib.Path(models_dir) / "diffusion_models" / TINY_DIT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = pathlib.Path(models_dir) / "diffusion_models"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [_write(folder / TINY_DIT_FILE, config, seed)]
+    for name, (channels, guidance, offset, std) in TINY_I2V_FILES.items():
+        variant = dataclasses.replace(config, in_channels=channels, guidance_embed=guidance)
+        paths.append(_write(folder / name, variant, seed + 1000 * offset, std))
+    return paths
+
+
+def _write(path: pathlib.Path, config: DiTConfig, seed: int, std: float = 0.02) -> pathlib.Path:
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in random_state_dict(config, seed, std).items()}
     save_file(sd, str(path), metadata={"format": "pt", "model": "hunyuan_video_dit_tiny"})
-    return [path]
+    return path

@@ -16,6 +16,7 @@ import torch
 from ..conditioning import RefinedConditioning, RefinedText
 from ..dit.step_cache import StepCacheRun, StepCacheState
 from ..vae.config import SCALING_FACTOR
+from .image import ImageInput
 from .loop import StepCallback, guided_velocity, noise_latent, sample_flow
 from .schedule import NUM_TRAIN_TIMESTEPS, check_sigmas, denoise_start_index
 from .solvers import VelocityFn
@@ -158,6 +159,7 @@ def sample_video(
     callback: StepCallback | None = None,
     step_cache: StepCacheRun | None = None,
     batched_cfg: bool = False,
+    image: ImageInput | None = None,
 ) -> torch.Tensor:
     """Sample a video latent.
 
@@ -169,7 +171,9 @@ def sample_video(
     step_cache: a fresh StepCacheRun (one state per pass), or None to compute every step
     batched_cfg: run true CFG's two passes as one forward (not with a step cache, whose passes
              keep separate states)
-    Returns: [B,16,T,H,W] float32 raw VAE latent on ``device``.
+    image:   image-to-video: a first frame resolved for this DiT (:func:`.image.resolve`); not with
+             an input latent
+    Returns: [B,16,T,H,W] float32 raw VAE latent on ``device`` (T-1 frames for I2V concat_mask).
     """
     sigmas = check_sigmas(sigmas)
     check_schedule_match(conditioning.positive, sigmas, "positive")
@@ -181,13 +185,17 @@ def sample_video(
     if solver == "heun" and float(run[-1]) != 0.0:
         raise ValueError("solver='heun' needs a schedule that ends at sigma 0 (its corrector has no tokens past the end)")
     noise = noise.to(device=device, dtype=torch.float32)
+    if image is not None:
+        if latent is not None:
+            raise ValueError("latent: image-to-video starts from noise (and the image); disconnect the input latent")
+        model = image.wrap(model)
     if latent is None:
         if float(run[0]) < 1.0:
             raise ValueError(
                 f"the schedule starts at sigma {float(run[0]):.4f} (< 1, denoise={denoise}) but no input latent "
                 "was given: partial denoising needs a latent to start from"
             )
-        x = noise
+        x = noise if image is None else image.start(noise)
     else:
         if latent.shape != noise.shape:
             raise ValueError(f"latent has shape {tuple(latent.shape)}, expected {tuple(noise.shape)} for this size")
@@ -195,4 +203,4 @@ def sample_video(
     velocity = _run_velocity(model, conditioning.positive, negative, run, cfg, offset=start,
                              guidance=embedded_guidance, device=device, step_cache=step_cache, batched_cfg=batched_cfg)
     out = sample_flow(velocity, x, run, solver=solver, callback=callback)
-    return out / MODEL_LATENT_SCALE
+    return out / MODEL_LATENT_SCALE if image is None else image.finish(out)

@@ -25,6 +25,11 @@ STAGES = ("text", "dit", "vae", "rewrite")
 # example workflows in workflows/ (which name the real files) run unchanged on tiny weights.
 REAL_NAMES = {
     "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors": "diffusion_models/hyvid_tiny_dit.safetensors",
+    "diffusion_models/hunyuan_video_v2_replace_image_to_video_720p_bf16.safetensors":
+        "diffusion_models/hyvid_tiny_dit_i2v_replace.safetensors",
+    "diffusion_models/hunyuan_video_image_to_video_720p_bf16.safetensors":
+        "diffusion_models/hyvid_tiny_dit_i2v_concat.safetensors",
+    "diffusion_models/skyreels_hunyuan_i2v_bf16.safetensors": "diffusion_models/hyvid_tiny_dit_skyreels_i2v.safetensors",
     "vae/hunyuan_video_vae_bf16.safetensors": "vae/hyvid_tiny_vae.safetensors",
     "text_encoders/llava_llama3_fp16.safetensors": "text_encoders/hyvid_tiny_llava_llama3_fp16.safetensors",
     "text_encoders/clip_l.safetensors": "text_encoders/hyvid_tiny_clip_l.safetensors",

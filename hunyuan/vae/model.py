@@ -135,6 +135,14 @@ class CausalVAE(nn.Module):
         moments = self.quant_conv(self.encoder(self.prepare(video)))
         return moments[:, : self.config.latent_channels].contiguous()
 
+    def posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, 4k+1, H, W] in -1..1 -> (mean, std) of the latent posterior, each [B, 16, k+1, H/8, W/8].
+
+        std = exp(logvar / 2) with logvar clamped to -30..20 (diffusers' DiagonalGaussianDistribution).
+        """
+        mean, logvar = self.quant_conv(self.encoder(self.prepare(video))).chunk(2, dim=1)
+        return mean.contiguous(), torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Raw latent [B, 16, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in about -1..1."""
         return self.decoder(self.post_quant_conv(self.prepare(latent))).contiguous()
