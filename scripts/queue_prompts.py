@@ -172,7 +172,9 @@ class Dispatcher:
 
     def poll(self, index: int) -> None:
         """Ask the job's server about it: record done/failed, or make it pending again if lost."""
-        job = self.record.jobs[index]
+        job = self.record.jobs.get(index)
+        if job is None or job["state"] != "queued":  # moved off a server found dead earlier in this round
+            return
         server, pid = self.servers[job["server"]], job["prompt_id"]
         if server.dead:
             return
