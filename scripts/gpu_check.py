@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ def stage_payload(ctx: Ctx) -> dict:
     missing = [str(t) for t in tokenizers if not t.is_dir()]
     if missing:
         raise CheckFailed(f"tokenizer folders missing: {missing} (run scripts/bootstrap.sh, or set COMFYUI_PATH)")
-    if not (ROOT / ".git").exists():
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
         return {"carry": list(CARRY), "note": "no git checkout here (on the device): size checked before sending"}
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
                            capture_output=True).stdout.decode().split("\0")

@@ -40,7 +40,7 @@ def _model(ctx: Ctx):
     model = HunyuanVideoDiT(config, device=ctx.device, dtype=torch.bfloat16).eval().requires_grad_(False)
     for p in model.parameters():
         p.normal_(0, 0.02)
-    model.detach_refiner()
+    model.detach_refiner().to("cpu")  # not part of sampling: off the device like the loader leaves it
     model.to("cpu")
     if ctx.cuda:
         torch.cuda.empty_cache()
