@@ -88,7 +88,7 @@ def run_case(ctx: Ctx, model, case) -> dict:
     predicted = estimate_sampling_memory(config, swap=swap, **kw)
     return {"fits": True, "free_gib": free / GIB, "double": swap.double_blocks, "single": swap.single_blocks,
             "seconds_per_step": seconds,
-            **memory_row(ctx, ctx.peak_gib(), (predicted.weights_bytes + predicted.activation_bytes
+            **memory_row(ctx, ctx.peaks(), (predicted.weights_bytes + predicted.activation_bytes
                                                + predicted.text_bytes) / GIB)}
 
 

@@ -60,8 +60,21 @@ def stage_pack_imports(ctx: Ctx) -> dict:
     if ctx.cuda:
         props = torch.cuda.get_device_properties(ctx.device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", total_gib=props.total_memory / 2**30,
-                    cuda=torch.version.cuda)
+                    cuda=torch.version.cuda, **_context_bytes(ctx))
     return info
+
+
+def _context_bytes(ctx: Ctx) -> dict:
+    """What the process holds on the device outside PyTorch's allocator once cuBLAS and a conv kernel
+    have loaded: the CUDA context that hunyuan/process_memory.py assumes is 0.5 GB."""
+    a = torch.randn(1024, 1024, device=ctx.device, dtype=torch.bfloat16)
+    (a @ a).sum().item()
+    torch.nn.functional.conv3d(torch.randn(1, 8, 4, 16, 16, device=ctx.device), torch.randn(8, 8, 3, 3, 3,
+                               device=ctx.device)).sum().item()
+    free, total = torch.cuda.mem_get_info(ctx.device)
+    used = total - free  # the whole device: other processes would count too (none on the GPU machine)
+    return {"device_used_gb": used / 1e9, "torch_reserved_gb": torch.cuda.memory_reserved(ctx.device) / 1e9,
+            "cuda_context_gb": (used - torch.cuda.memory_reserved(ctx.device)) / 1e9}
 
 
 def stage_tiny_dit(ctx: Ctx) -> dict:
@@ -93,16 +106,16 @@ def _swap_run(ctx: Ctx, model, inputs: DiTInputs, settings: SwapSettings, dtype)
     ctx.reset_peak()
     with engine.running():
         seconds, out = timed(ctx, lambda: inputs.run(model, ctx.device, dtype))
-    info = {"seconds": seconds, "peak_gib": ctx.peak_gib(), "sync_loads": engine.stats["sync_loads"],
+    info = {"seconds": seconds, "peaks": ctx.peaks(), "sync_loads": engine.stats["sync_loads"],
             "fetches": engine.stats["fetches"], "transport": type(engine.transport).__name__}
     model.to(ctx.device)
     return out, info
 
 
-def _resident_run(ctx: Ctx, model, inputs: DiTInputs, dtype) -> tuple[torch.Tensor, float, float | None]:
+def _resident_run(ctx: Ctx, model, inputs: DiTInputs, dtype) -> tuple[torch.Tensor, float, tuple]:
     ctx.reset_peak()
     seconds, out = timed(ctx, lambda: inputs.run(model, ctx.device, dtype), repeats=2)
-    return out, seconds, ctx.peak_gib()
+    return out, seconds, ctx.peaks()
 
 
 def stage_blockswap(ctx: Ctx) -> dict:
@@ -118,6 +131,7 @@ def stage_blockswap(ctx: Ctx) -> dict:
     finite("partial DiT bf16", plain)
     settings = _swap_for(config)
     swapped, info = _swap_run(ctx, model, inputs, settings, torch.bfloat16)
+    swap_peaks = info.pop("peaks")
     expect(torch.equal(plain, swapped), f"swap on vs off differ: rel err {rel_err(swapped, plain):.2e} (must be 0)")
     ref = DiTInputs.run(inputs, load_dit(sd, device="cpu", dtype=torch.float32), torch.device("cpu"), torch.float32)
     ctx.kept["blockswap"] = (sd, plain, seconds)
@@ -125,7 +139,7 @@ def stage_blockswap(ctx: Ctx) -> dict:
         "config": {"hidden": config.hidden_size, "double": config.depth_double, "single": config.depth_single},
         "size": size, "no_swap": {"seconds": seconds, **memory_row(ctx, peak, planner_gib(config, size, SwapSettings()))},
         "swap": {**info, "double": settings.double_blocks, "single": settings.single_blocks,
-                 **memory_row(ctx, info["peak_gib"], planner_gib(config, size, settings))},
+                 **memory_row(ctx, swap_peaks, planner_gib(config, size, settings))},
         "swap_bit_equal": True,
         "bf16_vs_cpu_fp32": within("partial DiT bf16 device vs CPU fp32", rel_err(plain, ref), BF16_TOL),
     }
@@ -192,5 +206,5 @@ def stage_real_vae(ctx: Ctx) -> dict:
     predicted = estimate_peak(spec, shape, widest=cfg.block_channels[0]) / 2**30
     weights = sum(p.numel() * p.element_size() for p in vae.parameters()) / 2**30
     return {"latent": list(shape), "tile": dataclasses.asdict(spec), "seconds": seconds,
-            **memory_row(ctx, ctx.peak_gib(), predicted + weights), "weights_gib": weights,
+            **memory_row(ctx, ctx.peaks(), predicted + weights), "weights_gib": weights,
             "video_shape": list(video.shape)}
