@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from hunyuan import text
 from hunyuan.conditioning import RefinedConditioning
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit
@@ -18,17 +19,6 @@ from hunyuan.dit.tiny import TINY_DIT_FILE
 from hunyuan.offload import BlockSwapEngine, SwapSettings
 from hunyuan.sampling import flow_sigmas, latent_shape, seeded_noise
 from hunyuan.sampling.pipeline import sample_video
-from hunyuan.text import (
-    EncodeOptions,
-    TextEncoders,
-    encode_prompts,
-    get_template,
-    load_clip,
-    load_clip_tokenizer,
-    load_llm,
-    load_llm_tokenizer,
-    parse_dtype,
-)
 from hunyuan.text.tiny import CLIP_DIR, CLIP_FILE, LLAMA_DIR, LLAMA_FILE
 from hunyuan.vae import load_vae
 from hunyuan.vae.tiled import decode
@@ -52,15 +42,15 @@ def _visit(device: torch.device, model: torch.nn.Module, fn, what: str):
 
 
 def _text(device: torch.device, models) -> object:
-    fp32 = parse_dtype("fp32")
-    llm = load_llm(models / "text_encoders" / LLAMA_FILE, fp32)
-    clip = load_clip(models / "text_encoders" / CLIP_FILE, fp32)
-    encoders = TextEncoders(llm, load_llm_tokenizer(models / "LLM" / LLAMA_DIR), clip,
-                            load_clip_tokenizer(models / "clip" / CLIP_DIR))
-    options = EncodeOptions(template=get_template("video"))
+    fp32 = text.parse_dtype("fp32")
+    llm = text.load_llm(models / "text_encoders" / LLAMA_FILE, fp32)
+    clip = text.load_clip(models / "text_encoders" / CLIP_FILE, fp32)
+    encoders = text.TextEncoders(llm, text.load_llm_tokenizer(models / "LLM" / LLAMA_DIR), clip,
+                                 text.load_clip_tokenizer(models / "clip" / CLIP_DIR))
+    options = text.EncodeOptions(template=text.get_template("video"))
     llm.to(device)  # both encoders are visited: the CLIP one must follow the LLM onto the device
     try:
-        embeds = _visit(device, clip, lambda: encode_prompts(encoders, ["a red fox in the snow"], options, device,
+        embeds = _visit(device, clip, lambda: text.encode_prompts(encoders, ["a red fox in the snow"], options, device,
                                                               negative=["blurry"]), "CLIP-L")
     finally:
         llm.to("cpu")
