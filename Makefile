@@ -4,7 +4,7 @@
 PYTHON := .venv/bin/python
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick rehearse
 
 bench:
 	bash scripts/bootstrap.sh
@@ -14,3 +14,12 @@ bench:
 bench-quick:
 	bash scripts/bootstrap.sh
 	$(PYTHON) bench/run_all.py --quick $(BENCH_ARGS)
+
+# Real-size rehearsal on the CPU (not part of the tests or CI): random weights at the real widths in
+# the real files, each stage in a fresh process, peak RSS vs the planner (README, "Real-size rehearsal").
+# Partial depth by default; REHEARSE_ARGS="--double 20 --single 40 --llm-layers 32" for the full model.
+REHEARSE_ARGS ?=
+
+rehearse:
+	bash scripts/bootstrap.sh
+	$(PYTHON) scripts/rehearse.py $(REHEARSE_ARGS)

@@ -45,8 +45,13 @@ def language_model_name(key: str) -> str | None:
     return None
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Stream tensors into a safetensors file one by one (no in-memory copy of the whole shard)."""
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None,
+                      make=None) -> None:
+    """Stream tensors into a safetensors file one by one (no in-memory copy of the whole shard).
+
+    ``make(name, tensor)``, when given, makes each tensor's data just before it is written (the
+    names, shapes and dtypes come from ``tensors``, which may then be meta tensors): a file far
+    larger than memory can be written this way (``scripts/rehearse.py``)."""
     header, offset = {}, 0
     for name, tensor in tensors.items():
         if tensor.dtype not in ST_DTYPES:
@@ -61,7 +66,8 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for tensor in tensors.values():
+        for name, tensor in tensors.items():
+            tensor = make(name, tensor) if make is not None else tensor
             flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
             f.write(memoryview(flat.numpy()))
 
