@@ -1,0 +1,227 @@
+"""The LoRA node's maths: every layout at strength 0.8 equals the DiT merged by hand.
+
+The hand merge is written here: W[rows] + s * (alpha / rank) * B @ A, where ``rows`` are the
+Tencent rows a LoRA layer's output covers (all of them, or the q/k/v/mlp part of a fused weight
+for diffusers names, found by pushing row numbers through ``keymap.to_diffusers``). LoRAs are
+applied as the node applies them: ComfyUI's ``comfy.lora.load_lora`` on our key map, patches
+added to a ModelPatcher and patched in by it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import comfy.cli_args
+import pytest
+import torch
+
+comfy.cli_args.args.cpu = True
+
+import comfy.model_patcher  # noqa: E402
+
+from hunyuan.dit import TINY  # noqa: E402
+from hunyuan.dit.checkpoint import load_dit  # noqa: E402
+from hunyuan.dit.keymap import to_comfy, to_diffusers  # noqa: E402
+from hunyuan.dit.tiny import random_state_dict  # noqa: E402
+from tests.checks import FP32_RTOL, rel_err  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+if "hyvid_pack" not in sys.modules:  # the pack as ComfyUI imports it: a package around the repo root
+    pack = types.ModuleType("hyvid_pack")
+    pack.__path__ = [str(ROOT)]
+    sys.modules["hyvid_pack"] = pack
+lora_node = importlib.import_module("hyvid_pack.nodes.lora")
+
+CPU = torch.device("cpu")
+STRENGTH = 0.8
+
+# layout: (names, key format, (up, down) suffixes, with alpha, the layout the node should report)
+UP_DOWN, PEFT = (".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight")
+FORMATS = {
+    "comfy_diffusion_model": ("comfy", "diffusion_model.{}", UP_DOWN, True, "comfy"),
+    "comfy_bare": ("comfy", "{}", PEFT, True, "comfy"),
+    "comfy_lora_unet": ("comfy", "lora_unet_{_}", UP_DOWN, True, "comfy"),
+    "diffusion_pipe": ("tencent", "transformer.{}", PEFT, False, "tencent"),
+    "musubi_converted": ("tencent", "diffusion_model.{}", PEFT, False, "tencent"),
+    "musubi": ("tencent", "lora_unet_{_}", UP_DOWN, True, "musubi"),
+    "diffusers_peft": ("diffusers", "transformer.{}", PEFT, False, "diffusers"),
+    "kohya_onetrainer": ("diffusers", "lora_transformer_{_}", UP_DOWN, True, "kohya"),
+}
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return random_state_dict(TINY, seed=3)
+
+
+def make_patcher(sd):
+    model = load_dit(sd, dtype=torch.float32)
+    model.detach_refiner()
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+def run(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 16, 2, 4, 4, generator=g)
+    text = torch.randn(1, 5, TINY.hidden_size, generator=g)  # refined tokens: the refiner is detached
+    pooled = torch.randn(1, TINY.text_states_dim_2, generator=g)
+    with torch.inference_mode():
+        return model(x, torch.tensor([600.0]), None, torch.ones(1, 5, dtype=torch.bool), pooled,
+                     torch.tensor([6.0]), refined_text=text)
+
+
+def layers(sd, names: str, select=lambda key: True) -> dict[str, tuple[str, torch.Tensor]]:
+    """LoRA layer name (dots) -> (Tencent weight key, the Tencent rows its output covers)."""
+    keys = [k for k, v in sd.items() if v.ndim == 2 and not k.startswith("txt_in.") and select(k)]
+    if names == "tencent":
+        return {k[:-7]: (k, torch.arange(sd[k].shape[0])) for k in keys}
+    if names == "comfy":
+        return {next(iter(to_comfy({k: 0})))[:-7]: (k, torch.arange(sd[k].shape[0])) for k in keys}
+    probe = dict(sd)  # row numbers, tagged with the key they come from, pushed through the renames
+    for i, k in enumerate(keys):
+        probe[k] = (i * 1_000_000 + torch.arange(sd[k].shape[0], dtype=torch.float64))[:, None]
+    out = {}
+    for name, value in to_diffusers(probe).items():
+        if value.dtype == torch.float64:
+            tags = value[:, 0].long()
+            out[name[: -len(".weight")]] = (keys[int(tags[0]) // 1_000_000], tags % 1_000_000)
+    return out
+
+
+def random_lora(sd, layout: str, seed=0, select=lambda key: True, rank0=2):
+    """(LoRA state dict in ``layout``, hand-merged deltas {Tencent key: delta at strength 1})."""
+    names, fmt, (up, down), with_alpha, _ = FORMATS[layout]
+    g = torch.Generator().manual_seed(seed)
+    lora, deltas = {}, {}
+    for i, (name, (key, rows)) in enumerate(sorted(layers(sd, names, select).items())):
+        rank = rank0 + i % 3  # ranks differ per layer
+        a = torch.randn(rank, sd[key].shape[1], generator=g) * 0.2
+        b = torch.randn(len(rows), rank, generator=g) * 0.2
+        alpha = float(rank) * 1.5 if with_alpha else float(rank)  # PEFT files carry no alpha: scale 1
+        prefix = fmt.replace("{_}", name.replace(".", "_")) if "{_}" in fmt else fmt.format(name)
+        lora[prefix + up], lora[prefix + down] = b, a
+        if with_alpha:
+            lora[prefix + ".alpha"] = torch.tensor(alpha)
+        delta = deltas.setdefault(key, torch.zeros_like(sd[key]))
+        delta[rows] += (alpha / rank) * (b @ a)
+    return lora, deltas
+
+
+def hand_merged(sd, *loras):
+    merged = dict(sd)
+    for deltas, strength in loras:
+        for key, delta in deltas.items():
+            merged[key] = merged[key] + strength * delta
+    return make_patcher(merged).model
+
+
+def apply(patcher, lora, strength=STRENGTH, name="test.safetensors", blocks=None):
+    patches, found = lora_node.lora_patches(patcher, lora, name, blocks)
+    clone = patcher.clone()
+    clone.add_patches(patches, strength)
+    return clone, found
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+def test_each_layout_equals_the_hand_merge(sd, layout):
+    lora, deltas = random_lora(sd, layout)
+    base = make_patcher(sd)
+    clone, found = apply(base, lora)
+    assert found.unmatched == [] and found.matched_tensors == len(lora)
+    assert found.detected() == FORMATS[layout][4]
+    clone.patch_model()
+    try:
+        got = run(clone.model)
+    finally:
+        clone.unpatch_model()
+    want = run(hand_merged(sd, (deltas, STRENGTH)))
+    assert rel_err(got, want) <= FP32_RTOL
+    assert rel_err(got, run(base.model)) > 1e-3  # the LoRA changed the output
+
+
+def test_unpatch_gives_back_the_base_output_bit_for_bit(sd):
+    base = make_patcher(sd)
+    before = run(base.model)
+    clone, _ = apply(base, random_lora(sd, "musubi")[0])
+    clone.patch_model()
+    assert not torch.equal(run(clone.model), before)
+    clone.unpatch_model()
+    assert torch.equal(run(base.model), before)
+
+
+def test_two_chained_loras_equal_their_hand_merged_sum(sd):
+    first, d1 = random_lora(sd, "comfy_lora_unet", seed=1)
+    second, d2 = random_lora(sd, "diffusers_peft", seed=2)
+    base = make_patcher(sd)
+    one, _ = apply(base, first, 0.8)
+    two, _ = apply(one, second, -0.5)
+    two.patch_model()
+    try:
+        got = run(two.model)
+    finally:
+        two.unpatch_model()
+    assert rel_err(got, run(hand_merged(sd, (d1, 0.8), (d2, -0.5)))) <= FP32_RTOL
+
+
+def test_partial_lora_and_block_selection(sd):
+    in_block_1 = lambda key: key.startswith("double_blocks.1.")  # noqa: E731
+    lora, deltas = random_lora(sd, "musubi", select=in_block_1)
+    base = make_patcher(sd)
+    chosen = {"double_blocks": frozenset({1}), "single_blocks": frozenset()}
+    clone, found = apply(base, lora, blocks=chosen)
+    assert found.unmatched == []
+    clone.patch_model()
+    try:
+        assert rel_err(run(clone.model), run(hand_merged(sd, (deltas, STRENGTH)))) <= FP32_RTOL
+    finally:
+        clone.unpatch_model()
+    others = {"double_blocks": frozenset({0}), "single_blocks": frozenset({0, 1})}
+    with pytest.raises(ValueError, match="matches no layer of the HunyuanVideo DiT in the selected blocks"):
+        apply(base, lora, blocks=others)
+
+
+def test_block_selection_keeps_only_the_chosen_blocks(sd):
+    lora, _ = random_lora(sd, "comfy_diffusion_model")
+    chosen = {"double_blocks": frozenset({0}), "single_blocks": frozenset({1})}
+    _, found = apply(make_patcher(sd), lora, blocks=chosen)
+    blocks = {name.split(".")[1] + "." + name.split(".")[2] for name in found.layers if "_blocks." in name}
+    assert blocks == {"double_blocks.0", "single_blocks.1"}
+    assert any("double_blocks.1." in k for k in found.unmatched)
+
+
+def test_lycoris_loha_and_lokr_through_comfy_adapters(sd):
+    g = torch.Generator().manual_seed(5)
+    key, rank = "double_blocks.0.img_attn_proj.weight", 4
+    out_f, in_f = sd[key].shape
+    w1a, w1b, w2a, w2b = (torch.randn(s, generator=g) * 0.3 for s in ((out_f, rank), (rank, in_f)) * 2)
+    loha = {"lora_unet_double_blocks_0_img_attn_proj." + k: v for k, v in
+            {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_w2_a": w2a, "hada_w2_b": w2b, "alpha": torch.tensor(2.0)}.items()}
+    key2 = "single_blocks.1.linear2.weight"
+    k1, k2 = torch.randn(4, 8, generator=g) * 0.3, torch.randn(sd[key2].shape[0] // 4, sd[key2].shape[1] // 8, generator=g)
+    lokr = {"diffusion_model.single_blocks.1.linear2.lokr_w1": k1, "diffusion_model.single_blocks.1.linear2.lokr_w2": k2}
+    base = make_patcher(sd)
+    clone, _ = apply(base, loha)
+    clone, _ = apply(clone, lokr, 0.5)
+    want = hand_merged(sd, ({key: (2.0 / rank) * (w1a @ w1b) * (w2a @ w2b)}, STRENGTH), ({key2: torch.kron(k1, k2)}, 0.5))
+    clone.patch_model()
+    try:
+        assert rel_err(run(clone.model), run(want)) <= FP32_RTOL
+    finally:
+        clone.unpatch_model()
+
+
+@pytest.mark.parametrize("kind", ["sd15", "flux_shapes"])
+def test_a_lora_for_another_model_is_refused_with_the_file_name(sd, kind):
+    if kind == "sd15":
+        lora = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
+                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4)}
+        message = r"'other.safetensors' matches no layer .* Layouts tried: ComfyUI .* kohya"
+    else:  # Flux's layer names are HunyuanVideo's; its shapes are not the tiny DiT's
+        lora = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 3072),
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(9216, 4)}
+        message = r"'other.safetensors' does not fit this HunyuanVideo DiT .*double_blocks.0.img_attn_qkv.weight"
+    with pytest.raises(ValueError, match=message):
+        lora_node.lora_patches(make_patcher(sd), lora, "other.safetensors")
