@@ -24,9 +24,9 @@ import comfy.model_patcher  # noqa: E402
 
 from hunyuan.dit import TINY  # noqa: E402
 from hunyuan.dit.checkpoint import load_dit  # noqa: E402
-from hunyuan.dit.keymap import to_comfy, to_diffusers  # noqa: E402
 from hunyuan.dit.tiny import random_state_dict  # noqa: E402
 from tests.checks import FP32_RTOL, rel_err  # noqa: E402
+from tests.lora_cases import FORMATS, random_lora  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 if "hyvid_pack" not in sys.modules:  # the pack as ComfyUI imports it: a package around the repo root
@@ -37,20 +37,6 @@ lora_node = importlib.import_module("hyvid_pack.nodes.lora")
 
 CPU = torch.device("cpu")
 STRENGTH = 0.8
-
-# layout: (names, key format, (up, down) suffixes, with alpha, the layout the node should report)
-UP_DOWN, PEFT = (".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight")
-FORMATS = {
-    "comfy_diffusion_model": ("comfy", "diffusion_model.{}", UP_DOWN, True, "comfy"),
-    "comfy_bare": ("comfy", "{}", PEFT, True, "comfy"),
-    "comfy_lora_unet": ("comfy", "lora_unet_{_}", UP_DOWN, True, "comfy"),
-    "diffusion_pipe": ("tencent", "transformer.{}", PEFT, False, "tencent"),
-    "musubi_converted": ("tencent", "diffusion_model.{}", PEFT, False, "tencent"),
-    "musubi": ("tencent", "lora_unet_{_}", UP_DOWN, True, "musubi"),
-    "diffusers_peft": ("diffusers", "transformer.{}", PEFT, False, "diffusers"),
-    "kohya_onetrainer": ("diffusers", "lora_transformer_{_}", UP_DOWN, True, "kohya"),
-}
-
 
 @pytest.fixture(scope="module")
 def sd():
@@ -71,43 +57,6 @@ def run(model, seed=0):
     with torch.inference_mode():
         return model(x, torch.tensor([600.0]), None, torch.ones(1, 5, dtype=torch.bool), pooled,
                      torch.tensor([6.0]), refined_text=text)
-
-
-def layers(sd, names: str, select=lambda key: True) -> dict[str, tuple[str, torch.Tensor]]:
-    """LoRA layer name (dots) -> (Tencent weight key, the Tencent rows its output covers)."""
-    keys = [k for k, v in sd.items() if v.ndim == 2 and not k.startswith("txt_in.") and select(k)]
-    if names == "tencent":
-        return {k[:-7]: (k, torch.arange(sd[k].shape[0])) for k in keys}
-    if names == "comfy":
-        return {next(iter(to_comfy({k: 0})))[:-7]: (k, torch.arange(sd[k].shape[0])) for k in keys}
-    probe = dict(sd)  # row numbers, tagged with the key they come from, pushed through the renames
-    for i, k in enumerate(keys):
-        probe[k] = (i * 1_000_000 + torch.arange(sd[k].shape[0], dtype=torch.float64))[:, None]
-    out = {}
-    for name, value in to_diffusers(probe).items():
-        if value.dtype == torch.float64:
-            tags = value[:, 0].long()
-            out[name[: -len(".weight")]] = (keys[int(tags[0]) // 1_000_000], tags % 1_000_000)
-    return out
-
-
-def random_lora(sd, layout: str, seed=0, select=lambda key: True, rank0=2):
-    """(LoRA state dict in ``layout``, hand-merged deltas {Tencent key: delta at strength 1})."""
-    names, fmt, (up, down), with_alpha, _ = FORMATS[layout]
-    g = torch.Generator().manual_seed(seed)
-    lora, deltas = {}, {}
-    for i, (name, (key, rows)) in enumerate(sorted(layers(sd, names, select).items())):
-        rank = rank0 + i % 3  # ranks differ per layer
-        a = torch.randn(rank, sd[key].shape[1], generator=g) * 0.2
-        b = torch.randn(len(rows), rank, generator=g) * 0.2
-        alpha = float(rank) * 1.5 if with_alpha else float(rank)  # PEFT files carry no alpha: scale 1
-        prefix = fmt.replace("{_}", name.replace(".", "_")) if "{_}" in fmt else fmt.format(name)
-        lora[prefix + up], lora[prefix + down] = b, a
-        if with_alpha:
-            lora[prefix + ".alpha"] = torch.tensor(alpha)
-        delta = deltas.setdefault(key, torch.zeros_like(sd[key]))
-        delta[rows] += (alpha / rank) * (b @ a)
-    return lora, deltas
 
 
 def hand_merged(sd, *loras):
