@@ -12,6 +12,7 @@ from .config import TINY, DiTConfig
 from .model import HunyuanVideoDiT
 
 TINY_DIT_FILE = "hyvid_tiny_dit.safetensors"
+TINY_LORA_FILE = "hyvid_tiny_lora.safetensors"
 
 
 def random_state_dict(config: DiTConfig, seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
@@ -51,4 +52,24 @@ def write_tiny(
     path = pathlib.Path(models_dir) / "diffusion_models" / TINY_DIT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path), metadata={"format": "pt", "model": "hunyuan_video_dit_tiny"})
-    return [path]
+    return [path, write_tiny_lora(models_dir, config, seed)]
+
+
+def write_tiny_lora(models_dir: pathlib.Path, config: DiTConfig, seed: int = 0, rank: int = 4) -> pathlib.Path:
+    """``models_dir/loras/hyvid_tiny_lora.safetensors``: a random rank-``rank`` LoRA on every
+    Linear of the blocks, in musubi-tuner's layout (``lora_unet_<Tencent name>``, with alpha)."""
+    with torch.device("meta"):
+        skeleton = HunyuanVideoDiT(config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    sd = {}
+    for key, meta in skeleton.state_dict().items():
+        if not key.startswith(("double_blocks.", "single_blocks.")) or meta.ndim != 2:
+            continue
+        name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+        sd[name + ".lora_down.weight"] = torch.randn(rank, meta.shape[1], generator=gen).to(torch.bfloat16)
+        sd[name + ".lora_up.weight"] = (torch.randn(meta.shape[0], rank, generator=gen) * 0.05).to(torch.bfloat16)
+        sd[name + ".alpha"] = torch.tensor(float(rank), dtype=torch.bfloat16)
+    path = pathlib.Path(models_dir) / "loras" / TINY_LORA_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata={"format": "pt", "model": "hunyuan_video_lora_tiny"})
+    return path
