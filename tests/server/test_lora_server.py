@@ -22,7 +22,7 @@ from tests.server.test_reliability_pickle import write_evil
 pytestmark = pytest.mark.server
 
 WORKFLOW = ROOT / "workflows" / "t2v_lora_api.json"
-LORA, SAMPLER, LOADERS = "11", "6", ("1", "3")
+LORA, SAMPLER, LOADERS = "22", "6", ("1", "3")
 
 
 def lora_graph(strength: float | None = 0.8, lora_name: str | None = None) -> dict:
