@@ -174,3 +174,40 @@ def test_a_lora_for_another_model_is_refused_with_the_file_name(sd, kind):
         message = r"'other.safetensors' does not fit this HunyuanVideo DiT .*double_blocks.0.img_attn_qkv.weight"
     with pytest.raises(ValueError, match=message):
         lora_node.lora_patches(make_patcher(sd), lora, "other.safetensors")
+
+
+def _patched_weight(patcher, lora, key, strength):
+    clone, _ = apply(patcher, lora, strength)
+    clone.patch_model()
+    try:
+        layer = clone.model.get_submodule(key[: -len(".weight")])
+        scale = layer.weight_scale if layer.weight_scale is not None else 1.0
+        return layer.weight.dtype, layer.weight.float() * scale
+    finally:
+        clone.unpatch_model()
+
+
+def test_fp8_with_scales_gets_the_lora_on_the_real_weight_and_bf16_stays_bf16(sd):
+    lora, deltas = random_lora(sd, "musubi", select=lambda k: k.startswith("double_blocks.0."))
+    key, strength = "double_blocks.0.img_attn_proj.weight", 0.5
+    want = sd[key] + strength * deltas[key]
+    stored = {}
+    for k, v in sd.items():  # Tencent-style scaled fp8 in ComfyUI's key names for the scale
+        if k.startswith(("double_blocks.", "single_blocks.")) and v.ndim == 2:
+            scale = 4 * v.abs().max() / 448.0  # headroom: a weight plus a LoRA may outgrow the original range
+            stored[k], stored[k[: -len(".weight")] + ".scale_weight"] = (v / scale).to(torch.float8_e4m3fn), scale
+        else:
+            stored[k] = v
+    fp8 = load_dit({**stored, "scaled_fp8": torch.zeros(0)}, dtype=torch.float32)
+    fp8.detach_refiner()
+    patcher = comfy.model_patcher.ModelPatcher(fp8, load_device=CPU, offload_device=CPU)
+    dtype, got = _patched_weight(patcher, lora, key, strength)
+    # e4m3 keeps 3 mantissa bits: each element within 1/16 of itself, so of the largest one (the LoRA
+    # added to the stored, unscaled weight would be off by ~1/3: its change shrunk by the scale)
+    assert dtype == torch.float8_e4m3fn and rel_err(got, want) <= 1 / 16
+    assert fp8.get_submodule(key[:-7]).weight.dtype == torch.float8_e4m3fn  # unpatched: fp8 again
+    bf16 = load_dit(sd, dtype=torch.bfloat16)
+    bf16.detach_refiner()
+    bf16 = comfy.model_patcher.ModelPatcher(bf16, load_device=CPU, offload_device=CPU)
+    dtype, got = _patched_weight(bf16, lora, key, strength)
+    assert dtype == torch.bfloat16 and rel_err(got, want) <= 2**-8
