@@ -36,20 +36,28 @@ def layers(sd, names: str, select=lambda key: True) -> dict[str, tuple[str, torc
             out[name[: -len(".weight")]] = (keys[int(tags[0]) // 1_000_000], tags % 1_000_000)
     return out
 
-def random_lora(sd, layout: str, seed=0, select=lambda key: True, rank0=2):
-    """(LoRA state dict in ``layout``, hand-merged deltas {Tencent key: delta at strength 1})."""
+def random_lora(sd, layout: str, seed=0, select=lambda key: True, rank0=2, fixed_rank: int | None = None):
+    """(LoRA state dict in ``layout``, hand-merged deltas {Tencent key: delta at strength 1}).
+
+    With ``sd`` on the meta device the factors are meta tensors too (real shapes, no memory) and
+    there are no deltas.
+    """
     names, fmt, (up, down), with_alpha, _ = FORMATS[layout]
     g = torch.Generator().manual_seed(seed)
     lora, deltas = {}, {}
     for i, (name, (key, rows)) in enumerate(sorted(layers(sd, names, select).items())):
-        rank = rank0 + i % 3  # ranks differ per layer
-        a = torch.randn(rank, sd[key].shape[1], generator=g) * 0.2
-        b = torch.randn(len(rows), rank, generator=g) * 0.2
+        rank = fixed_rank or rank0 + i % 3  # ranks differ per layer
         alpha = float(rank) * 1.5 if with_alpha else float(rank)  # PEFT files carry no alpha: scale 1
         prefix = fmt.replace("{_}", name.replace(".", "_")) if "{_}" in fmt else fmt.format(name)
-        lora[prefix + up], lora[prefix + down] = b, a
         if with_alpha:
             lora[prefix + ".alpha"] = torch.tensor(alpha)
+        if sd[key].is_meta:
+            lora[prefix + up] = torch.empty(len(rows), rank, device="meta")
+            lora[prefix + down] = torch.empty(rank, sd[key].shape[1], device="meta")
+            continue
+        a = torch.randn(rank, sd[key].shape[1], generator=g) * 0.2
+        b = torch.randn(len(rows), rank, generator=g) * 0.2
+        lora[prefix + up], lora[prefix + down] = b, a
         delta = deltas.setdefault(key, torch.zeros_like(sd[key]))
         delta[rows] += (alpha / rank) * (b @ a)
     return lora, deltas

@@ -1,0 +1,46 @@
+"""A random rank-32 LoRA at the real 13B DiT's shapes (20 + 40 blocks, width 3072), in every
+layout, on the meta device: every one of its tensors matches a DiT weight, fits its shape, and
+becomes a ModelPatcher patch."""
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import comfy.cli_args
+import pytest
+import torch
+
+comfy.cli_args.args.cpu = True
+
+import comfy.model_patcher  # noqa: E402
+
+from hunyuan.dit import REAL, HunyuanVideoDiT  # noqa: E402
+from tests.lora_cases import FORMATS, random_lora  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+if "hyvid_pack" not in sys.modules:
+    pack = types.ModuleType("hyvid_pack")
+    pack.__path__ = [str(ROOT)]
+    sys.modules["hyvid_pack"] = pack
+lora_node = importlib.import_module("hyvid_pack.nodes.lora")
+
+
+@pytest.fixture(scope="module")
+def patcher():
+    with torch.device("meta"):
+        model = HunyuanVideoDiT(REAL)
+    model.detach_refiner()
+    return comfy.model_patcher.ModelPatcher(model, load_device="cpu", offload_device="cpu")
+
+
+@pytest.mark.parametrize("layout", FORMATS)
+def test_every_tensor_of_a_real_shape_lora_matches(patcher, layout):
+    lora, _ = random_lora(patcher.model.state_dict(), layout, fixed_rank=32)
+    patches, found = lora_node.lora_patches(patcher, lora, "real.safetensors")
+    assert found.unmatched == [] and found.matched_tensors == len(lora)
+    assert found.detected() == FORMATS[layout][4]
+    applied = patcher.clone().add_patches(patches, 1.0)
+    blocks = {k.split(".")[0] + "." + k.split(".")[1] for k in applied if "_blocks." in k}
+    assert len(blocks) == REAL.depth_double + REAL.depth_single
+    assert len(applied) == len(patches)  # every patch (a q/k/v part counts once) lands on a weight
