@@ -1,5 +1,5 @@
 """The LoRA node against ComfyUI's own path: UNETLoader's loader + LoraLoaderModelOnly's loader
-(``comfy.sd.load_diffusion_model_state_dict``, ``comfy.sd.load_lora_for_models``) on the same
+(``comfy_sd.load_diffusion_model_state_dict``, ``comfy_sd.load_lora_for_models``) on the same
 weights and the same LoRA, for each layout ComfyUI 0.3.75 maps for HunyuanVideo.
 
 The DiT is small but of a width ComfyUI's model detection accepts (head_dim 128, pooled 768).
@@ -12,33 +12,21 @@ in tests/unit/test_lora.py.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import sys
-import types
-from pathlib import Path
 
-import comfy.cli_args
 import pytest
 import torch
 
-comfy.cli_args.args.cpu = True
+from hunyuan.dit import TINY
+from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.keymap import from_comfy
+from hunyuan.dit.tiny import random_state_dict
+from tests.checks import FP32_RTOL, rel_err
+from tests.lora_cases import random_lora
+from tests.pack import comfy_module, pack_module
 
-import comfy.model_patcher  # noqa: E402
-import comfy.sd  # noqa: E402
-
-from hunyuan.dit import TINY  # noqa: E402
-from hunyuan.dit.checkpoint import load_dit  # noqa: E402
-from hunyuan.dit.keymap import from_comfy  # noqa: E402
-from hunyuan.dit.tiny import random_state_dict  # noqa: E402
-from tests.checks import FP32_RTOL, rel_err  # noqa: E402
-from tests.lora_cases import random_lora  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if "hyvid_pack" not in sys.modules:
-    pack = types.ModuleType("hyvid_pack")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["hyvid_pack"] = pack
-lora_node = importlib.import_module("hyvid_pack.nodes.lora")
+comfy_model_patcher = comfy_module("comfy.model_patcher")
+comfy_sd = comfy_module("comfy.sd")
+lora_node = pack_module("nodes.lora")
 
 CPU = torch.device("cpu")
 NATIVE = dataclasses.replace(TINY, hidden_size=256, num_heads=2, rope_axes=(16, 56, 56), rope_theta=256.0,
@@ -60,9 +48,9 @@ def sd():
 
 
 def comfy_patched(sd, lora) -> dict[str, torch.Tensor]:
-    model = comfy.sd.load_diffusion_model_state_dict({"model.diffusion_model." + k: v for k, v in sd.items()},
+    model = comfy_sd.load_diffusion_model_state_dict({"model.diffusion_model." + k: v for k, v in sd.items()},
                                                      model_options={"dtype": torch.float32})
-    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 0.8, 0)
+    patched, _ = comfy_sd.load_lora_for_models(model, None, lora, 0.8, 0)
     assert len(patched.patches) > 0
     patched.patch_model()
     try:
@@ -75,7 +63,7 @@ def comfy_patched(sd, lora) -> dict[str, torch.Tensor]:
 def ours_patched(sd, lora) -> dict[str, torch.Tensor]:
     model = load_dit(sd, dtype=torch.float32)
     model.detach_refiner()
-    base = comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    base = comfy_model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
     patches, _ = lora_node.lora_patches(base, lora, "native.safetensors")
     clone = base.clone()
     clone.add_patches(patches, 0.8)

@@ -4,27 +4,15 @@ ComfyUI on this machine runs on the CPU, where swapping is a no-op; here the pat
 believe it has a separate device and the engine copies CPU -> CPU, so the placement path that a
 GPU takes runs for real."""
 
-import importlib
-import sys
-import types
-from pathlib import Path
 
-import comfy.cli_args
 import pytest
 import torch
 
-comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (no GPU here)
+from tests.pack import pack_module
 
-import comfy.model_patcher  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if "hyvid_pack" not in sys.modules:  # the pack as ComfyUI imports it: a package around the repo root
-    pack = types.ModuleType("hyvid_pack")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["hyvid_pack"] = pack
-blockswap = importlib.import_module("hyvid_pack.nodes.blockswap")
-dit = importlib.import_module("hyvid_pack.hunyuan.dit")
-offload = importlib.import_module("hyvid_pack.hunyuan.offload")
+blockswap = pack_module("nodes.blockswap")
+dit = pack_module("hunyuan.dit")
+offload = pack_module("hunyuan.offload")
 
 CPU = torch.device("cpu")
 SETTINGS = offload.SwapSettings(double_blocks=2, single_blocks=1, prefetch=1)
@@ -37,16 +25,6 @@ def patchers():
     model.detach_refiner()
     base = blockswap.BlockSwapPatcher(model, load_device=CPU, offload_device=CPU)  # as the DiT loader makes it
     return model, base, blockswap.with_swap(base, SETTINGS)
-
-
-@pytest.fixture
-def pretend_device(monkeypatch):
-    monkeypatch.setattr(blockswap.BlockSwapPatcher, "_separate_device", lambda self: True)
-
-    def engine(model, settings, device, offload_device):
-        return offload.BlockSwapEngine(model, settings, CPU, transport=offload.CopyTransport(CPU))
-
-    monkeypatch.setattr(blockswap, "make_engine", engine)
 
 
 def test_clone_keeps_settings_and_gets_its_own_placement_id(patchers):

@@ -9,31 +9,18 @@ added to a ModelPatcher and patched in by it.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from pathlib import Path
-
-import comfy.cli_args
 import pytest
 import torch
 
-comfy.cli_args.args.cpu = True
+from hunyuan.dit import TINY
+from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.tiny import random_state_dict
+from tests.checks import FP32_RTOL, rel_err
+from tests.lora_cases import FORMATS, random_lora
+from tests.pack import comfy_module, pack_module
 
-import comfy.model_patcher  # noqa: E402
-
-from hunyuan.dit import TINY  # noqa: E402
-from hunyuan.dit.checkpoint import load_dit  # noqa: E402
-from hunyuan.dit.tiny import random_state_dict  # noqa: E402
-from tests.checks import FP32_RTOL, rel_err  # noqa: E402
-from tests.lora_cases import FORMATS, random_lora  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if "hyvid_pack" not in sys.modules:  # the pack as ComfyUI imports it: a package around the repo root
-    pack = types.ModuleType("hyvid_pack")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["hyvid_pack"] = pack
-lora_node = importlib.import_module("hyvid_pack.nodes.lora")
+comfy_model_patcher = comfy_module("comfy.model_patcher")
+lora_node = pack_module("nodes.lora")
 
 CPU = torch.device("cpu")
 STRENGTH = 0.8
@@ -46,7 +33,7 @@ def sd():
 def make_patcher(sd):
     model = load_dit(sd, dtype=torch.float32)
     model.detach_refiner()
-    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+    return comfy_model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
 
 def run(model, seed=0):
@@ -200,7 +187,7 @@ def test_fp8_with_scales_gets_the_lora_on_the_real_weight_and_bf16_stays_bf16(sd
             stored[k] = v
     fp8 = load_dit({**stored, "scaled_fp8": torch.zeros(0)}, dtype=torch.float32)
     fp8.detach_refiner()
-    patcher = comfy.model_patcher.ModelPatcher(fp8, load_device=CPU, offload_device=CPU)
+    patcher = comfy_model_patcher.ModelPatcher(fp8, load_device=CPU, offload_device=CPU)
     dtype, got = _patched_weight(patcher, lora, key, strength)
     # e4m3 keeps 3 mantissa bits: each element within 1/16 of itself, so of the largest one (the LoRA
     # added to the stored, unscaled weight would be off by ~1/3: its change shrunk by the scale)
@@ -208,6 +195,6 @@ def test_fp8_with_scales_gets_the_lora_on_the_real_weight_and_bf16_stays_bf16(sd
     assert fp8.get_submodule(key[:-7]).weight.dtype == torch.float8_e4m3fn  # unpatched: fp8 again
     bf16 = load_dit(sd, dtype=torch.bfloat16)
     bf16.detach_refiner()
-    bf16 = comfy.model_patcher.ModelPatcher(bf16, load_device=CPU, offload_device=CPU)
+    bf16 = comfy_model_patcher.ModelPatcher(bf16, load_device=CPU, offload_device=CPU)
     dtype, got = _patched_weight(bf16, lora, key, strength)
     assert dtype == torch.bfloat16 and rel_err(got, want) <= 2**-8

@@ -7,44 +7,21 @@ another, with the same LoRA, and compares every bookkeeping attribute upstream s
 upgrade that adds or changes one fails here.
 """
 
-import importlib
-import sys
-import types
-from pathlib import Path
 
-import comfy.cli_args
-import pytest
 import torch
 
-comfy.cli_args.args.cpu = True
+from tests.lora_cases import random_lora
+from tests.pack import comfy_module, pack_module
 
-import comfy.model_patcher  # noqa: E402
-
-from tests.lora_cases import random_lora  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if "hyvid_pack" not in sys.modules:
-    pack = types.ModuleType("hyvid_pack")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["hyvid_pack"] = pack
-blockswap = importlib.import_module("hyvid_pack.nodes.blockswap")
-lora_node = importlib.import_module("hyvid_pack.nodes.lora")
-dit = importlib.import_module("hyvid_pack.hunyuan.dit")
-offload = importlib.import_module("hyvid_pack.hunyuan.offload")
+comfy_model_patcher = comfy_module("comfy.model_patcher")
+blockswap = pack_module("nodes.blockswap")
+lora_node = pack_module("nodes.lora")
+dit = pack_module("hunyuan.dit")
+offload = pack_module("hunyuan.offload")
 
 CPU = torch.device("cpu")
 SETTINGS = offload.SwapSettings(double_blocks=2, single_blocks=1, prefetch=1)
 BY_DESIGN = {"model_loaded_weight_memory"}  # ours: the resident bytes (swapped blocks stay on the host)
-
-
-@pytest.fixture
-def pretend_device(monkeypatch):
-    monkeypatch.setattr(blockswap.BlockSwapPatcher, "_separate_device", lambda self: True)
-
-    def engine(model, settings, device, offload_device):
-        return offload.BlockSwapEngine(model, settings, CPU, transport=offload.CopyTransport(CPU))
-
-    monkeypatch.setattr(blockswap, "make_engine", engine)
 
 
 def tiny_patcher(cls=blockswap.BlockSwapPatcher):
@@ -105,7 +82,7 @@ def bookkeeping(patcher) -> tuple[dict, list, dict]:
 
 
 def test_load_sets_what_upstream_load_sets(pretend_device):
-    upstream = with_lora(tiny_patcher(comfy.model_patcher.ModelPatcher))
+    upstream = with_lora(tiny_patcher(comfy_model_patcher.ModelPatcher))
     upstream.patch_model(CPU)  # what ComfyUI calls: load(..., full_load=True)
     ours = blockswap.with_swap(with_lora(tiny_patcher()), SETTINGS)
     ours.patch_model(CPU)

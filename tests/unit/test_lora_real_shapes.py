@@ -2,28 +2,16 @@
 layout, on the meta device: every one of its tensors matches a DiT weight, fits its shape, and
 becomes a ModelPatcher patch."""
 
-import importlib
-import sys
-import types
-from pathlib import Path
 
-import comfy.cli_args
 import pytest
 import torch
 
-comfy.cli_args.args.cpu = True
+from hunyuan.dit import REAL, HunyuanVideoDiT
+from tests.lora_cases import FORMATS, random_lora
+from tests.pack import comfy_module, pack_module
 
-import comfy.model_patcher  # noqa: E402
-
-from hunyuan.dit import REAL, HunyuanVideoDiT  # noqa: E402
-from tests.lora_cases import FORMATS, random_lora  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if "hyvid_pack" not in sys.modules:
-    pack = types.ModuleType("hyvid_pack")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["hyvid_pack"] = pack
-lora_node = importlib.import_module("hyvid_pack.nodes.lora")
+comfy_model_patcher = comfy_module("comfy.model_patcher")
+lora_node = pack_module("nodes.lora")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +19,7 @@ def patcher():
     with torch.device("meta"):
         model = HunyuanVideoDiT(REAL)
     model.detach_refiner()
-    return comfy.model_patcher.ModelPatcher(model, load_device="cpu", offload_device="cpu")
+    return comfy_model_patcher.ModelPatcher(model, load_device="cpu", offload_device="cpu")
 
 
 @pytest.mark.parametrize("layout", FORMATS)
