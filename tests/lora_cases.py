@@ -16,6 +16,7 @@ FORMATS = {
     "musubi_converted": ("tencent", "diffusion_model.{}", PEFT, False, "tencent"),
     "musubi": ("tencent", "lora_unet_{_}", UP_DOWN, True, "musubi"),
     "diffusers_peft": ("diffusers", "transformer.{}", PEFT, False, "diffusers"),
+    "peft_save_pretrained": ("diffusers", "base_model.model.{}", PEFT, False, "diffusers"),
     "kohya_onetrainer": ("diffusers", "lora_transformer_{_}", UP_DOWN, True, "kohya"),
 }
 

@@ -9,7 +9,8 @@ the layout says ``_``):
 * ``tencent``: diffusion-pipe and musubi-tuner's converted files, Tencent names as
   ``transformer.<x>``, ``diffusion_model.<x>`` or bare;
 * ``musubi``: musubi-tuner's own ``lora_unet_<Tencent name with _>`` (``img_mlp_fc1``, ``img_mod_linear``);
-* ``diffusers``: diffusers / PEFT names (``transformer.transformer_blocks.0.attn.to_q``), with the
+* ``diffusers``: diffusers / PEFT names (``transformer.transformer_blocks.0.attn.to_q``, bare, or
+  ``base_model.model.`` as PEFT's own ``save_pretrained`` writes them), with the
   q, k, v (and single-block mlp) parts each applied to their rows of the fused Tencent weight;
 * ``kohya``: kohya / OneTrainer's ``lora_transformer_<diffusers name with _>``.
 
@@ -90,7 +91,7 @@ def _names(base: str, rows: int, hidden: int):
     function = swap_halves if (base + ".").startswith(SWAPPED_HALVES) else None
     for name, span in diffusers_parts(base + ".", rows, hidden):
         name = name.rstrip(".")
-        for full in (f"transformer.{name}", name):
+        for full in (f"transformer.{name}", name, f"base_model.model.{name}"):  # the last: PEFT's own save
             yield "diffusers", full, span, function
         yield "kohya", "lora_transformer_" + name.replace(".", "_"), span, function
 
