@@ -135,8 +135,13 @@ def _apply_all(key: str, rules: Rules) -> str:
     return key
 
 
+def comfy_key(key: str) -> str:
+    """ComfyUI's internal name of one Tencent key."""
+    return _apply_all(key, _TENCENT_TO_COMFY)
+
+
 def to_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_apply_all(k, _TENCENT_TO_COMFY): v for k, v in sd.items()}
+    return {comfy_key(k): v for k, v in sd.items()}
 
 
 def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

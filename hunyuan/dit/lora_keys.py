@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .keymap import _TENCENT_TO_COMFY, SWAPPED_HALVES, _apply_all, diffusers_parts, swap_halves
+from .keymap import SWAPPED_HALVES, comfy_key, diffusers_parts, swap_halves
 
 LAYOUTS = {
     "comfy": "ComfyUI (diffusion_model.<comfy name>, bare, lora_unet_<comfy name>)",
@@ -80,7 +80,7 @@ class LoraKeyMap:
 
 def _names(base: str, rows: int, hidden: int):
     """(layout, LoRA layer name, slice or None, function or None) for one weight's name without '.weight'."""
-    comfy = _apply_all(base + ".weight", _TENCENT_TO_COMFY)
+    comfy = comfy_key(base + ".weight")
     if comfy.endswith(".weight"):  # ComfyUI calls the q/k norms' weights 'scale': no LoRA names them
         comfy = comfy[: -len(".weight")]
         for name in (f"diffusion_model.{comfy}", comfy, "lora_unet_" + comfy.replace(".", "_")):
