@@ -62,8 +62,8 @@ class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
         device_to = device_to or self.load_device
-        engine = make_engine(self.model, self.swap_settings, device_to, offload_device=self.offload_device) \
-            if self._swapping() else None
+        settings = self.swap_settings  # make_engine decides (and logs why not, e.g. on a CPU)
+        engine = make_engine(self.model, settings, device_to, offload_device=self.offload_device) if settings else None
         if engine is None:
             return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
         super().load(self.offload_device, 0, force_patch_weights, full_load=True)  # patches + bookkeeping
