@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 # Stage modules, in pipeline order. A stage whose module is missing is skipped so that the
 # pack grows one stage at a time; an import *error* inside an existing module is raised.
-STAGE_MODULES = ("rewrite", "text", "dit", "sampler", "i2v", "multi", "vae")
+STAGE_MODULES = ("rewrite", "text", "dit", "lora", "blockswap", "sampler", "i2v", "multi", "vae")
 
 
 def all_nodes() -> list[type]:

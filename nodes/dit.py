@@ -27,6 +27,7 @@ from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import load_dit
 from ..hunyuan.dit.compile import MODES as COMPILE_MODES
 from ..hunyuan.dit.compile import CompileSettings, usable
+from .blockswap import BlockSwapPatcher
 from .multi import record_source
 from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds, with_option
 
@@ -114,7 +115,7 @@ class HunyuanVideoDiTLoader(CheckedNode):
         fp8 = storage if storage == torch.float8_e4m3fn else None
         model = load_dit(path, device=offload_device, dtype=dtype, weight_dtype=fp8)
         model.attention_backend = attention
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        patcher = BlockSwapPatcher(model, load_device=load_device, offload_device=offload_device)
         record_source(patcher, path, dtype, fp8, attention)
         refiner_patcher(patcher)
         log.info("HunyuanVideo DiT %s: compute %s, attention %s, %.0f MB without txt_in",

@@ -1,4 +1,4 @@
-"""Sampling stage nodes: the flow-matching schedule, block swap for the DiT, and the sampler.
+"""Sampling stage nodes: the flow-matching schedule, the step cache and the sampler.
 
 All the maths lives in ``hunyuan/sampling`` (schedule, solvers, loop), ``hunyuan/offload``
 (block swap) and ``hunyuan/memory`` (planner). Here: sockets, ComfyUI's model management,
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 
 import comfy.latent_formats
 import comfy.model_management as mm
@@ -22,8 +21,7 @@ from comfy_api.latest import io
 from ..hunyuan.conditioning import RefinedConditioning, RefinedText
 from ..hunyuan.dit.compile import compiled_blocks, usable
 from ..hunyuan.dit.step_cache import DEFAULTS, KINDS, StepCacheRun, StepCacheSettings
-from ..hunyuan.memory import auto_swap, estimate_sampling_memory
-from ..hunyuan.offload import BlockSwapEngine, SwapSettings, make_engine, resident_bytes
+from ..hunyuan.memory import estimate_sampling_memory
 from ..hunyuan.sampling import (
     SOLVERS,
     check_sigmas,
@@ -34,6 +32,7 @@ from ..hunyuan.sampling import (
     video_size,
 )
 from ..hunyuan.sampling.pipeline import sample_video
+from .blockswap import active_engine, swap_for_run, weight_dtype
 from .dit import COMPILE_KEY
 from .i2v import image_input
 from .multi import MULTI_KEY, sample_on_workers
@@ -43,73 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_SIZE = 8192
 MAX_FRAMES = 1025
-ENGINE_ATTR = "hyvid_swap_engine"
 STEP_CACHE_KEY = "hyvid_step_cache"  # a with_option() key
-
-
-class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
-    """A ModelPatcher that keeps the swapped DiT blocks in host memory when it loads the model.
-
-    ComfyUI sizes models by ``model_size()``: here that is the real resident size (weights not
-    swapped + the blocks in flight), so its memory planning sees what the GPU will really hold.
-    Each swap placement has its own ``patches_uuid`` so switching between this patcher and the
-    plain DiT patcher (same module) always re-places the weights.
-    """
-
-    swap_settings: SwapSettings = SwapSettings()
-
-    @classmethod
-    def from_patcher(cls, patcher: comfy.model_patcher.ModelPatcher, settings: SwapSettings) -> BlockSwapPatcher:
-        clone = patcher.clone()
-        clone.__class__ = cls  # same state, our load/size behaviour
-        clone.swap_settings = settings
-        clone.patches_uuid = uuid.uuid4()
-        return clone
-
-    def clone(self):
-        n = super().clone()
-        n.swap_settings = self.swap_settings
-        return n
-
-    def _swapping(self) -> bool:
-        load, offload = torch.device(self.load_device), torch.device(self.offload_device)
-        return self.swap_settings.swaps_anything and load != offload and load.type != "cpu"
-
-    def model_size(self) -> int:
-        if not self._swapping():
-            return super().model_size()
-        return resident_bytes(self.model, self.swap_settings)
-
-    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
-        engine = make_engine(self.model, self.swap_settings, device_to or self.load_device, offload_device=self.offload_device)
-        if engine is None:
-            return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
-        if self.patches:
-            log.warning("block swap: %d weight patch(es) are not applied to swapped blocks", len(self.patches))
-        with self.use_ejected():
-            engine.place()
-            setattr(self.model, ENGINE_ATTR, engine)
-            self.model.device = device_to
-            self.model.model_loaded_weight_memory = engine.resident_bytes()
-            self.model.model_lowvram = False
-            self.model.current_weight_patches_uuid = self.patches_uuid
-            for callback in self.get_all_callbacks(comfy.model_patcher.CallbacksMP.ON_LOAD):
-                callback(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
-
-    def unpatch_model(self, device_to=None, unpatch_weights=True):
-        engine = getattr(self.model, ENGINE_ATTR, None)
-        if unpatch_weights and engine is not None:
-            engine.deactivate()
-            delattr(self.model, ENGINE_ATTR)
-        return super().unpatch_model(device_to, unpatch_weights)
-
-
-def active_engine(patcher) -> BlockSwapEngine | None:
-    """The engine that placed this patcher's model, if that placement is the current one."""
-    engine = getattr(patcher.model, ENGINE_ATTR, None)
-    if engine is None or patcher.model.current_weight_patches_uuid != patcher.patches_uuid:
-        return None
-    return engine
 
 
 class HunyuanVideoScheduler(CheckedNode):
@@ -136,47 +69,6 @@ class HunyuanVideoScheduler(CheckedNode):
     @classmethod
     def execute(cls, steps: int, shift: float, denoise: float) -> io.NodeOutput:
         return io.NodeOutput(flow_sigmas(steps, shift, denoise))
-
-
-class HunyuanVideoBlockSwap(CheckedNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="HunyuanVideoBlockSwap",
-            display_name="HunyuanVideo Block Swap",
-            category=CATEGORY,
-            description="Keeps some DiT blocks in (pinned) system memory and streams them to the GPU just "
-            "ahead of use, so the 13B model fits on smaller GPUs.",
-            inputs=[
-                DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader."),
-                io.Int.Input("double_blocks", default=20, min=0, max=20,
-                             tooltip="How many of the 20 double-stream blocks (~648 MiB each in bf16) to keep in "
-                             "system memory (manual mode)."),
-                io.Int.Input("single_blocks", default=0, min=0, max=40,
-                             tooltip="How many of the 40 single-stream blocks (~270 MiB each in bf16) to keep in "
-                             "system memory (manual mode)."),
-                io.Int.Input("prefetch", default=1, min=0, max=8,
-                             tooltip="Blocks copied ahead while the current one computes. Each costs one block of "
-                             "GPU memory; 1-2 hides the copy time on most PCIe systems. 0 = load on use."),
-                io.Boolean.Input("offload_txt_in", default=False,
-                                 tooltip="Keep the token refiner in system memory. The loader already gives it its "
-                                 "own model (sampling never needs it), so this matters only for a DiT that still "
-                                 "carries it."),
-                io.Boolean.Input("offload_img_in", default=False,
-                                 tooltip="Keep the patch embedding (tiny, ~0.4 MB) in system memory too."),
-                io.Combo.Input("mode", options=["manual", "auto"], default="manual",
-                               tooltip="manual: swap the counts above. auto: at sampling time pick the fewest "
-                               "swapped bytes that fit the free VRAM for that video size (counts ignored)."),
-            ],
-            outputs=[DiT.Output(display_name="dit", tooltip="A clone of the DiT carrying the swap settings.")],
-        )
-
-    @classmethod
-    def execute(cls, dit, double_blocks, single_blocks, prefetch, offload_txt_in, offload_img_in, mode) -> io.NodeOutput:
-        settings = SwapSettings(double_blocks, single_blocks, prefetch, offload_txt_in, offload_img_in, mode)
-        config = dit.model.config
-        settings = settings.clamp(config.depth_double, config.depth_single)
-        return io.NodeOutput(BlockSwapPatcher.from_patcher(dit, settings))
 
 
 class HunyuanVideoStepCache(CheckedNode):
@@ -243,36 +135,11 @@ def _start_latent(latent: dict | None, shape: tuple[int, ...], width: int, heigh
     return samples.to(torch.float32)
 
 
-def _swap_for_run(dit, shape, text_tokens: int, cfg: bool, batched_cfg: bool = False):
-    """The patcher to load: auto mode resolves counts for this video and free memory (cached)."""
-    settings = getattr(dit, "swap_settings", None)
-    if settings is None or settings.mode != "auto" or torch.device(dit.load_device).type == "cpu":
-        return dit
-    config, model = dit.model.config, dit.model
-    # whatever of this DiT is loaded now (by any of its patchers) is freed before our clone loads
-    free = mm.get_free_memory(dit.load_device) + model.model_loaded_weight_memory
-    free -= mm.extra_reserved_memory()
-    chosen = auto_swap(
-        config, int(free), base=settings, **video_size(shape), batch=shape[0], text_tokens=text_tokens, cfg=cfg, weight_dtype=_weight_dtype(model),
-        compute_dtype=model.compute_dtype, batched_cfg=batched_cfg,
-    )
-    cache = dit.__dict__.setdefault("_hyvid_auto_clones", {})
-    if chosen not in cache:
-        log.info("block swap auto: %d double + %d single blocks for %s", chosen.double_blocks, chosen.single_blocks, shape)
-        cache[chosen] = BlockSwapPatcher.from_patcher(dit, chosen)
-    return cache[chosen]
-
-
-def _weight_dtype(model) -> torch.dtype:
-    """Storage dtype of the bulk of the weights (fp8 checkpoints keep norms wider)."""
-    return max(model.parameters(), key=lambda p: p.numel()).dtype
-
-
 def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int, batched_cfg: bool = False) -> int:
     """Working memory (not weights) the sampler needs on the device, from the planner."""
     est = estimate_sampling_memory(
         model.config, **video_size(shape), batch=shape[0], text_tokens=text_tokens,
-        steps=steps, cfg=cfg, weight_dtype=_weight_dtype(model), compute_dtype=model.compute_dtype,
+        steps=steps, cfg=cfg, weight_dtype=weight_dtype(model), compute_dtype=model.compute_dtype,
         batched_cfg=batched_cfg,
     )
     return est.activation_bytes + est.state_bytes + est.text_bytes
@@ -374,7 +241,7 @@ class HunyuanVideoSampler(CheckedNode):
             out = sample_on_workers(dit, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                                     embedded_guidance=embedded_guidance, solver=solver, step_cache=cache, image=image)
             return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
-        patcher = _swap_for_run(dit, shape, text_tokens, use_cfg, batched)
+        patcher = swap_for_run(dit, shape, text_tokens, use_cfg, batched)
         memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1, batched)
         mm.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
         device = patcher.load_device
@@ -392,4 +259,4 @@ class HunyuanVideoSampler(CheckedNode):
         return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
 
 
-NODES = [HunyuanVideoScheduler, HunyuanVideoBlockSwap, HunyuanVideoStepCache, HunyuanVideoSampler]
+NODES = [HunyuanVideoScheduler, HunyuanVideoStepCache, HunyuanVideoSampler]

@@ -135,35 +135,50 @@ def _apply_all(key: str, rules: Rules) -> str:
     return key
 
 
+def comfy_key(key: str) -> str:
+    """ComfyUI's internal name of one Tencent key."""
+    return _apply_all(key, _TENCENT_TO_COMFY)
+
+
 def to_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_apply_all(k, _TENCENT_TO_COMFY): v for k, v in sd.items()}
+    return {comfy_key(k): v for k, v in sd.items()}
 
 
 def from_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_apply_all(k, _COMFY_TO_TENCENT): v for k, v in sd.items()}
 
 
-def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+SWAPPED_HALVES = "final_layer.adaLN_modulation.1."  # stored [scale; shift] by diffusers, [shift; scale] here
+
+
+def swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """[a; b] -> [b; a] along dim 0 (the final adaLN's order between Tencent and diffusers)."""
     a, b = t.chunk(2, dim=0)
     return torch.cat((b, a), dim=0)
+
+
+def diffusers_parts(key: str, rows: int, hidden: int) -> list[tuple[str, tuple[int, int] | None]]:
+    """The diffusers name(s) of one Tencent key: ``[(name, None)]`` for a plain rename, or one
+    ``(name, (first row, rows))`` per part of a tensor that diffusers stores split (q/k/v, mlp)."""
+    for fused, parts in _FUSED:
+        pattern, _ = _prefix_rule(fused, "")
+        m = re.match(pattern, key)
+        if m:
+            sizes = [hidden] * 3 + ([rows - 3 * hidden] if len(parts) == 4 else [])
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            index = m.group(1) if m.groups() else ""
+            return [(p.replace("{i}", index) + key[m.end():], (s, n)) for p, s, n in zip(parts, starts, sizes)]
+    return [(_rename(key, _TENCENT_TO_DIFFUSERS), None)]
 
 
 def to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     hidden = sd["img_in.proj.weight"].shape[0]
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        for fused, parts in _FUSED:
-            pattern, _ = _prefix_rule(fused, "")
-            m = re.match(pattern, key)
-            if m:
-                sizes = [hidden] * 3 + ([value.shape[0] - 3 * hidden] if len(parts) == 4 else [])
-                for part, chunk in zip(parts, value.split(sizes, dim=0)):
-                    out[part.replace("{i}", m.group(1) if m.groups() else "") + key[m.end():]] = chunk
-                break
-        else:
-            if key.startswith("final_layer.adaLN_modulation.1."):
-                value = _swap_halves(value)
-            out[_rename(key, _TENCENT_TO_DIFFUSERS)] = value
+        if key.startswith(SWAPPED_HALVES):
+            value = swap_halves(value)
+        for name, span in diffusers_parts(key, value.shape[0], hidden):
+            out[name] = value if span is None else value.narrow(0, *span)
     return out
 
 
@@ -182,8 +197,8 @@ def from_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[fused.replace("{i}", index) + rest] = torch.cat([pending.pop(n) for n in names], dim=0)
     for key, value in pending.items():
         new = _rename(key, _DIFFUSERS_TO_TENCENT)
-        if new.startswith("final_layer.adaLN_modulation.1."):
-            value = _swap_halves(value)
+        if new.startswith(SWAPPED_HALVES):
+            value = swap_halves(value)
         out[new] = value
     return out
 

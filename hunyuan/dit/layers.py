@@ -36,6 +36,39 @@ class Linear(nn.Linear):
             b = b.to(device=x.device, dtype=x.dtype)
         return F.linear(x, w, b)
 
+    # ComfyUI's ModelPatcher patches a weight through ``convert_<name>``/``set_<name>`` of its layer
+    # when the layer has them. With a scale, a patch (a LoRA) must be added to the scaled weight
+    # and the sum stored back divided by it; without one there are none (AttributeError, which
+    # ``getattr`` reports as absent) and ComfyUI patches the stored weight itself: fp32 maths,
+    # then back to the stored dtype (stochastic rounding for fp8).
+    @property
+    def convert_weight(self):
+        if self.weight_scale is None:
+            raise AttributeError("convert_weight: no weight_scale")
+        return self._scaled_weight
+
+    @property
+    def set_weight(self):
+        if self.weight_scale is None:
+            raise AttributeError("set_weight: no weight_scale")
+        return self._store_scaled_weight
+
+    def _scaled_weight(self, weight: torch.Tensor, inplace: bool = False, **_) -> torch.Tensor:
+        scale = self.weight_scale.to(device=weight.device, dtype=torch.float32)
+        return weight.mul_(scale) if inplace else weight.float() * scale
+
+    def _store_scaled_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed=None,
+                             return_weight: bool = False, **_):
+        """Round to nearest in the stored dtype (ComfyUI's own scaled-fp8 layers round stochastically)."""
+        stored = (weight / self.weight_scale.to(device=weight.device, dtype=weight.dtype)).to(self.weight.dtype)
+        if return_weight:
+            return stored
+        if inplace_update:
+            self.weight.data.copy_(stored)
+        else:
+            self.weight = nn.Parameter(stored, requires_grad=False)
+        return None
+
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding ``[cos | sin]`` of (possibly fractional) steps t: [B] -> [B, dim] fp32."""

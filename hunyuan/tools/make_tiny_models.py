@@ -3,7 +3,7 @@
     python -m hunyuan.tools.make_tiny_models --out MODELS_DIR [--seed N]
 
 MODELS_DIR is a ComfyUI ``models/`` folder: every stage writes into the sub-folder a user would
-put the real file in (``diffusion_models/``, ``vae/``, ``LLM/``, ``text_encoders/``, ``clip/``).
+put the real file in (``diffusion_models/``, ``loras/``, ``vae/``, ``LLM/``, ``text_encoders/``, ``clip/``).
 The weights are random: the demo's output is noise. They exist so that the whole graph, and every
 loader's real layout, runs in seconds on a CPU.
 """
@@ -34,6 +34,7 @@ REAL_NAMES = {
     "text_encoders/llava_llama3_fp16.safetensors": "text_encoders/hyvid_tiny_llava_llama3_fp16.safetensors",
     "text_encoders/clip_l.safetensors": "text_encoders/hyvid_tiny_clip_l.safetensors",
     "LLM/Qwen2.5-1.5B-Instruct": "LLM/hyvid_tiny_rewrite_lm",
+    "loras/hunyuan_video_style_lora.safetensors": "loras/hyvid_tiny_lora.safetensors",
 }
 
 

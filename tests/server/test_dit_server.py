@@ -53,7 +53,7 @@ def _loader_prompt(weight_dtype: str, attention: str) -> dict:
 def test_loader_runs(comfy, weight_dtype, attention):
     entry = comfy.run(_loader_prompt(weight_dtype, attention))
     shown = str(entry["outputs"]["2"])
-    assert "ModelPatcher" in shown, shown  # PreviewAny shows the loader's output object
+    assert "BlockSwapPatcher" in shown, shown  # PreviewAny shows the loader's output: the DiT's ModelPatcher (nodes/blockswap.py)
     assert f"HunyuanVideo DiT {TINY_DIT}: compute torch.bfloat16, attention {attention}" in comfy.log_text()
 
 

@@ -4,27 +4,15 @@ ComfyUI on this machine runs on the CPU, where swapping is a no-op; here the pat
 believe it has a separate device and the engine copies CPU -> CPU, so the placement path that a
 GPU takes runs for real."""
 
-import importlib
-import sys
-import types
-from pathlib import Path
 
-import comfy.cli_args
 import pytest
 import torch
 
-comfy.cli_args.args.cpu = True  # before comfy.model_management is imported (no GPU here)
+from tests.pack import pack_module
 
-import comfy.model_patcher  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-if "hyvid_pack" not in sys.modules:  # the pack as ComfyUI imports it: a package around the repo root
-    pack = types.ModuleType("hyvid_pack")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["hyvid_pack"] = pack
-sampler = importlib.import_module("hyvid_pack.nodes.sampler")
-dit = importlib.import_module("hyvid_pack.hunyuan.dit")
-offload = importlib.import_module("hyvid_pack.hunyuan.offload")
+blockswap = pack_module("nodes.blockswap")
+dit = pack_module("hunyuan.dit")
+offload = pack_module("hunyuan.offload")
 
 CPU = torch.device("cpu")
 SETTINGS = offload.SwapSettings(double_blocks=2, single_blocks=1, prefetch=1)
@@ -35,28 +23,18 @@ def patchers():
     torch.manual_seed(0)
     model = dit.HunyuanVideoDiT(dit.TINY).eval()
     model.detach_refiner()
-    base = comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
-    return model, base, sampler.BlockSwapPatcher.from_patcher(base, SETTINGS)
-
-
-@pytest.fixture
-def pretend_device(monkeypatch):
-    monkeypatch.setattr(sampler.BlockSwapPatcher, "_swapping", lambda self: True)
-
-    def engine(model, settings, device, offload_device):
-        return offload.BlockSwapEngine(model, settings, CPU, transport=offload.CopyTransport(CPU))
-
-    monkeypatch.setattr(sampler, "make_engine", engine)
+    base = blockswap.BlockSwapPatcher(model, load_device=CPU, offload_device=CPU)  # as the DiT loader makes it
+    return model, base, blockswap.with_swap(base, SETTINGS)
 
 
 def test_clone_keeps_settings_and_gets_its_own_placement_id(patchers):
     model, base, swap = patchers
-    assert type(swap) is sampler.BlockSwapPatcher and swap.swap_settings == SETTINGS
+    assert type(swap) is blockswap.BlockSwapPatcher and swap.swap_settings == SETTINGS
     assert swap.patches_uuid != base.patches_uuid and swap.model is base.model
-    again = swap.clone()
-    assert type(again) is sampler.BlockSwapPatcher and again.swap_settings == SETTINGS
+    again = swap.clone()  # ComfyUI's own clone: the class and the settings (model options) carry over
+    assert type(again) is blockswap.BlockSwapPatcher and again.swap_settings == SETTINGS
     assert again.patches_uuid == swap.patches_uuid  # same placement: no reload between them
-    assert type(base) is comfy.model_patcher.ModelPatcher  # the input patcher is untouched
+    assert base.swap_settings is None  # the input patcher is untouched
 
 
 def test_model_size_is_the_real_resident_size(patchers, pretend_device):
@@ -80,21 +58,21 @@ def test_load_places_blocks_and_unpatch_cleans_up(patchers, pretend_device):
     with torch.no_grad():
         ref = model(*args, refined_text=tokens)
     swap.load(CPU)
-    engine = sampler.active_engine(swap)
+    engine = blockswap.active_engine(swap)
     assert engine is not None and model.model_loaded_weight_memory == swap.model_size()
-    assert sampler.active_engine(base) is None  # another placement id: not the plain patcher's
+    assert blockswap.active_engine(base) is None  # another placement id: not the plain patcher's
     with torch.no_grad(), engine.running(on_block=lambda: None):
         out = model(*args, refined_text=tokens)
         assert engine.stats["fetches"] >= 3
     assert torch.equal(out, ref) and engine.live_copies() == 0
     swap.unpatch_model(CPU)
-    assert not hasattr(model, sampler.ENGINE_ATTR) and sampler.active_engine(swap) is None
+    assert not hasattr(model, blockswap.ENGINE_ATTR) and blockswap.active_engine(swap) is None
     assert model.model_loaded_weight_memory == 0
 
 
 def test_block_swap_node_clamps_and_validates(patchers):
     _, base, _ = patchers
-    out = sampler.HunyuanVideoBlockSwap.execute(base, 99, 99, 2, False, True, "manual").result[0]
+    out = blockswap.HunyuanVideoBlockSwap.execute(base, 99, 99, 2, False, True, "manual").result[0]
     assert out.swap_settings == offload.SwapSettings(2, 2, 2, False, True, "manual")  # the tiny model has 2+2
     with pytest.raises(ValueError, match="mode='fast'"):
-        sampler.HunyuanVideoBlockSwap.execute(base, 1, 1, 1, False, False, "fast")
+        blockswap.HunyuanVideoBlockSwap.execute(base, 1, 1, 1, False, False, "fast")

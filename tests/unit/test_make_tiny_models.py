@@ -25,7 +25,7 @@ def content_hash(path) -> str:
         for key in sorted(f.keys()):
             t = f.get_tensor(key)
             h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too (LoRA alphas)
     return h.hexdigest()
 
 
@@ -43,7 +43,7 @@ def generate(out, seed, *extra):
 def test_cli_writes_every_stage_deterministically(tmp_path):
     proc = generate(tmp_path / "a", 3)
     assert "has no tiny weights" not in proc.stderr
-    for sub in ("diffusion_models", "vae", "LLM", "text_encoders", "clip"):
+    for sub in ("diffusion_models", "loras", "vae", "LLM", "text_encoders", "clip"):
         assert any((tmp_path / "a" / sub).iterdir()), f"nothing written to {sub}/"
     generate(tmp_path / "b", 3, "--real-names")
     real = digest(tmp_path / "b")
