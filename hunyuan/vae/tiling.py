@@ -40,11 +40,14 @@ class TileSpec:
     tile: int = 32  # spatial tile side (latent pixels; x8 for output pixels)
     overlap: int = 8  # spatial overlap between neighbouring tiles (latent pixels)
     chunk: int = 4  # latent frames per temporal chunk
-    shared_norm: bool = True  # two passes: whole-video GroupNorm statistics for every tile
+    shared_norm: bool = True  # GroupNorm statistics recorded over the whole video, shared by every tile
+    norm_passes: int = 1  # statistics passes before the output pass (shared_norm only); 0: one per norm (exact)
 
     def __post_init__(self) -> None:
         if self.tile < 0 or self.chunk < 0 or self.overlap < 0:
             raise ValueError(f"tile sizes must be >= 0, got {self}")
+        if self.norm_passes < 0:
+            raise ValueError(f"norm_passes={self.norm_passes} must be >= 0 (0: one pass per norm layer, exact)")
         if self.tile and self.overlap >= self.tile:
             raise ValueError(f"overlap={self.overlap} must be smaller than tile={self.tile} (latent pixels)")
 
