@@ -66,7 +66,8 @@ def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple
 
     Pass k (of P) normalises ``norms[:k-1]`` with the statistics recorded before it and every later
     norm with each piece's own, recording them. Passes before the last stop after recording
-    ``norms[k-1]``, so they cost only the network up to it; the last records all remaining norms.
+    ``norms[k-1]``, so they cost only the network up to it; the last records all remaining norms
+    (and stops after the last norm).
     With whole frames the first P norms' statistics are therefore exact (their inputs are) and
     the rest approximate; P >= len(norms) (or 0) gives exact whole-video statistics."""
     passes = min(spec.norm_passes or len(norms), len(norms)) if spec.shared_norm and _units(grid) > 1 else 0
@@ -77,7 +78,7 @@ def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple
         for k in range(passes):
             last = k == passes - 1
             rt.stats, rt.sums, rt.record = dict(final), {}, True
-            rt.stop_at = None if last else id(norms[k])
+            rt.stop_at = id(norms[-1] if last else norms[k])  # nothing after the last norm is needed
             _sweep(fn, take, stats_grid, rt, ticker, None)
             final.update(rt.sums if last else {id(norms[k]): rt.sums[id(norms[k])]})
         rt.stats, rt.record, rt.stop_at = final, False, None

@@ -82,14 +82,19 @@ def test_time_chunks_with_exact_statistics_equal_the_untiled_decode(chunk):
 
 @torch.no_grad()
 def test_statistics_passes_stop_after_the_norm_they_record(vae):
-    """Passes before the last run the head only up to the norm they make exact."""
-    reached = []
-    hook = vae.decoder.conv_out.register_forward_hook(lambda *_: reached.append(1))
+    """Pass k runs the head only up to norm k; the last statistics pass up to the last norm."""
+    norms = vae.decoder.head_norms()
+    watched = {"norm 1": norms[0], "norm 2": norms[1], "norm 3": norms[2], "last norm": norms[-1],
+               "conv_out": vae.decoder.conv_out}
+    calls = dict.fromkeys(watched, 0)
+    hooks = [m.register_forward_pre_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1)) for k, m in watched.items()]
     try:
         tiled.decode(vae, latent(3), TileSpec(tile=0, chunk=1, norm_passes=3))
     finally:
-        hook.remove()
-    assert len(reached) == 2 * 3  # the last statistics pass and the output pass, 3 chunks each
+        for h in hooks:
+            h.remove()
+    # 3 chunks per sweep: three statistics passes and the output pass reach norm 1, one fewer each next norm
+    assert calls == {"norm 1": 12, "norm 2": 9, "norm 3": 6, "last norm": 6, "conv_out": 3}
 
 
 def test_progress_and_interrupt_between_tiles(vae):
