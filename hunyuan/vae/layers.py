@@ -6,8 +6,9 @@ parameter names follow the released (Tencent == diffusers) checkpoint so it load
 
 Two optional behaviours are switched by a :class:`Runtime` the tiling code attaches to the model:
 streaming (each causal conv keeps the tail of its input so the next chunk of frames continues
-exactly where the last one stopped) and shared GroupNorm statistics (every tile is normalised
-with the same whole-video mean/variance instead of its own, which is what removes seams).
+exactly where the last one stopped) and shared GroupNorm statistics (a norm with recorded
+statistics normalises every tile with them instead of its own, which is what removes seams; see
+:mod:`.tiling` for how exact they are).
 """
 
 from __future__ import annotations
@@ -64,43 +65,20 @@ class CausalConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kt, kh, kw = self.conv.kernel_size
+        space = (kw // 2, kw // 2, kh // 2, kh // 2)
         rt = self.runtime
         cache = rt.conv_cache if rt is not None else None
         prev = cache.pop(id(self), None) if cache is not None else None  # freed as soon as it is used
-        if prev is not None or kt > 1 or kh > 1:
-            x = causal_pad(x, prev, kt - 1, kh // 2, kw // 2)
+        if prev is not None:
+            x = torch.cat([prev, F.pad(x, space + (0, 0), mode="replicate")], dim=2)
             del prev
+        elif kt > 1 or kh > 1:
+            x = F.pad(x, space + (kt - 1, 0), mode="replicate")
         if cache is not None and kt > 1 and not rt.last_chunk:
             st = self.conv.stride[0]
             used = ((x.shape[2] - kt) // st + 1) * st  # start of the next window
             cache[id(self)] = x[:, :, used:].clone()
         return self.conv(x)
-
-
-def causal_pad(x: torch.Tensor, prev: torch.Tensor | None, front: int, ph: int, pw: int) -> torch.Tensor:
-    """``x`` replicate-padded by ``ph``/``pw`` in space and preceded in time by ``prev`` (frames the
-    previous chunk carried, already padded) or else by ``front`` copies of its first frame.
-
-    Written into one buffer in ``x``'s memory format: the same values as ``F.pad`` then
-    ``torch.cat``, with one copy of ``x`` instead of two."""
-    b, c, t, h, w = x.shape
-    front = prev.shape[2] if prev is not None else front
-    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    out = torch.empty((b, c, front + t, h + 2 * ph, w + 2 * pw), dtype=x.dtype, device=x.device, memory_format=fmt)
-    out[:, :, front:, ph : ph + h, pw : pw + w] = x
-    if prev is not None:
-        out[:, :, :front] = prev
-    elif front:
-        out[:, :, :front, ph : ph + h, pw : pw + w] = x[:, :, :1]
-    if ph:  # rows first (interior columns), then columns over every row: corners take the nearest pixel
-        rows = out[..., pw : pw + w]
-        rows[..., :ph, :] = rows[..., ph : ph + 1, :]
-        rows[..., ph + h :, :] = rows[..., ph + h - 1 : ph + h, :]
-    if pw:
-        out[..., :pw] = out[..., pw : pw + 1]
-        out[..., pw + w :] = out[..., pw + w - 1 : pw + w]
-    return out
 
 
 class GroupNorm3d(nn.GroupNorm):

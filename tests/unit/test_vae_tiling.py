@@ -11,7 +11,15 @@ from hunyuan.vae import tiled
 from hunyuan.vae.config import TINY_VAE
 from hunyuan.vae.layers import Runtime
 from hunyuan.vae.loader import load_vae
-from hunyuan.vae.tiling import TileSpec, auto_tiling, tile_ramp, tile_spans
+from hunyuan.vae.tiling import (
+    MEASURED_DB,
+    TileSpec,
+    auto_choice,
+    auto_tiling,
+    estimate_peak,
+    tile_ramp,
+    tile_spans,
+)
 from hunyuan.vae.tiny import random_state_dict
 from tests.checks import FP32_RTOL, rel_err
 
@@ -142,6 +150,23 @@ def test_auto_tiling_fits_the_budget():
     big = auto_tiling(24 * 2**30, shape)
     assert 0 < small.tile <= 64 and (big.tile == 0 or big.tile > small.tile or big.chunk > small.chunk)
     assert auto_tiling(1, shape) == TileSpec(tile=8, overlap=2, chunk=1)
+
+
+def test_auto_chooses_by_measured_accuracy_then_memory(monkeypatch):
+    shape = (1, 16, 33, 90, 160)  # 129 frames of 720x1280
+    frames_only = estimate_peak(TileSpec(tile=0, chunk=1), shape)
+    spec, why = auto_choice(frames_only / 0.8, shape, norm_passes=0)
+    assert (spec.tile, spec.chunk, spec.shared_norm, spec.norm_passes) == (0, 1, True, 0)
+    assert why.startswith(str(spec)) and "exact" in why and f"{frames_only / 2**20:.0f} MB" in why
+    # one statistics pass: the table decides between shared and per-chunk statistics, and whole
+    # frames against spatial tiles, whatever the memory order
+    monkeypatch.setitem(MEASURED_DB, "frames_per_chunk", 40.0)
+    monkeypatch.setitem(MEASURED_DB, "frames_shared", 30.0)
+    spec, why = auto_choice(frames_only / 0.8, shape)
+    assert (spec.tile, spec.chunk, spec.shared_norm) == (0, 1, False) and "40.0 dB" in why
+    monkeypatch.setitem(MEASURED_DB, "tiles_shared", 50.0)
+    spec, why = auto_choice(frames_only / 0.8, shape)
+    assert spec.tile > 0 and spec.shared_norm and "50.0 dB" in why
 
 
 def test_tile_geometry():
