@@ -157,7 +157,7 @@ def _vae_memory_verdict(rows: dict, summary: dict) -> dict | None:
 def _tiles(r: dict, data: dict) -> str:
     tile, overlap = r.get("tile_px", data.get("tile_px")), r.get("overlap_px", data.get("overlap_px"))
     if "tile_px" in r and not r["tile_px"]:
-        return "untiled"
+        return "whole frames" if r.get("impl") == "ours" and r.get("chunk") else "untiled"
     return f"{tile}/{overlap}" if tile else "-"
 
 
