@@ -40,19 +40,28 @@ class Variant:
     impl: str  # "ours" | "diffusers" | "comfy"
     tile_px: int = 0  # 0: untiled
     overlap_px: int = 0
-    chunk: int = 1  # ours only: latent frames per temporal chunk (exact: convs stream across chunks)
+    chunk: int = 1  # ours only: latent frames per temporal chunk (0: all)
     shared_norm: bool = True  # ours only
+    norm_passes: int = 1  # ours only: statistics passes (25, the decoder's norm count: exact with whole frames)
     refs: tuple[str, ...] = ()  # PSNR references, in order of preference
 
 
 # diffusers' untiled decode equals ours (parity-tested), so ours_untiled stands in for it by default.
 VARIANTS = {
-    "ours_untiled": Variant("ours"),
+    "ours_untiled": Variant("ours", chunk=0),
     "ours_tiled": Variant("ours", TILE_PX, OVERLAP_PX, refs=("ours_untiled",)),
     "ours_tiled_96": Variant("ours", 96, OVERLAP_PX, refs=("ours_untiled",)),
     "ours_tiled_64_32": Variant("ours", 64, 32, refs=("ours_untiled",)),
     "ours_tiled_64_16": Variant("ours", 64, 16, refs=("ours_untiled",)),
     "ours_tiled_per_tile_norm": Variant("ours", TILE_PX, OVERLAP_PX, shared_norm=False, refs=("ours_untiled",)),
+    "ours_tiled_chunk2": Variant("ours", TILE_PX, OVERLAP_PX, chunk=2, refs=("ours_untiled",)),
+    "ours_tiled_passes4": Variant("ours", TILE_PX, OVERLAP_PX, norm_passes=4, refs=("ours_untiled",)),
+    # whole frames, temporal chunks only: per-chunk statistics, one statistics pass, and exact (25 passes)
+    "ours_chunk1_per_chunk_norm": Variant("ours", 0, 0, chunk=1, shared_norm=False, refs=("ours_untiled",)),
+    "ours_chunk1": Variant("ours", 0, 0, chunk=1, refs=("ours_untiled",)),
+    "ours_chunk2": Variant("ours", 0, 0, chunk=2, refs=("ours_untiled",)),
+    "ours_chunk1_passes4": Variant("ours", 0, 0, chunk=1, norm_passes=4, refs=("ours_untiled",)),
+    "ours_chunk1_exact": Variant("ours", 0, 0, chunk=1, norm_passes=25, refs=("ours_untiled",)),
     "diffusers_untiled": Variant("diffusers"),
     "diffusers_tiled": Variant("diffusers", TILE_PX, OVERLAP_PX, refs=("diffusers_untiled", "ours_untiled")),
     "comfy_untiled": Variant("comfy"),
@@ -67,11 +76,19 @@ def _ours(v: Variant, weights: Path, z: torch.Tensor, dtype: torch.dtype):
     sys.path.insert(0, str(ROOT))
     from hunyuan.vae import tiled
     from hunyuan.vae.loader import load_vae
-    from hunyuan.vae.tiling import TileSpec
 
     vae = load_vae(weights, dtype=dtype)
-    spec = TileSpec(tile=v.tile_px // 8, overlap=v.overlap_px // 8, chunk=v.chunk, shared_norm=v.shared_norm) if v.tile_px else None
-    return vae, lambda: ((tiled.decode(vae, z, spec) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 3, 0)
+    return vae, lambda: ((tiled.decode(vae, z, our_spec(v)) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 3, 0)
+
+
+def our_spec(v: Variant):
+    """Our TileSpec for ``v``; None for the untiled decode."""
+    from hunyuan.vae.tiling import TileSpec
+
+    if v.tile_px == 0 and v.chunk == 0:
+        return None
+    return TileSpec(tile=v.tile_px // 8, overlap=v.overlap_px // 8, chunk=v.chunk, shared_norm=v.shared_norm,
+                    norm_passes=v.norm_passes)
 
 
 def _diffusers(v: Variant, weights: Path, z: torch.Tensor, dtype: torch.dtype):
@@ -146,6 +163,8 @@ def main() -> int:
                         help="run every child with glibc's MALLOC_MMAP_THRESHOLD_=BYTES, so freed buffers leave "
                              "the process at once and peak RSS follows live tensors, not heap retention")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
+    parser.add_argument("--shape", nargs=3, type=int, metavar=("T", "H", "W"), default=LATENT[2:],
+                        help="latent frames, height, width (default %(default)s; 3 24 24 is a quicker 9x192x192)")
     args = parser.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     if args.child:
@@ -161,7 +180,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         weights, latent = Path(tmp) / "vae.safetensors", Path(tmp) / "z.safetensors"
         save_file(random_state_dict(HUNYUAN_VIDEO_VAE, seed=0, dtype=dtype), str(weights))
-        save_file({"z": torch.randn(LATENT, generator=torch.Generator().manual_seed(0))}, str(latent))
+        save_file({"z": torch.randn((1, 16, *args.shape), generator=torch.Generator().manual_seed(0))}, str(latent))
         for variant in args.variants:
             out = Path(tmp) / f"{variant}.safetensors"
             cmd = [sys.executable, __file__, "--child", variant, str(weights), str(out),
@@ -180,8 +199,36 @@ def main() -> int:
         ref = next((r for r in VARIANTS[variant].refs if r in frames), None)
         row["psnr_vs_untiled"] = psnr(frames[variant], frames[ref]) if ref else None
         row["psnr_reference"] = ref
-    _report(rows, args.dtype, args.out)
+    tiny_psnr(rows, (1, 16, *args.shape))
+    _report(rows, args.dtype, args.out, (1, 16, *args.shape))
     return 0
+
+
+@torch.no_grad()
+def tiny_psnr(rows: dict, shape: tuple[int, ...]) -> None:
+    """The same modes on the tiny VAE (fp32, in this process): ``tiny_psnr_vs_untiled`` of each tiled row."""
+    from hunyuan.vae import tiled
+    from hunyuan.vae.config import TINY_VAE
+    from hunyuan.vae.loader import load_vae
+    from hunyuan.vae.tiny import random_state_dict
+    from tests.peers import diffusers_vae
+
+    sd = random_state_dict(TINY_VAE, seed=0)
+    vae, z = load_vae(sd), torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    full = ((vae.decode(z) + 1) / 2).clamp(0, 1)
+    for name, row in rows.items():
+        v = VARIANTS[name]
+        if v.impl == "comfy" or not v.refs:  # ComfyUI builds only the real widths; untiled rows are the reference
+            row["tiny_psnr_vs_untiled"] = None
+            continue
+        if v.impl == "ours":
+            out = tiled.decode(vae, z, our_spec(v))
+        else:
+            peer, stride = diffusers_vae(TINY_VAE, sd), v.tile_px - v.overlap_px
+            peer.enable_tiling(tile_sample_min_height=v.tile_px, tile_sample_min_width=v.tile_px,
+                               tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+            out = peer.decode(z).sample
+        row["tiny_psnr_vs_untiled"] = psnr(((out + 1) / 2).clamp(0, 1), full)
 
 
 def summarize(rows: dict) -> dict:
@@ -209,8 +256,8 @@ def summarize(rows: dict) -> dict:
     return out
 
 
-def _report(rows: dict, dtype: str, out: Path) -> None:
-    print(f"\nVAE decode {LATENT} -> 17x256x256, real widths, random weights, {dtype}")
+def _report(rows: dict, dtype: str, out: Path, shape: tuple[int, ...]) -> None:
+    print(f"\nVAE decode {shape}, real widths, random weights, {dtype}")
     print(f"{'variant':<26}{'tile':>6}{'time s':>8}{'load MB':>9}{'peak MB':>9}{'work MB':>9}{'PSNR dB':>9}")
     for v, r in rows.items():
         tile = f"{r['tile_px']}/{r['overlap_px']}" if r["tile_px"] else "-"
@@ -219,7 +266,7 @@ def _report(rows: dict, dtype: str, out: Path) -> None:
     summary = summarize(rows)
     print(json.dumps(summary, indent=1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"latent": LATENT, "dtype": dtype, "rows": rows, "summary": summary,
+    out.write_text(json.dumps({"latent": shape, "dtype": dtype, "rows": rows, "summary": summary,
                                "malloc_mmap_threshold": next(iter(rows.values()), {}).get("malloc_mmap_threshold")},
                               indent=2))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from bench.report_fmt import INFO, MB, MISSED, group_data, met, rng, table, verdict
+from bench.report_vae import _estimate_mb, _norm_mode, issue16_verdicts, real_size_table
 
 # -- DiT step --------------------------------------------------------------------------------------
 
@@ -156,7 +157,7 @@ def _vae_memory_verdict(rows: dict, summary: dict) -> dict | None:
 def _tiles(r: dict, data: dict) -> str:
     tile, overlap = r.get("tile_px", data.get("tile_px")), r.get("overlap_px", data.get("overlap_px"))
     if "tile_px" in r and not r["tile_px"]:
-        return "untiled"
+        return "whole frames" if r.get("impl") == "ours" and r.get("chunk") else "untiled"
     return f"{tile}/{overlap}" if tile else "-"
 
 
@@ -166,8 +167,9 @@ def vae_section(data: dict, results: dict) -> tuple[list[dict], str]:
     for name, r in rows.items():
         work = r.get("working_set_mb", r["decode_peak_mb"] - r["load_rss_mb"])
         psnr = "-" if r.get("psnr_vs_untiled") is None else f"{r['psnr_vs_untiled']:.2f}"
-        table_rows.append([name, _tiles(r, data), f"{r['seconds']:.1f}", r["load_rss_mb"], r["decode_peak_mb"], work,
-                           psnr, r.get("psnr_reference") or "-"])
+        tiny = "-" if r.get("tiny_psnr_vs_untiled") is None else f"{r['tiny_psnr_vs_untiled']:.2f}"
+        table_rows.append([name, _tiles(r, data), _norm_mode(r), f"{r['seconds']:.1f}", r["load_rss_mb"],
+                           r["decode_peak_mb"], work, _estimate_mb(r, data), psnr, tiny, r.get("psnr_reference") or "-"])
     ours, diff, comfy = rows.get("ours_tiled"), rows.get("diffusers_tiled"), rows.get("comfy_tiled")
     memory = _vae_memory_verdict(rows, summary)
     verdicts = [memory] if memory else [verdict("VAE tiled decode peak vs diffusers'", "<= 0.6x (issue 5)",
@@ -189,12 +191,19 @@ def vae_section(data: dict, results: dict) -> tuple[list[dict], str]:
                                 f"peak {mine['decode_peak_mb'] / comfy['decode_peak_mb']:.2f}x, time "
                                 f"{mine['seconds'] / comfy['seconds']:.2f}x, PSNR {mine['psnr_vs_untiled']:.2f} vs "
                                 f"{comfy['psnr_vs_untiled']:.2f} dB", INFO))
+    verdicts += issue16_verdicts(rows)
     body = (f"Real channel widths with random weights, latent {data.get('latent')} in {data.get('dtype')}. Each variant "
             "runs once in its own fresh process (bench/bench_vae_decode.py); peak = `VmHWM` during the decode, working "
             "set = peak minus the RSS after loading; PSNR of each tiled decode against the same implementation's "
             "untiled decode. These are single runs per variant, not interleaved repeats.\n\n")
-    body += table(["variant", "tile/overlap px", "seconds", "RSS after load (MB)", "decode peak (MB)", "working set (MB)",
-                   "PSNR vs untiled (dB)", "PSNR reference"], table_rows)
+    body += ("Norm: *shared xN* = GroupNorm statistics from N statistics passes (25 = one per norm: exact with whole "
+             "frames); *per piece* = each tile or chunk its own statistics. Estimate: our planner's decode peak "
+             "(`estimate_peak`) for the row, against the measured working set. Tiny PSNR: the same mode on the tiny "
+             "VAE (fp32; ComfyUI builds only the real widths).\n\n")
+    body += table(["variant", "tile/overlap px", "norm", "seconds", "RSS after load (MB)", "decode peak (MB)",
+                   "working set (MB)", "estimate (MB)", "PSNR vs untiled (dB)", "tiny PSNR (dB)", "PSNR reference"],
+                  table_rows)
+    body += real_size_table()
     if summary:
         body += f"\nSummary from the benchmark: `{json.dumps(summary)}`\n"
     return verdicts, body

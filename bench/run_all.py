@@ -54,14 +54,14 @@ BENCHES = [
     Bench("dit_step", "bench_dit_step.py", "dit_step.json",
           quick_args=("--dtypes", "bf16", "--repeats", "1", "--no-profile")),
     Bench("refiner", "bench_refiner.py", "refiner.json", quick_args=("--repeats", "1")),
-    # ours at the peers' 128 px tiles (ours_tiled, ~150 s) is left to `python bench/bench_vae_decode.py`,
-    # so that a fresh clone's make bench stays under 20 minutes
     # one repeat (about 2.5 min here) keeps make bench near its 20-minute budget; the script defaults to 2
     Bench("step_cache", "bench_step_cache.py", "step_cache.json", args=("--repeats", "1"),
           quick_args=("--steps", "4", "--repeats", "1")),
     Bench("compile_cfg", "bench_compile_cfg.py", "compile_cfg.json", quick_args=("--repeats", "1")),
+    # issue 16's modes at 5 frames of 192x192 (a shared 2-core CPU could not fit the 17x256x256 run in time)
     Bench("vae_decode", "bench_vae_decode.py", "vae_decode.json", quick_args=None, takes_out=False,
-          args=("--variants", "ours_untiled", "ours_tiled_64_16", "diffusers_tiled", "comfy_untiled", "comfy_tiled")),
+          args=("--shape", "2", "24", "24", "--variants", "ours_untiled", "ours_chunk1", "ours_chunk1_per_chunk_norm",
+                "ours_tiled", "ours_tiled_per_tile_norm", "comfy_untiled", "comfy_tiled", "diffusers_tiled")),
     Bench("text_memory", "bench_text_memory.py", "text_memory.json", quick_args=None, memory_only=True),
     Bench("planner", "bench_planner.py", "bench_planner.json", quick_args=("--quick",), memory_only=True),
     Bench("blockswap", "bench_blockswap.py", "bench_blockswap.json", quick_args=("--repeats", "2")),

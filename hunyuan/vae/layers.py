@@ -6,8 +6,9 @@ parameter names follow the released (Tencent == diffusers) checkpoint so it load
 
 Two optional behaviours are switched by a :class:`Runtime` the tiling code attaches to the model:
 streaming (each causal conv keeps the tail of its input so the next chunk of frames continues
-exactly where the last one stopped) and shared GroupNorm statistics (every tile is normalised
-with the same whole-video mean/variance instead of its own, which is what removes seams).
+exactly where the last one stopped) and shared GroupNorm statistics (a norm with recorded
+statistics normalises every tile with them instead of its own, which is what removes seams; see
+:mod:`.tiling` for how exact they are).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class Runtime:
     conv_cache: dict[int, torch.Tensor] | None = None  # None: plain (non-streaming) forward
     first_chunk: bool = True  # the chunk holding frame 0 (which is upsampled in space only)
     last_chunk: bool = False  # nothing follows: convs use their carried tails but keep none
-    norm_mode: str = "local"  # "local": own statistics; "collect": also record; "shared": use recorded
+    stats: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # norm id -> shared [sum, sumsq, count]
+    record: bool = False  # norms without shared statistics add each piece's sums (core region) to ``sums``
+    stop_at: int | None = None  # id of the norm after whose recording the forward stops (StopPass)
     core: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # counted part of the tile (y0,y1,x0,x1)
     sums: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # norm id -> [sum, sumsq, count]
 
@@ -45,6 +48,10 @@ def activation_format(device: torch.device | str) -> torch.memory_format:
     nothing was measured there.
     """
     return torch.channels_last_3d if torch.device(device).type == "cpu" else torch.contiguous_format
+
+
+class StopPass(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by the norm ``Runtime.stop_at`` once it has recorded: the rest of the forward is not needed."""
 
 
 class CausalConv3d(nn.Module):
@@ -75,18 +82,24 @@ class CausalConv3d(nn.Module):
 
 
 class GroupNorm3d(nn.GroupNorm):
-    """GroupNorm over (C/G, T, H, W) that can record or reuse statistics across tiles."""
+    """GroupNorm over (C/G, T, H, W) that can record or reuse statistics across tiles.
+
+    With a runtime, a norm that has shared statistics uses them; any other normalises with its
+    own (the piece's) statistics, recording them first when the runtime records."""
 
     runtime: Runtime | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rt = self.runtime
-        if rt is None or rt.norm_mode == "local":
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        if rt.norm_mode == "collect":
-            self._record(rt, x)
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return self._normalize_with(x, *rt.sums[id(self)])
+        if rt is not None:
+            shared = rt.stats.get(id(self))
+            if shared is not None:
+                return self._normalize_with(x, *shared)
+            if rt.record:
+                self._record(rt, x)
+                if rt.stop_at == id(self):
+                    raise StopPass
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def _normalize_with(self, x: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> torch.Tensor:
         """Folded into one per-channel multiply-add, which keeps ``x``'s memory format (channels-last)."""

@@ -74,6 +74,10 @@ class Encoder(nn.Module):
             x = block(x)
         return x
 
+    def body_norms(self) -> list[GroupNorm3d]:
+        """The GroupNorms of :meth:`body`, in the order they run."""
+        return [m for m in self.down_blocks.modules() if isinstance(m, GroupNorm3d)]
+
     def tail(self, h: torch.Tensor) -> torch.Tensor:
         h = self.mid_block(h)
         return self.conv_out(F.silu(self.conv_norm_out(h), inplace=True))
@@ -99,6 +103,10 @@ class Decoder(nn.Module):
 
     def stem(self, z: torch.Tensor) -> torch.Tensor:
         return self.mid_block(self.conv_in(z))
+
+    def head_norms(self) -> list[GroupNorm3d]:
+        """The GroupNorms of :meth:`head`, in the order they run."""
+        return [m for m in self.up_blocks.modules() if isinstance(m, GroupNorm3d)] + [self.conv_norm_out]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.up_blocks:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .layers import Runtime
+from .layers import Runtime, StopPass
 from .model import CausalVAE
 from .tiling import (
     Interrupt,
@@ -45,7 +45,10 @@ def _sweep(
             for tspan in times:
                 ticker.check()
                 rt.last_chunk = tspan == times[-1]
-                out = fn(take(tspan, yspan, xspan))
+                try:
+                    out = fn(take(tspan, yspan, xspan))
+                except StopPass:  # a statistics pass that needs nothing past the norm it records
+                    out = None
                 rt.first_chunk = False
                 if sink is not None:
                     sink(i, j, tspan, out)
@@ -57,18 +60,28 @@ def _units(grid) -> int:
     return len(grid[0]) * len(grid[1]) * len(grid[2])
 
 
-def _run_passes(vae, fn, take, grid, spec, ticker_args, sink, size: tuple[int, int]) -> None:
-    """Pass 2 decodes ``grid``. With shared statistics a pass 1 first records them, on tiles of the
-    same size without overlap: each pixel is counted once either way, and the overlap is not computed."""
-    two_pass = spec.shared_norm and _units(grid) > 1
+def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple[int, int]) -> None:
+    """The output pass over ``grid``, preceded with shared statistics by ``spec.norm_passes``
+    statistics passes on tiles of the same size without overlap (each pixel counted once).
+
+    Pass k (of P) normalises ``norms[:k-1]`` with the statistics recorded before it and every later
+    norm with each piece's own, recording them. Passes before the last stop after recording
+    ``norms[k-1]``, so they cost only the network up to it; the last records all remaining norms
+    (and stops after the last norm).
+    With whole frames the first P norms' statistics are therefore exact (their inputs are) and
+    the rest approximate; P >= len(norms) (or 0) gives exact whole-video statistics."""
+    passes = min(spec.norm_passes or len(norms), len(norms)) if spec.shared_norm and _units(grid) > 1 else 0
     stats_grid = (tile_spans(size[0], spec.tile, 0), tile_spans(size[1], spec.tile, 0), grid[2])
-    ticker = Ticker(_units(grid) + (_units(stats_grid) if two_pass else 0), *ticker_args)
-    rt = Runtime()
+    ticker = Ticker(_units(grid) + passes * _units(stats_grid), *ticker_args)
+    rt, final = Runtime(), {}
     with vae.running(rt):
-        if two_pass:  # pass 1 only records statistics (each tile normalised with its own)
-            rt.norm_mode = "collect"
+        for k in range(passes):
+            last = k == passes - 1
+            rt.stats, rt.sums, rt.record = dict(final), {}, True
+            rt.stop_at = id(norms[-1] if last else norms[k])  # nothing after the last norm is needed
             _sweep(fn, take, stats_grid, rt, ticker, None)
-            rt.norm_mode = "shared"
+            final.update(rt.sums if last else {id(norms[k]): rt.sums[id(norms[k])]})
+        rt.stats, rt.record, rt.stop_at = final, False, None
         _sweep(fn, take, grid, rt, ticker, sink)
 
 
@@ -120,7 +133,7 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
         if t[0] == 0:
             weight[y0 * s : y1 * s, x0 * s : x1 * s] += w
 
-    _run_passes(vae, vae.decoder.head, take, grid, spec, ticker_args, sink, (height, width))
+    _run_passes(vae, vae.decoder.head, vae.decoder.head_norms(), take, grid, spec, ticker_args, sink, (height, width))
     return out.div_(weight)
 
 
@@ -177,6 +190,6 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
         if t[0] == 0:
             weight[y0:y1, x0:x1] += w
 
-    _run_passes(vae, vae.encoder.body, take, grid, spec, ticker_args, sink, lat[1:])
+    _run_passes(vae, vae.encoder.body, vae.encoder.body_norms(), take, grid, spec, ticker_args, sink, lat[1:])
     moments = vae.quant_conv(vae.encoder.tail(vae.prepare(feats.div_(weight))))
     return moments[:, : cfg.latent_channels].contiguous()

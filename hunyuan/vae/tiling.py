@@ -9,9 +9,15 @@ Why tiles seam, and what this module does about each cause:
 * Whole-frame operations. The mid block (attention over every token of a frame) runs on the
   whole latent, where it is cheap (1/64 of the pixels); only the full-resolution part is tiled.
 * GroupNorm statistics. Normalising each tile with its own mean/variance shifts brightness and
-  contrast from tile to tile. With ``shared_norm`` a first pass records every norm layer's
-  statistics over all tiles (each pixel counted once) and the second pass normalises every tile
-  with those same whole-video statistics.
+  contrast from tile to tile. With ``shared_norm``, statistics passes over tiles without overlap
+  (each pixel counted once) record every norm's statistics over the whole video, and the output
+  pass normalises every tile with them. They are only approximately the untiled decode's: a norm's
+  input depends on how the norms before it normalised, and a statistics pass can only normalise
+  with statistics already known. Pass k therefore uses the statistics of norms 1..k-1 recorded by
+  earlier passes and records norm k (and, in the last pass, all later norms, normalised piece by
+  piece). With whole frames the first ``norm_passes`` norms are exact and ``norm_passes=0`` (one
+  pass per norm) is the untiled decode; with spatial tiles each pass also sees the tile borders'
+  padding, so they stay approximate. Measured accuracies: :data:`MEASURED_DB`.
 * Receptive field. Tiles overlap; each is weighted by a ramp that falls towards its inner edges
   (where padding made it least accurate) and the weighted sum is renormalised.
 """
@@ -19,6 +25,7 @@ Why tiles seam, and what this module does about each cause:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -40,11 +47,14 @@ class TileSpec:
     tile: int = 32  # spatial tile side (latent pixels; x8 for output pixels)
     overlap: int = 8  # spatial overlap between neighbouring tiles (latent pixels)
     chunk: int = 4  # latent frames per temporal chunk
-    shared_norm: bool = True  # two passes: whole-video GroupNorm statistics for every tile
+    shared_norm: bool = True  # GroupNorm statistics recorded over the whole video, shared by every tile
+    norm_passes: int = 1  # statistics passes before the output pass (shared_norm only); 0: one per norm (exact)
 
     def __post_init__(self) -> None:
         if self.tile < 0 or self.chunk < 0 or self.overlap < 0:
             raise ValueError(f"tile sizes must be >= 0, got {self}")
+        if self.norm_passes < 0:
+            raise ValueError(f"norm_passes={self.norm_passes} must be >= 0 (0: one pass per norm layer, exact)")
         if self.tile and self.overlap >= self.tile:
             raise ValueError(f"overlap={self.overlap} must be smaller than tile={self.tile} (latent pixels)")
 
@@ -78,18 +88,64 @@ def estimate_peak(spec: TileSpec, latent_shape: tuple[int, ...], widest: int = 1
     return int((6 * widest * voxels + carried + 8 * 512 * frames * height * width) * dtype_size)
 
 
-def auto_tiling(free_bytes: int, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> TileSpec:
-    """Largest tiles whose estimated peak fits in 80% of ``free_bytes``.
+# Accuracy of each tiling mode: PSNR (dB, range 0..1) of the decode against the untiled one, measured
+# by bench/bench_vae_decode.py --shape 2 24 24 at real widths with random weights (bf16, 5 frames of
+# 192x192: 2 latent frames, so chunks of 1 split off frame 0; 128/32 px tiles; bench/RESULTS.md).
+# One shape only: other sizes and real weights will differ. Exact modes are not listed: untiled,
+# one chunk and one tile, and whole frames with norm_passes=0. norm_passes between 1 and the number
+# of norms counts as 1 here: only one pass and all passes were measured.
+MEASURED_DB = {
+    "frames_shared": 45.9,  # whole frames in temporal chunks, one statistics pass
+    "frames_per_chunk": 46.4,  # whole frames in temporal chunks, each chunk its own statistics
+    "tiles_shared": 30.0,  # spatial tiles, one statistics pass
+    "tiles_per_tile": 28.1,  # spatial tiles, each tile its own statistics
+}
 
-    Whole frames are preferred (temporal chunks are exact, spatial tiles are not), then the
-    largest spatial tile, each with the longest chunk that fits.
-    """
+
+def expected_db(spec: TileSpec, latent_shape: tuple[int, ...]) -> float:
+    """The measured accuracy of ``spec``'s mode on ``latent_shape`` (inf where the decode is exact)."""
+    frames, height, width = latent_shape[2:]
+    tiled = 0 < spec.tile < max(height, width)
+    chunked = 0 < spec.chunk < frames
+    if not tiled and (not chunked or (spec.shared_norm and spec.norm_passes == 0)):
+        return math.inf
+    norm = "shared" if spec.shared_norm else ("per_tile" if tiled else "per_chunk")
+    return MEASURED_DB[f"{'tiles' if tiled else 'frames'}_{norm}"]
+
+
+def auto_choice(
+    free_bytes: int, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2, norm_passes: int = 1
+) -> tuple[TileSpec, str]:
+    """The most accurate tiling (:func:`expected_db`) whose estimated peak fits in 80% of
+    ``free_bytes``, and why. Among equally accurate ones: whole frames, then the largest tile,
+    then the longest chunk (fewest pieces, least time). Shared or per-piece statistics are
+    chosen by the same measurement; ``norm_passes`` is the caller's (it costs time, not memory)."""
+    budget, fitting, best_db = 0.8 * free_bytes, [], -math.inf
     for tile in (0, 96, 64, 48, 32, 24, 16, 8):
         for chunk in (0, 8, 4, 2, 1):
-            spec = TileSpec(tile=tile, overlap=min(8, tile // 4), chunk=chunk)
-            if estimate_peak(spec, latent_shape, widest, dtype_size) <= 0.8 * free_bytes:
-                return spec
-    return TileSpec(tile=8, overlap=2, chunk=1)
+            for shared in (True, False):
+                spec = TileSpec(tile, min(8, tile // 4), chunk, shared_norm=shared, norm_passes=norm_passes)
+                db = expected_db(spec, latent_shape)
+                best_db = max(best_db, db)
+                if estimate_peak(spec, latent_shape, widest, dtype_size) <= budget:
+                    fitting.append((db, spec))
+    if not fitting:
+        spec = TileSpec(tile=8, overlap=2, chunk=1, norm_passes=norm_passes)
+        return spec, f"nothing fits {budget / 2**20:.0f} MB (80% of free); smallest tiles {spec}"
+    db, spec = max(fitting, key=lambda f: f[0])  # max() keeps the first of equals: the largest pieces
+    need = estimate_peak(spec, latent_shape, widest, dtype_size)
+    why = (f"{spec}: {'exact' if db == math.inf else f'{db:.1f} dB vs untiled (measured)'}, estimated peak "
+           f"{need / 2**20:.0f} MB within {budget / 2**20:.0f} MB (80% of free)")
+    if db < best_db:
+        why += "; more accurate modes need more memory"
+    return spec, why
+
+
+def auto_tiling(
+    free_bytes: int, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2, norm_passes: int = 1
+) -> TileSpec:
+    """:func:`auto_choice`'s tiling, without the reason."""
+    return auto_choice(free_bytes, latent_shape, widest, dtype_size, norm_passes)[0]
 
 
 def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
