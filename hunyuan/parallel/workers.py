@@ -91,6 +91,14 @@ class WorkerInterrupted(RuntimeError):
     """Every rank stopped at the same step because an interrupt was asked for."""
 
 
+class _CallerStopped(Exception):
+    """The caller's interrupted/progress callback raised; the workers were stopped first."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
 class WorkerFailed(RuntimeError):
     """A worker died or raised; the pool has been shut down and restarts on the next run."""
 
@@ -214,6 +222,8 @@ class WorkerPool:
             return self._wait([a.sample.remote(job) for a in self.actors], interrupted, progress)[0]
         except WorkerInterrupted:
             raise
+        except _CallerStopped as stop:  # every worker stopped cleanly; the caller's own exception goes on
+            raise stop.original from None
         except Exception as exc:
             self.shutdown()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -221,9 +231,11 @@ class WorkerPool:
                                "the workers are restarted on the next run") from None
 
     def _wait(self, refs: list, interrupted, progress) -> list:
+        """Every ref's result. ``interrupted`` or ``progress`` raising (ComfyUI's progress bar raises
+        on an interrupt) also stops every worker at the same step, then that exception goes on."""
         import ray
 
-        results, pending, stopping = {}, list(refs), False
+        results, pending, stopping, caller_error = {}, list(refs), False, None
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=0.25)
             for ref in done:
@@ -234,12 +246,19 @@ class WorkerPool:
                         stopping = True
                         continue
                     raise
-            if not stopping and interrupted():
-                stopping = True
+            state = ray.get(self.actors[0].progress.remote()) if progress is not None and pending else None
+            try:
+                if not stopping and interrupted():
+                    stopping = True
+                elif state is not None and caller_error is None:
+                    progress(*state)
+            except Exception as exc:
+                caller_error, stopping = exc, True
+            if stopping:
                 for actor in self.actors:
                     actor.interrupt.remote()
-            if progress is not None and pending:
-                progress(*ray.get(self.actors[0].progress.remote()))
+        if caller_error is not None:
+            raise _CallerStopped(caller_error)
         if stopping:
             raise WorkerInterrupted("the run was interrupted; every worker stopped at the same step")
         return [results[i] for i in range(len(refs))]

@@ -93,6 +93,18 @@ def test_interrupt_stops_every_rank_and_the_pool_runs_again(source, job, referen
         pids = list(pool.pids)
         assert rel_err(pool.run(source, job), reference) <= FP32_RTOL
         assert pool.pids == pids, "an interrupt keeps the workers (and their loaded DiT)"
+
+        class Stop(Exception):  # as ComfyUI's progress bar raises when the user interrupts
+            pass
+
+        def stop_at_first_step(done, total):
+            if done >= 1:
+                raise Stop
+
+        with pytest.raises(Stop):
+            pool.run(source, _job(source, 400), progress=stop_at_first_step)
+        assert pool.pids == pids, "the caller's own exception stops the workers cleanly; they stay"
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL
     finally:
         pool.shutdown()
 
