@@ -64,7 +64,9 @@ class TestServer(ComfyServer):
         raise AssertionError(f"{getattr(fn, '__name__', fn)} was expected to fail but succeeded")
 
 
-_PACK_FRAME = re.compile(rf"File \"[^\"]*(custom_nodes/{re.escape(PACK_NAME)}|{re.escape(str(ROOT))})/")
+# A frame in this pack: under custom_nodes/<pack>/ or the repository, but not the ComfyUI or the
+# virtual environments that bootstrap.sh puts inside the repository (their tracebacks are not ours).
+_PACK_FRAME = re.compile(rf"File \"[^\"]*(custom_nodes/{re.escape(PACK_NAME)}|{re.escape(str(ROOT))})/(?!\.comfyui/|\.venv)")
 
 
 def pack_tracebacks(text: str) -> list[str]:
