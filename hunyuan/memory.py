@@ -123,11 +123,16 @@ def estimate_sampling_memory(
     swap: SwapSettings | None = None,
     attention: str = "flash",
     batched_cfg: bool = False,
+    sequence_parallel: int = 1,
 ) -> MemoryEstimate:
     """Peak device bytes for sampling one video (see the module docstring for the model).
 
     ``batched_cfg``: true CFG's two passes run as one forward of twice the batch, so the
-    activations double (off: they run one after the other and reuse the same memory)."""
+    activations double (off: they run one after the other and reuse the same memory).
+    ``sequence_parallel``: the bytes of one of that many Ulysses ranks (:mod:`hunyuan.parallel`),
+    which holds the whole DiT and 1/P of the video tokens (rounded up; the text whole), plus the
+    attention inputs and output of the whole sequence for its 1/P of the heads and the
+    all-to-all send and receive buffers."""
     check_video_size(width, height, frames)
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention={attention!r} is not one of {ATTENTION_KINDS}")
@@ -137,11 +142,17 @@ def estimate_sampling_memory(
     shape = latent_shape(batch, width, height, frames, config.in_channels)
     pt, ph, pw = config.patch_size
     n_img = (shape[2] // pt) * (shape[3] // ph) * (shape[4] // pw)
-    n = n_img + text_tokens
+    if sequence_parallel < 1 or config.num_heads % sequence_parallel:
+        raise ValueError(f"sequence_parallel={sequence_parallel} must divide the DiT's {config.num_heads} heads")
+    local = -(-n_img // sequence_parallel)  # this rank's video tokens
+    n = local + text_tokens
     d, m = config.hidden_size, config.mlp_hidden
     per_token = (13 * d + 2 * m) * e  # = ACTIVATION_TENSORS * D * e at mlp ratio 4 (module docstring)
     forward_batch = batch * (2 if cfg and batched_cfg else 1)
-    activations = forward_batch * n * per_token + n_img * config.head_dim * 4 * 2
+    activations = forward_batch * n * per_token + local * config.head_dim * 4 * 2
+    if sequence_parallel > 1:  # q, k, v, out over the whole sequence for 1/P of the heads; send + receive
+        whole = local * sequence_parallel + text_tokens
+        activations += forward_batch * (4 * whole * d // sequence_parallel + 2 * local * d) * e
     attention_bytes = 0
     if attention == "math":
         attention_bytes = ATTENTION_MATRICES * forward_batch * config.num_heads * n * n * e

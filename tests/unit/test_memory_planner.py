@@ -98,3 +98,20 @@ def test_estimate_for_request_parses_query_strings():
 def test_estimate_for_request_rejects_bad_input(params, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         estimate_for_request(params)
+
+
+def test_sequence_parallel_estimates_one_rank():
+    """One Ulysses rank holds the whole DiT and 1/P of the video tokens (rounded up), plus the
+    attention inputs of the whole sequence for 1/P of the heads and the all-to-all buffers."""
+    from hunyuan.memory import estimate_sampling_memory
+
+    size = {"width": 1280, "height": 720, "frames": 129}
+    one = estimate_sampling_memory(**size)
+    assert estimate_sampling_memory(**size, sequence_parallel=1) == one
+    ranks = {p: estimate_sampling_memory(**size, sequence_parallel=p) for p in (2, 4, 8)}
+    for p, est in ranks.items():
+        assert est.weights_bytes == one.weights_bytes and est.video_tokens == one.video_tokens
+        assert one.activation_bytes / p < est.activation_bytes < one.activation_bytes, p
+    assert ranks[2].activation_bytes > ranks[4].activation_bytes > ranks[8].activation_bytes
+    with pytest.raises(ValueError, match="sequence_parallel=5 must divide the DiT's 24 heads"):
+        estimate_sampling_memory(**size, sequence_parallel=5)
