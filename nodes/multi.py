@@ -19,6 +19,7 @@ from pathlib import Path
 import comfy.model_management as mm
 import comfy.utils
 import torch
+from comfy.weight_adapter.lora import LoRAAdapter
 from comfy_api.latest import io
 
 from ..hunyuan.parallel.sequence import check_degrees
@@ -92,6 +93,30 @@ class HunyuanVideoMultiDevice(CheckedNode):
         return io.NodeOutput(with_option(dit, MULTI_KEY, (processes, device, cfg_parallel)))
 
 
+def plain_patches(dit, patch_class) -> list:
+    """The DiT's weight patches (LoRA Loader nodes) as plain tensors the workers can apply: a LoRA
+    layer's up, down and alpha/rank, or a diff. Other kinds (LoHa, LoKr, ...) are refused by name."""
+    out = []
+    for key, entries in dit.patches.items():
+        for strength, value, strength_model, offset, function in entries:
+            common = {"key": key, "strength": float(strength), "strength_model": float(strength_model),
+                      "offset": tuple(offset) if offset is not None else None}
+            if function is None and isinstance(value, LoRAAdapter) and all(v is None for v in value.weights[3:]):
+                up, down, alpha = value.weights[:3]
+                scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+                out.append(patch_class(**common, up=up, down=down, scale=scale))
+            elif function is None and isinstance(value, tuple) and len(value) in (1, 2):
+                diff = value[0] if len(value) == 1 else (value[1][0] if value[0] == "diff" else None)
+                if diff is None:
+                    raise ValueError(f"dit carries a {value[0]!r} patch on {key}, which the multi-device workers "
+                                     "cannot apply yet; remove it or the Multi-Device node")
+                out.append(patch_class(**common, diff=diff))
+            else:
+                raise ValueError(f"dit carries a {type(value).__name__} patch on {key} (e.g. LoHa, LoKr or DoRA), "
+                                 "which the multi-device workers cannot apply yet; remove it or the Multi-Device node")
+    return out
+
+
 def _pool_for(dit, settings):
     global _pool
     if _pool is not None and _pool.settings == settings:
@@ -104,21 +129,27 @@ def _pool_for(dit, settings):
 
 def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tensor:
     """The sampler's run on the worker pool: the latent [B,16,T,H,W] float32 (raw VAE space)."""
-    if dit.patches:
-        raise ValueError(f"dit carries {len(dit.patches)} weight patches (e.g. a LoRA), which the multi-device "
-                         "workers do not apply yet; remove them or the Multi-Device node")
     if options.pop("step_cache", None) is not None:
         raise ValueError("a Step Cache does not run on multi-device workers yet; remove one of the two nodes")
+    from .dit import COMPILE_KEY  # (nodes/dit.py imports this module)
+
+    if option(dit, COMPILE_KEY) is not None:
+        raise ValueError("a Compile node does not act on multi-device workers yet; remove one of the two nodes")
     if options.pop("image", None) is not None:
         raise ValueError("image-to-video does not run on multi-device workers yet; remove the image_latent input "
                          "or the Multi-Device node")
     workers = workers_module()
     processes, device, cfg_parallel = option(dit, MULTI_KEY)
     pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))
+    source = workers.DiTSource(*option(dit, SOURCE_KEY))
+    patches = plain_patches(dit, workers.WeightPatch)
+    if patches and source.weight_dtype:
+        raise ValueError("a LoRA on an fp8 DiT does not run on multi-device workers yet; load the DiT in bf16")
     job = workers.SampleJob.of(conditioning, sigmas.cpu(), noise.cpu(), **options)
     pbar = comfy.utils.ProgressBar(len(sigmas) - 1)
     try:
-        return pool.run(workers.DiTSource(*option(dit, SOURCE_KEY)), job, interrupted=mm.processing_interrupted,
+        return pool.run(source, job, interrupted=mm.processing_interrupted, patches=patches,
+                        patches_id=str(dit.patches_uuid) if patches else None,
                         progress=lambda done, total: pbar.update_absolute(done, total))
     except workers.WorkerInterrupted:
         mm.throw_exception_if_processing_interrupted()

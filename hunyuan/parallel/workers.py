@@ -87,6 +87,43 @@ class SampleJob:
         return RefinedConditioning(RefinedText(**self.positive), negative)
 
 
+@dataclass(frozen=True)
+class WeightPatch:
+    """One weight patch (e.g. a LoRA layer) in plain tensors, as ComfyUI's ModelPatcher applies it:
+    ``W[offset] = W[offset] * strength_model + strength * delta`` in fp32, then cast back, where
+    delta is ``scale * up @ down`` (a LoRA) or ``diff``."""
+
+    key: str
+    strength: float
+    strength_model: float = 1.0
+    offset: tuple[int, int, int] | None = None
+    up: torch.Tensor | None = None
+    down: torch.Tensor | None = None
+    scale: float = 1.0
+    diff: torch.Tensor | None = None
+
+
+def apply_patches(model: torch.nn.Module, patches) -> None:
+    """Add ``patches`` (in order, several per weight allowed) to ``model``'s weights."""
+    weights = model.state_dict(keep_vars=True)
+    by_key: dict[str, list[WeightPatch]] = {}
+    for patch in patches:
+        if patch.key not in weights:
+            raise KeyError(f"weight patch for {patch.key!r}, which the DiT does not have")
+        by_key.setdefault(patch.key, []).append(patch)
+    for key, group in by_key.items():
+        param = weights[key]
+        work = param.detach().float().clone()
+        for patch in group:
+            target = work.narrow(*patch.offset) if patch.offset else work
+            if patch.strength_model != 1.0:
+                target *= patch.strength_model
+            delta = (patch.diff.float() if patch.diff is not None
+                     else patch.scale * (patch.up.float().flatten(1) @ patch.down.float().flatten(1)))
+            target += patch.strength * delta.reshape(target.shape)
+        param.data.copy_(work.to(param.dtype))
+
+
 class WorkerInterrupted(RuntimeError):
     """Every rank stopped at the same step because an interrupt was asked for."""
 
@@ -103,6 +140,13 @@ class WorkerFailed(RuntimeError):
     """A worker died or raised; the pool has been shut down and restarts on the next run."""
 
 
+def ray_put_once(value):
+    """``value`` in Ray's object store, so that every worker reads the one copy."""
+    import ray
+
+    return ray.put(value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -116,7 +160,7 @@ class DiTWorker:
     def __init__(self, rank: int, world: int, cfg_degree: int, device: str):
         self.rank, self.world, self.cfg_degree = rank, world, cfg_degree
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")  # Ray sets the visible GPU
-        self.model = self.source = self.groups = None
+        self.model = self.loaded = self.groups = None
         self._stop = threading.Event()
         self._progress = (0, 0)
 
@@ -134,8 +178,9 @@ class DiTWorker:
         dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
                                 world_size=self.world, timeout=COLLECTIVE_TIMEOUT)
 
-    def load(self, source: DiTSource) -> None:
-        if source == self.source:
+    def load(self, source: DiTSource, patches=(), patches_id: str | None = None) -> None:
+        """The DiT from ``source`` with ``patches`` applied; reloaded when either changes."""
+        if (source, patches_id) == self.loaded:
             return
         self.model = None
         fp8 = getattr(torch, source.weight_dtype) if source.weight_dtype else None
@@ -143,9 +188,10 @@ class DiTWorker:
         model.detach_refiner()  # the refined text comes with each run
         object.__setattr__(model, "_detached_refiner", None)
         model.attention_backend = source.attention if source.attention in available_backends() else "auto"
+        apply_patches(model, patches)
         if self.groups is None:  # collective: every rank loads the same DiT at the same time
             self.groups = make_groups(self.cfg_degree, model.config.num_heads)
-        self.model, self.source = model.eval(), source
+        self.model, self.loaded = model.eval(), (source, patches_id)
 
     def sample(self, job: SampleJob) -> torch.Tensor | None:
         self._stop.clear()
@@ -181,6 +227,7 @@ class WorkerPool:
         self.settings = settings
         self.actors: list = []
         self.pids: list[int] = []
+        self._loaded = None  # (source, patches_id) the workers hold
 
     def start(self) -> None:
         import ray
@@ -210,15 +257,22 @@ class WorkerPool:
 
         for actor in self.actors:
             ray.kill(actor)
-        self.actors, self.pids = [], []
+        self.actors, self.pids, self._loaded = [], [], None
 
     def run(self, source: DiTSource, job: SampleJob, interrupted: Callable[[], bool] = lambda: False,
-            progress: Callable[[int, int], None] = lambda done, total: None) -> torch.Tensor:
-        """The sampled latent; WorkerInterrupted or WorkerFailed (with the pool shut down) otherwise."""
+            progress: Callable[[int, int], None] = lambda done, total: None, patches=(),
+            patches_id: str | None = None) -> torch.Tensor:
+        """The sampled latent; WorkerInterrupted or WorkerFailed (with the pool shut down) otherwise.
+
+        ``patches``: :class:`WeightPatch` list every worker adds to its DiT (e.g. LoRAs), sent and
+        applied only when ``patches_id`` changes."""
         if not self.actors:
             self.start()
         try:
-            self._wait([a.load.remote(source) for a in self.actors], interrupted, None)
+            wanted = (source, patches_id)
+            payload = ray_put_once(patches if wanted != self._loaded else ())  # unchanged: the workers skip
+            self._wait([a.load.remote(source, payload, patches_id) for a in self.actors], interrupted, None)
+            self._loaded = wanted
             return self._wait([a.sample.remote(job) for a in self.actors], interrupted, progress)[0]
         except WorkerInterrupted:
             raise

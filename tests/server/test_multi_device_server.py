@@ -42,9 +42,10 @@ def server(comfy, tmp_path_factory):
         srv.stop()
 
 
-def graph(prefix: str, *, multi: bool, cfg: float = 1.0, cfg_parallel: bool = False, steps: int = 3) -> dict:
-    """t2v at the smoke size (80 px wide: 45 video tokens, padded for 2 workers), fp32 weights."""
-    g = shrink(json.loads((ROOT / "workflows" / "t2v_basic_api.json").read_text()))
+def graph(prefix: str, *, multi: bool, cfg: float = 1.0, cfg_parallel: bool = False, steps: int = 3,
+          example: str = "t2v_basic") -> dict:
+    """An example at the smoke size (80 px wide: 45 video tokens, padded for 2 workers), fp32 weights."""
+    g = shrink(json.loads((ROOT / "workflows" / f"{example}_api.json").read_text()))
     g["2"]["inputs"]["negative_prompt"] = "blurry, low quality"
     g["3"]["inputs"].update(weight_dtype="fp32", attention="sdpa")
     g["4"]["inputs"]["steps"] = steps
@@ -54,7 +55,8 @@ def graph(prefix: str, *, multi: bool, cfg: float = 1.0, cfg_parallel: bool = Fa
     g["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}}
     if multi:
         g[MULTI] = {"class_type": "HunyuanVideoMultiDevice",
-                    "inputs": {"dit": ["3", 0], "processes": 2, "device": "cpu", "cfg_parallel": cfg_parallel}}
+                    "inputs": {"dit": g["6"]["inputs"]["dit"], "processes": 2, "device": "cpu",
+                               "cfg_parallel": cfg_parallel}}
         g["6"]["inputs"]["dit"] = [MULTI, 0]
     return g
 
@@ -71,6 +73,19 @@ def test_two_workers_equal_one_device(server, cfg, cfg_parallel):
                                        timeout=600))
     assert rel_err(two, one) <= FP32_RTOL
     assert "HunyuanVideo multi-device: 2 cpu workers" in server.log_text()
+
+
+def test_a_lora_reaches_the_workers(server):
+    """t2v_lora (LoRA Loader, strength 0.8) on two workers equals it on one device; a new strength
+    is applied too (the workers reload their DiT)."""
+    for strength in (0.8, 0.3):
+        one, two = (graph(f"lora{strength}_{multi}", multi=multi, example="t2v_lora") for multi in (False, True))
+        for g in (one, two):
+            g["24"]["inputs"]["strength"] = strength
+        reference = latent_of(server, server.run(one, timeout=600))
+        assert rel_err(latent_of(server, server.run(two, timeout=600)), reference) <= FP32_RTOL
+    base = latent_of(server, server.run(graph("no_lora", multi=False), timeout=600))
+    assert rel_err(reference, base) > 1e-3, "the LoRA changed the video"
 
 
 def test_comfy_cli_runs_the_multi_device_graph(server, tmp_path):

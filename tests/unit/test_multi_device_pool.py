@@ -128,3 +128,25 @@ def test_a_killed_worker_fails_the_run_and_is_replaced(source, job, reference):
         assert victim not in pool.pids
     finally:
         pool.shutdown()
+
+
+def test_weight_patches_follow_comfyui_order_offsets_and_kinds():
+    """apply_patches: several patches on one weight, in order; a LoRA on rows of a fused weight
+    (offset), a diff, strength_model; fp32 maths, then the weight's own dtype."""
+    from hunyuan.parallel.workers import WeightPatch, apply_patches
+
+    g = torch.Generator().manual_seed(0)
+    up, down, diff = torch.randn(2, 2, generator=g), torch.randn(2, 4, generator=g), torch.randn(6, 4, generator=g)
+    patches = [WeightPatch("weight", 0.8, offset=(0, 2, 2), up=up, down=down, scale=0.5),
+               WeightPatch("weight", 0.3, strength_model=0.9, diff=diff)]
+    for dtype in (torch.float32, torch.bfloat16):
+        layer = torch.nn.Linear(4, 6).to(dtype)
+        expected = layer.weight.detach().float().clone()
+        expected[2:4] += 0.8 * (0.5 * (up @ down))
+        expected = expected * 0.9 + 0.3 * diff
+        apply_patches(layer, patches)
+        assert layer.weight.dtype == dtype
+        # fp32: summation order only; bf16: one rounding of the fp32 result (2^-8 relative)
+        assert rel_err(layer.weight.float(), expected) <= (FP32_RTOL if dtype == torch.float32 else 2**-8)
+    with pytest.raises(KeyError, match="'nope.weight', which the DiT does not have"):
+        apply_patches(torch.nn.Linear(4, 6), [WeightPatch("nope.weight", 1.0, diff=diff)])
