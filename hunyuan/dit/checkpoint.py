@@ -13,6 +13,8 @@ The model is built on the meta device and the tensors are assigned, not copied i
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint_io import CheckpointError, load_state_dict, strip_prefix, unwrap
-from .config import infer_config
+from .config import DiTConfig, infer_config
 from .keymap import PREFIXES, detect_layout, to_tencent
 from .model import HunyuanVideoDiT
 
@@ -120,6 +122,32 @@ def _attach_scales(model, scales: dict[str, torch.Tensor], *, device, source: st
         log.info("DiT: %d fp8 layers carry a per-tensor scale", len(scales))
 
 
+ROPE_CONFIG_KEYS = ("rope_axes_dim", "rope_dim_list")  # diffusers' config.json, Tencent's argument name
+
+
+def _with_rope_split(config: DiTConfig, path: Path | None, source: str) -> DiTConfig:
+    """The RoPE split of each head: from a ``config.json`` beside the weights when it has one
+    (diffusers' ``rope_axes_dim``), else the released model's for head width 128, else a guess
+    that is logged. The weights themselves do not record it."""
+    settings = path.parent / "config.json" if path is not None else None
+    if settings is not None and settings.is_file():
+        try:
+            values = json.loads(settings.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{settings} beside {source} is not readable JSON: {exc}") from None
+        axes = next((values[k] for k in ROPE_CONFIG_KEYS if isinstance(values, dict) and k in values), None)
+        if axes is not None:
+            try:
+                return dataclasses.replace(config, rope_axes=tuple(int(a) for a in axes))
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{settings}: RoPE split {axes!r} does not fit this DiT: {exc}") from None
+    if config.head_dim != 128:
+        log.warning("DiT %s: head width %d, RoPE split (t, h, w) = %s guessed (the weights do not store it); put "
+                    "the model's config.json with rope_axes_dim beside the weights to set it",
+                    source, config.head_dim, config.rope_axes)
+    return config
+
+
 def load_dit(
     src: str | os.PathLike | Mapping[str, torch.Tensor],
     *,
@@ -147,7 +175,7 @@ def load_dit(
     sd = to_tencent(sd, layout)
     if any(t.dtype in FP8_DTYPES for t in sd.values()):
         scales.update(_read_scale_map(path, scale_map))
-    config = infer_config(sd, source=source)
+    config = _with_rope_split(infer_config(sd, source=source), path, source)
     with torch.device("meta"):
         model = HunyuanVideoDiT(config, dtype=dtype)
     _check_keys(model, sd, source, layout)

@@ -154,3 +154,56 @@ def test_per_row_fp8_scales(sd, reference):
     assert rel_err(run(model), run(reference)) < 0.05
     with pytest.raises(CheckpointError, match="expected one value or one per output row"):
         load_dit(q, dtype=torch.float32, scale_map={"single_blocks.0.linear1": torch.ones(3)})
+
+
+@pytest.fixture
+def three_heads(tmp_path):
+    """A diffusers-layout DiT of 3 heads x 32 whose config.json splits RoPE as 8/12/12, saved by
+    diffusers itself (config.json + diffusion_pytorch_model.safetensors)."""
+    import dataclasses
+
+    from tests.peers import diffusers_dit
+
+    cfg = dataclasses.replace(TINY, hidden_size=96, num_heads=3, rope_axes=(8, 12, 12))
+    tencent = random_state_dict(cfg, seed=4)
+    diffusers_dit(cfg, tencent).save_pretrained(tmp_path / "transformer")
+    return cfg, tencent, tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"
+
+
+def test_rope_split_from_config_json_beside_the_weights(three_heads, caplog):
+    cfg, tencent, path = three_heads
+    with caplog.at_level("WARNING", logger="hunyuan.dit.checkpoint"):
+        model = load_dit(path, dtype=torch.float32)
+    assert model.config.rope_axes == (8, 12, 12) and not caplog.records
+    assert rel_err(run(model), run(dataclass_model(cfg, tencent))) <= FP32_RTOL
+    guessed = load_dit(tencent, dtype=torch.float32)  # bare weights, no file: the split is guessed
+    assert guessed.config.rope_axes != (8, 12, 12) and rel_err(run(guessed), run(model)) > 1e-4, "the split matters"
+
+
+def test_a_guessed_rope_split_is_logged(three_heads, caplog, tmp_path):
+    _, _, path = three_heads
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes(path.read_bytes())  # the same weights without their config.json
+    with caplog.at_level("WARNING", logger="hunyuan.dit.checkpoint"):
+        model = load_dit(alone, dtype=torch.float32)
+    assert model.config.rope_axes == (4, 14, 14)
+    assert "head width 32, RoPE split (t, h, w) = (4, 14, 14) guessed" in caplog.text
+
+
+def test_a_rope_split_that_does_not_fit_is_named(three_heads):
+    import json
+
+    _, _, path = three_heads
+    settings = path.parent / "config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "rope_axes_dim": [8, 8, 8]}))
+    with pytest.raises(CheckpointError, match=r"config.json: RoPE split \[8, 8, 8\] does not fit this DiT"):
+        load_dit(path, dtype=torch.float32)
+
+
+def dataclass_model(cfg, tencent):
+    """Our DiT built straight from ``cfg`` (the split known) with the Tencent-layout weights."""
+    from hunyuan.dit import HunyuanVideoDiT
+
+    model = HunyuanVideoDiT(cfg).eval()
+    model.load_state_dict(tencent)
+    return model
