@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,8 +35,31 @@ SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 FP8_MAP_SUFFIX = "_map.pt"
 
 
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
+
+
+def shard_files(path: Path) -> list[Path]:
+    """``path`` alone, or every shard of the set it belongs to (``name-0000K-of-0000N.safetensors``,
+    as diffusers' ``save_pretrained`` writes large models): picking any one shard reads them all."""
+    match = SHARD_NAME.match(path.name)
+    if match is None:
+        return [path]
+    count = int(match["count"])
+    names = [f"{match['stem']}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    missing = [n for n in names if not (path.parent / n).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} is shard {int(match['index'])} of {count}, but "
+                              f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from {path.parent}")
+    return [path.parent / n for n in names]
+
+
 def _read(src, source: str) -> dict[str, torch.Tensor]:
-    sd = load_state_dict(src) if not isinstance(src, Mapping) else dict(src)
+    if isinstance(src, Mapping):
+        sd = dict(src)
+    else:
+        sd = {}
+        for part in shard_files(Path(src)):
+            sd.update(load_state_dict(part))
     sd = unwrap(sd)
     return strip_prefix(sd, PREFIXES)
 

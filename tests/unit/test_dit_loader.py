@@ -207,3 +207,20 @@ def dataclass_model(cfg, tencent):
     model = HunyuanVideoDiT(cfg).eval()
     model.load_state_dict(tencent)
     return model
+
+
+def test_any_shard_of_a_sharded_diffusers_dit_reads_them_all(three_heads, tmp_path):
+    cfg, tencent, _ = three_heads
+    from tests.peers import diffusers_dit
+
+    folder = tmp_path / "sharded"
+    diffusers_dit(cfg, tencent).save_pretrained(folder, max_shard_size="200KB")  # diffusers names the shards
+    shards = sorted(folder.glob("diffusion_pytorch_model-*-of-*.safetensors"))
+    assert len(shards) >= 3
+    for shard in (shards[0], shards[-1]):
+        model = load_dit(shard, dtype=torch.float32)
+        assert model.config.rope_axes == (8, 12, 12)
+        assert_same_weights(model, dataclass_model(cfg, tencent))
+    shards[1].unlink()
+    with pytest.raises(CheckpointError, match=rf"is shard 1 of {len(shards)}, but {shards[1].name} is missing"):
+        load_dit(shards[0], dtype=torch.float32)
