@@ -85,7 +85,8 @@ class HunyuanVideoDiTLoader(CheckedNode):
                     "dit_name",
                     options=folder_paths.get_filename_list("diffusion_models"),
                     tooltip="DiT weights in models/diffusion_models: Tencent .pt/.safetensors, ComfyUI "
-                    "repackaged or diffusers layout; an fp8 Tencent file uses its *_map.pt scales.",
+                    "repackaged or diffusers layout (any shard of a sharded folder reads them all; a config.json "
+                    "beside them sets the RoPE split); an fp8 Tencent file uses its *_map.pt scales.",
                 ),
                 io.Combo.Input(
                     "weight_dtype",
