@@ -10,6 +10,7 @@ travel to the workers. Where the Ray cluster is (another machine) is the server 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _pool = None  # the one worker pool of this server, kept between runs
 
 
+@functools.cache
 def workers_module():
     """hunyuan.parallel.workers imported under the top-level name the workers use."""
     existing = sys.modules.get("hunyuan")

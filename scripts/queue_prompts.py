@@ -145,8 +145,9 @@ class Dispatcher:
 
     def run(self) -> int:
         while True:
+            queues: dict[str, dict] = {}  # each server's /queue, asked once per round
             for index in self.record.in_state("queued"):
-                self.poll(index)
+                self.poll(index, queues)
             self.dispatch()
             queued, pending = self.record.in_state("queued"), self.record.pending()
             if not queued and not pending:
@@ -170,7 +171,7 @@ class Dispatcher:
         for index in moved:
             self.record.forget(index)
 
-    def poll(self, index: int) -> None:
+    def poll(self, index: int, queues: dict[str, dict]) -> None:
         """Ask the job's server about it: record done/failed, or make it pending again if lost."""
         job = self.record.jobs.get(index)
         if job is None or job["state"] != "queued":  # moved off a server found dead earlier in this round
@@ -179,7 +180,9 @@ class Dispatcher:
         if server.dead:
             return
         try:  # the queue first: a job that leaves it between the two calls is then in the history
-            queue = get(f"{server.url}/queue")
+            if server.url not in queues:  # before any history call of this round (see above)
+                queues[server.url] = get(f"{server.url}/queue")
+            queue = queues[server.url]
             entry = get(f"{server.url}/history/{pid}").get(pid)
         except UNREACHABLE as exc:
             return self._unreachable(server, exc)

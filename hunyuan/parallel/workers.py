@@ -159,7 +159,8 @@ class DiTWorker:
 
     def __init__(self, rank: int, world: int, cfg_degree: int, device: str):
         self.rank, self.world, self.cfg_degree = rank, world, cfg_degree
-        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")  # Ray sets the visible GPU
+        # an accelerator: the one Ray made visible to this process (index 0); "cpu": the CPU
+        self.device = torch.device(device) if device == "cpu" else torch.device(device, 0)
         self.model = self.loaded = self.groups = None
         self._stop = threading.Event()
         self._progress = (0, 0)
