@@ -101,12 +101,17 @@ def test_jobs_spread_over_two_servers_and_move_when_one_is_killed(comfy, second_
                                        err).group(1))
     assert set(killed_running) <= set(moved) and {jobs[str(i)]["server"] for i in moved} == {comfy.url}
     assert {j["server"] for j in jobs.values()} == {comfy.url, second_server.url}, "both servers did jobs"
-    found = _outputs([comfy, second_server], "spread")
-    assert sorted(found) == list(range(20)) and all(len(paths) == 1 for paths in found.values()), found
-    for i, (path,) in found.items():  # each job's one video is where the record says, and is its own
+    kept = {i: _outputs([comfy if jobs[str(i)]["server"] == comfy.url else second_server], "spread").get(i, [])
+            for i in range(20)}
+    assert all(len(paths) == 1 for paths in kept.values()), kept  # one video on the server the record names
+    for i, (path,) in kept.items():  # ... at the path the record gives
         server = comfy if jobs[str(i)]["server"] == comfy.url else second_server
         assert path.relative_to(server.base_dir / "output").as_posix() in jobs[str(i)]["outputs"]
-    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for (p,) in found.values()}) == 20
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for (p,) in kept.values()}) == 20
+    # A moved job may also have a video on the killed server: it can finish saving in the moment between the
+    # last /history poll and the kill, and nothing tells the script. Any other job has exactly one video.
+    extra = {i: len(paths) - 1 for i, paths in _outputs([comfy, second_server], "spread").items() if len(paths) > 1}
+    assert set(extra) <= set(moved) and set(extra.values()) <= {1}, (extra, moved)
     assert len(out.split()) == 20 + len(moved), "moved jobs were queued twice, the others once"
 
 
