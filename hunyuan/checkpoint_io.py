@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,10 +34,7 @@ def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
     with ``weights_only=True`` and memory-mapped when the zip format allows it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist (expected a .safetensors or .pt file)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    _check_file(path)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return _load_safetensors(path, device)
@@ -48,12 +46,85 @@ def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
     )
 
 
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist (expected a .safetensors or .pt file)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+
+
 def _load_safetensors(path: Path, device) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             return {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
+
+
+# safetensors dtype names (the header's) -> torch dtypes
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a safetensors file, known by its header (shape, dtype) and not read yet."""
+
+    path: Path
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def meta(self) -> torch.Tensor:
+        """A stand-in with this shape and dtype on the meta device (no memory)."""
+        return torch.empty(self.shape, dtype=self.dtype, device="meta")
+
+
+def index_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
+    """Every tensor of a safetensors file as a :class:`StoredTensor`, from its header alone."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            index = {}
+            for key in f.keys():
+                part = f.get_slice(key)
+                name = part.get_dtype()
+                if name not in SAFETENSORS_DTYPES:
+                    raise CheckpointError(f"checkpoint {str(path)!r}: tensor {key!r} has dtype {name}, which "
+                                          f"the pack does not read (expected one of {', '.join(SAFETENSORS_DTYPES)})")
+                index[key] = StoredTensor(path, key, tuple(part.get_shape()), SAFETENSORS_DTYPES[name])
+            return index
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
+
+
+def read_stored(items: Mapping[str, StoredTensor | torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of ``items`` (a name for each), read with one opening of each file.
+
+    The file's memory map is closed again before this returns, so a loader that reads a model
+    a group of tensors at a time (and converts each group) holds one group's pages, never the
+    whole file: the map's pages count in the process's memory for as long as it is open.
+    Values that are already tensors are passed through.
+    """
+    out: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[tuple[str, StoredTensor]]] = {}
+    for name, item in items.items():
+        if isinstance(item, StoredTensor):
+            by_file.setdefault(item.path, []).append((name, item))
+        else:
+            out[name] = item
+    for path, group in by_file.items():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name, item in group:
+                    out[name] = f.get_tensor(item.key)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
+    return out
 
 
 def _load_pickle(path: Path, device) -> dict[str, torch.Tensor]:

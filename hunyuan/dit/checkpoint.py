@@ -23,7 +23,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import CheckpointError, load_state_dict, strip_prefix, unwrap
+from ..checkpoint_io import (
+    SAFETENSORS_SUFFIXES,
+    CheckpointError,
+    StoredTensor,
+    index_safetensors,
+    load_state_dict,
+    read_stored,
+    strip_prefix,
+    unwrap,
+)
 from .config import DiTConfig, infer_config
 from .keymap import PREFIXES, detect_layout, to_tencent
 from .model import HunyuanVideoDiT
@@ -53,15 +62,45 @@ def shard_files(path: Path) -> list[Path]:
     return [path.parent / n for n in names]
 
 
-def _read(src, source: str) -> dict[str, torch.Tensor]:
+def _read(src, source: str) -> dict[str, torch.Tensor | StoredTensor]:
+    """The checkpoint's tensors by name. safetensors files are only indexed here (their tensors
+    are read a block at a time by :func:`_stream`); ``.pt`` files are memory-mapped whole."""
     if isinstance(src, Mapping):
         sd = dict(src)
     else:
         sd = {}
         for part in shard_files(Path(src)):
-            sd.update(load_state_dict(part))
+            is_safetensors = part.suffix.lower() in SAFETENSORS_SUFFIXES
+            sd.update(index_safetensors(part) if is_safetensors else load_state_dict(part))
     sd = unwrap(sd)
     return strip_prefix(sd, PREFIXES)
+
+
+BLOCK_KEY = re.compile(r"^((?:single_)?(?:double_blocks|single_blocks|transformer_blocks)\.\d+)\.")
+
+
+def _by_block(keys) -> list[list[str]]:
+    """``keys`` grouped by DiT block (every layout numbers its blocks), the rest in one group:
+    a fused tensor's parts (diffusers' q/k/v, ...) are always in the same group."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        match = BLOCK_KEY.match(key)
+        groups.setdefault(match.group(1) if match else "", []).append(key)
+    return list(groups.values())
+
+
+def _meta(value: torch.Tensor | StoredTensor) -> torch.Tensor:
+    return value.meta() if isinstance(value, StoredTensor) else torch.empty_like(value, device="meta")
+
+
+def _stream(model, sd: dict, layout: str, *, device, dtype, weight_dtype) -> dict[str, torch.Tensor]:
+    """Read, rename and cast ``sd`` one block at a time (each tensor dropped from ``sd`` once
+    cast), so loading holds the finished model plus one block, not the file as well."""
+    out = {}
+    for keys in _by_block(list(sd)):
+        part = to_tencent(read_stored({k: sd.pop(k) for k in keys}), layout)
+        out.update(_place(model, part, device=device, dtype=dtype, weight_dtype=weight_dtype))
+    return out
 
 
 def fp8_map_path(path: Path) -> Path:
@@ -195,15 +234,16 @@ def load_dit(
             f"{source} is not a HunyuanVideo DiT: none of img_in./double_blocks./txt_in. "
             f"(Tencent), x_embedder./transformer_blocks. (diffusers) found; first keys: {sorted(sd)[:5]}"
         )
-    scales = _split_scales(sd)
-    sd = to_tencent(sd, layout)
-    if any(t.dtype in FP8_DTYPES for t in sd.values()):
+    scales = read_stored(_split_scales(sd))
+    meta = to_tencent({k: _meta(v) for k, v in sd.items()}, layout)  # names and shapes, no data
+    if any(t.dtype in FP8_DTYPES for t in meta.values()):
         scales.update(_read_scale_map(path, scale_map))
-    config = _with_rope_split(infer_config(sd, source=source), path, source)
+    config = _with_rope_split(infer_config(meta, source=source), path, source)
     with torch.device("meta"):
         model = HunyuanVideoDiT(config, dtype=dtype)
-    _check_keys(model, sd, source, layout)
-    model.load_state_dict(_place(model, sd, device=device, dtype=dtype, weight_dtype=weight_dtype), assign=True)
+    _check_keys(model, meta, source, layout)
+    model.load_state_dict(_stream(model, sd, layout, device=device, dtype=dtype, weight_dtype=weight_dtype),
+                          assign=True)
     _attach_scales(model, scales, device=device, source=source)
     model.compute_dtype = dtype
     model.eval().requires_grad_(False)

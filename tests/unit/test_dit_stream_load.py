@@ -1,0 +1,78 @@
+"""Loading a DiT safetensors file holds the finished model plus one block, never the file as well
+(issue 14: the 25.6 GB bf16 DiT, loaded as fp8 storage, must fit a 24 GiB machine).
+
+Each load runs in a fresh interpreter whose peak RSS (VmHWM, reset after the imports) is read
+from /proc, as bench/common.py does. Before streaming, the loader read the whole file into a dict
+(file-sized) while its memory map was open (file-sized again), then cast it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bench.common import ROOT
+from hunyuan.dit.checkpoint import _by_block
+from hunyuan.dit.config import DiTConfig
+from hunyuan.dit.keymap import to_diffusers
+from hunyuan.dit.tiny import random_state_dict
+
+# hidden 512 (4 heads x 128, the real head width), 6 + 6 blocks: a ~340 MB fp32 file, a ~90 MB model
+CONFIG = DiTConfig(hidden_size=512, num_heads=4, depth_double=6, depth_single=6, text_states_dim=64,
+                   text_states_dim_2=64)
+
+CHILD = r"""
+import json, sys, torch
+from bench.common import reset_peak, rss_peak, rss_now
+from hunyuan.dit.checkpoint import load_dit
+torch.cat([torch.empty(2, device="meta")] * 2)  # torch's meta kernels load on first use (~150 MB, once)
+base = rss_now()
+reset_peak()
+model = load_dit(sys.argv[1], dtype=torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
+peak = rss_peak() - base
+size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+print(json.dumps({"peak": peak, "model": size}))
+"""
+
+
+def _group_bytes(sd: dict[str, torch.Tensor]) -> int:
+    return max(sum(sd[k].numel() * sd[k].element_size() for k in keys) for keys in _by_block(sd))
+
+
+@pytest.mark.parametrize("layout", ["tencent", "diffusers"])
+def test_peak_is_the_model_plus_one_block_not_the_file(tmp_path, layout):
+    sd = random_state_dict(CONFIG, seed=3)
+    if layout == "diffusers":
+        sd = {k: v.contiguous() for k, v in to_diffusers(sd).items()}
+    path = tmp_path / "dit.safetensors"
+    save_file(sd, str(path))
+    file_bytes = path.stat().st_size
+    group = _group_bytes(sd)
+    del sd
+
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, timeout=600,
+                          cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the model, one block read (fp32) plus its cast copy, and 64 MiB for the interpreter's own growth
+    bound = got["model"] + 2 * group + 64 * 2**20
+    assert got["peak"] <= bound, (got, group, file_bytes)
+    assert got["peak"] < 0.7 * file_bytes, (got, file_bytes)
+
+
+def test_blocks_are_grouped_with_their_fused_parts():
+    """diffusers stores q, k, v (and a single block's mlp) apart; they must be read together."""
+    small = dataclasses.replace(CONFIG, hidden_size=128, num_heads=1, depth_double=2, depth_single=2)
+    keys = list(to_diffusers(random_state_dict(small)))
+    groups = _by_block(keys)
+    for keys_of_group in groups:
+        blocks = {k.split(".")[0] + "." + k.split(".")[1] for k in keys_of_group if k[0].isalpha() and
+                  k.split(".")[1].isdigit()}
+        assert len(blocks) <= 1, blocks
+    assert len(groups) == 2 + 2 + 1  # every block on its own, the rest together
+    assert sorted(k for g in groups for k in g) == sorted(keys)
