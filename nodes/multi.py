@@ -10,6 +10,7 @@ travel to the workers. Where the Ray cluster is (another machine) is the server 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import logging
@@ -24,6 +25,7 @@ from comfy.weight_adapter.lora import LoRAAdapter
 from comfy_api.latest import io
 
 from ..hunyuan.parallel.sequence import check_degrees
+from .blockswap import SWAP_KEY
 from .types import CATEGORY, CheckedNode, DiT, option, with_option
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,19 @@ def plain_patches(dit, patch_class) -> list:
     return out
 
 
+def worker_swap(dit, settings_class):
+    """The Block Swap node's settings as the workers' own class (they import the library under
+    its top-level name), or None. "auto" picks counts from this process's GPU, which need not be
+    a worker's, so the workers take set counts only."""
+    settings = option(dit, SWAP_KEY)
+    if settings is None or not settings.swaps_anything and settings.mode == "manual":
+        return None
+    if settings.mode == "auto":
+        raise ValueError("block swap mode 'auto' does not run on multi-device workers yet; set the block counts "
+                         "in HunyuanVideo Block Swap with mode 'manual'")
+    return settings_class(**dataclasses.asdict(settings))
+
+
 def _pool_for(dit, settings):
     global _pool
     if _pool is not None and _pool.settings == settings:
@@ -143,7 +158,7 @@ def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tens
     workers = workers_module()
     processes, device, cfg_parallel = option(dit, MULTI_KEY)
     pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))
-    source = workers.DiTSource(*option(dit, SOURCE_KEY))
+    source = workers.DiTSource(*option(dit, SOURCE_KEY), swap=worker_swap(dit, workers.SwapSettings))
     patches = plain_patches(dit, workers.WeightPatch)
     if patches and source.weight_dtype:
         raise ValueError("a LoRA on an fp8 DiT does not run on multi-device workers yet; load the DiT in bf16")

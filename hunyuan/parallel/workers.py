@@ -13,6 +13,7 @@ the pool then kills the others, and the next run starts fresh workers.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from ..conditioning import RefinedConditioning, RefinedText
 from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit
+from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
 from ..sampling.pipeline import sample_video
 from .sequence import ParallelDiT, check_degrees, make_groups
 
@@ -42,6 +44,7 @@ class DiTSource:
     dtype: str
     weight_dtype: str | None
     attention: str
+    swap: SwapSettings | None = None  # the Block Swap node's counts ("manual"), the same on every worker
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class DiTWorker:
         self.rank, self.world, self.cfg_degree = rank, world, cfg_degree
         # an accelerator: the one Ray made visible to this process (index 0); "cpu": the CPU
         self.device = torch.device(device) if device == "cpu" else torch.device(device, 0)
-        self.model = self.loaded = self.groups = None
+        self.model = self.loaded = self.groups = self.engine = None
         self._stop = threading.Event()
         self._progress = (0, 0)
 
@@ -183,16 +186,31 @@ class DiTWorker:
         """The DiT from ``source`` with ``patches`` applied; reloaded when either changes."""
         if (source, patches_id) == self.loaded:
             return
-        self.model = None
+        self.model = self.engine = None
         fp8 = getattr(torch, source.weight_dtype) if source.weight_dtype else None
-        model = load_dit(source.path, device=self.device, dtype=getattr(torch, source.dtype), weight_dtype=fp8)
+        swap = source.swap is not None and source.swap.swaps_anything
+        model = load_dit(source.path, device="cpu" if swap else self.device, dtype=getattr(torch, source.dtype),
+                         weight_dtype=fp8)
         model.detach_refiner()  # the refined text comes with each run
         object.__setattr__(model, "_detached_refiner", None)
         model.attention_backend = source.attention if source.attention in available_backends() else "auto"
-        apply_patches(model, patches)
+        apply_patches(model, patches)  # in host memory, before the engine places anything: swapped blocks too
+        if swap:
+            self.engine = self._engine(model, source.swap).place()
         if self.groups is None:  # collective: every rank loads the same DiT at the same time
             self.groups = make_groups(self.cfg_degree, model.config.num_heads)
         self.model, self.loaded = model.eval(), (source, patches_id)
+
+    def _engine(self, model, settings: SwapSettings) -> BlockSwapEngine:
+        """The Block Swap engine for this worker's device. CPU workers (the test configuration)
+        get one that copies host to host, so CPU runs go through the same path as a GPU's."""
+        if self.device.type == "cpu":
+            return BlockSwapEngine(model, settings, self.device, transport=CopyTransport(self.device))
+        return make_engine(model, settings, self.device)
+
+    def swap_stats(self) -> dict | None:
+        """The engine's counters (blocks fetched, loads that waited), or None without block swap."""
+        return None if self.engine is None else dict(self.engine.stats)
 
     def sample(self, job: SampleJob) -> torch.Tensor | None:
         self._stop.clear()
@@ -205,7 +223,7 @@ class DiTWorker:
             if flag.item() > 0:
                 raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
 
-        with torch.inference_mode():
+        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()):
             out = sample_video(
                 ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise, latent=job.latent,
                 denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,

@@ -143,3 +143,16 @@ def test_heads_that_do_not_divide_are_a_clear_error(server):
     bad[MULTI]["inputs"]["processes"] = 3  # the tiny DiT has 4 heads
     message = server.run_expect_error(bad)
     assert "Ulysses degree 3 (3 processes / cfg_degree 1) must divide the DiT's 4 attention heads" in message
+
+
+def test_block_swap_counts_reach_the_workers_and_auto_is_refused(server):
+    """t2v_low_vram (Block Swap) on two workers: set counts equal one device (tests/unit shows the
+    workers stream those blocks); "auto" names what to set instead."""
+    one, two = (graph(f"swap_{multi}", multi=multi, example="t2v_low_vram") for multi in (False, True))
+    for g in (one, two):
+        g["11"]["inputs"].update(mode="manual", double_blocks=1, single_blocks=1)
+    reference = latent_of(server, server.run(one, timeout=600))
+    assert rel_err(latent_of(server, server.run(two, timeout=600)), reference) <= FP32_RTOL
+    auto = graph("swap_auto", multi=True, example="t2v_low_vram")
+    message = server.run_expect_error(auto)
+    assert "block swap mode 'auto' does not run on multi-device workers yet" in message

@@ -5,6 +5,7 @@ attention in another order)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -16,13 +17,16 @@ from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit
 from hunyuan.dit.tiny import write_tiny
+from hunyuan.offload import SwapSettings
 from hunyuan.parallel.workers import (
     DiTSource,
     PoolSettings,
     SampleJob,
+    WeightPatch,
     WorkerFailed,
     WorkerInterrupted,
     WorkerPool,
+    apply_patches,
 )
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.pipeline import sample_video
@@ -79,6 +83,29 @@ def test_two_workers_equal_one_process(source, job, reference, cfg_parallel):
         out = pool.run(source, job, progress=lambda done, total: seen.append((done, total)))
         assert rel_err(out, reference) <= FP32_RTOL
         assert seen and all(total == STEPS for _, total in seen)
+    finally:
+        pool.shutdown()
+
+
+def test_block_swap_on_the_workers_streams_patched_blocks(source, job):
+    """The Block Swap node's counts reach every worker: the swapped blocks are fetched for each
+    forward, and a weight patch on a swapped block (applied in host memory before placement)
+    is in the result, which equals one process with the same patch."""
+    swapped = dataclasses.replace(source, swap=SwapSettings(double_blocks=1, single_blocks=1))
+    patch = WeightPatch("double_blocks.0.img_mlp.fc1.weight", 1.0,
+                        diff=0.05 * torch.randn(256, 64, generator=torch.Generator().manual_seed(1)))
+    model = load_dit(source.path, dtype=torch.float32)
+    apply_patches(model, [patch])
+    with torch.inference_mode():
+        reference = sample_video(model, job.conditioning(), job.sigmas, job.noise, cfg=job.cfg,
+                                 embedded_guidance=job.embedded_guidance)
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    try:
+        out = pool.run(swapped, job, patches=[patch], patches_id="diff")
+        assert rel_err(out, reference) <= FP32_RTOL
+        forwards = 2 * STEPS  # true CFG in two passes
+        for stats in ray.get([a.swap_stats.remote() for a in pool.actors]):
+            assert stats["fetches"] >= 2 * forwards, stats  # two swapped blocks, each fetched per forward
     finally:
         pool.shutdown()
 
