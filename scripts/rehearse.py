@@ -105,14 +105,14 @@ def stage_text(args, models: Path) -> dict:
 
     llm = te.load_llm(models / FILES["llm"], te.parse_dtype("fp8_e4m3fn (bf16 compute)"))
     clip = te.load_clip(models / FILES["clip"], te.parse_dtype("bf16"))
-    loaded = time.perf_counter()
+    loaded, load_peak = time.perf_counter(), rss_peak()
     encoders = te.TextEncoders(llm, te.load_llm_tokenizer(llama_tokenizer_dir()), clip,
                                te.load_clip_tokenizer(clip_tokenizer_dir()))
     embeds = te.encode_prompts(encoders, [PROMPT], te.EncodeOptions(template=te.get_template("video")), "cpu")
     first = embeds.positive
     torch.save({"states": first.states, "mask": first.mask, "pooled": first.pooled}, args.work / "text.pt")
     weights = sum(t.numel() * t.element_size() for m in (llm, clip) for t in list(m.parameters()) + list(m.buffers()))
-    return {"loaded_at": loaded, "predicted_bytes": weights, "predicted": "resident weights (fp8 LLM + bf16 CLIP)",
+    return {"loaded_at": loaded, "load_peak": load_peak, "predicted_bytes": weights, "predicted": "resident weights (fp8 LLM + bf16 CLIP)",
             "files": ["llm", "clip"]}
 
 
@@ -125,7 +125,7 @@ def stage_dit(args, models: Path) -> dict:
     from hunyuan.sampling.pipeline import sample_video
 
     dit = load_dit(models / FILES["dit"], dtype=torch.bfloat16, weight_dtype=FP8)
-    loaded = time.perf_counter()
+    loaded, load_peak = time.perf_counter(), rss_peak()
     sigmas = flow_sigmas(1)
     refined = precompute_refined_text(dit.detach_refiner(), TextEmbeds(**torch.load(args.work / "text.pt")), sigmas,
                                       device="cpu", dtype=torch.bfloat16)
@@ -135,7 +135,7 @@ def stage_dit(args, models: Path) -> dict:
     est = estimate_sampling_memory(dit.config, **size, text_tokens=refined.tokens.shape[2], steps=1,
                                    weight_dtype=FP8, compute_dtype=torch.bfloat16)
     refiner = sum(p.numel() * p.element_size() for p in dit.refiner.parameters())
-    return {"loaded_at": loaded, "predicted_bytes": est.peak_bytes + refiner,
+    return {"loaded_at": loaded, "load_peak": load_peak, "predicted_bytes": est.peak_bytes + refiner,
             "predicted": "hunyuan.memory sampling peak (fp8 storage, 1 step) + the detached refiner", "files": ["dit"]}
 
 
@@ -146,13 +146,13 @@ def stage_vae(args, models: Path) -> dict:
     from hunyuan.vae.tiling import TileSpec, estimate_peak
 
     vae = load_vae(models / FILES["vae"], dtype=torch.bfloat16)
-    loaded = time.perf_counter()
+    loaded, load_peak = time.perf_counter(), rss_peak()
     latent = torch.load(args.work / "latent.pt").to(torch.bfloat16)
     spec = TileSpec(tile=0, overlap=0, chunk=0)
     video = decode(vae, latent, spec)
     write_mp4(((video[0].permute(1, 2, 3, 0) + 1) / 2).float(), args.work / "rehearse.mp4", 24)
     weights = sum(p.numel() * p.element_size() for p in vae.parameters())
-    return {"loaded_at": loaded, "predicted_bytes": weights + estimate_peak(spec, tuple(latent.shape)),
+    return {"loaded_at": loaded, "load_peak": load_peak, "predicted_bytes": weights + estimate_peak(spec, tuple(latent.shape)),
             "predicted": "VAE weights + hunyuan.vae.tiling.estimate_peak", "video": str(args.work / "rehearse.mp4"),
             "files": ["vae"]}
 
@@ -170,10 +170,11 @@ def run_child(args) -> None:
     row = STAGES[args.stage](args, args.work / "models")
     end = time.perf_counter()
     row.update(load_s=row.pop("loaded_at") - start, run_s=end - start, peak_rss_bytes=rss_peak() - base,
-               base_rss_bytes=base)
+               load_peak_rss_bytes=row.pop("load_peak") - base, base_rss_bytes=base)
     row["measured_over_predicted"] = row["peak_rss_bytes"] / row["predicted_bytes"]
-    # the loaders read safetensors through a memory map: while loading, the mapped file's pages are
-    # resident next to the converted weights (reclaimable, but counted in VmHWM)
+    # a loader that reads a whole safetensors file through its memory map has the mapped pages
+    # resident next to the converted weights (reclaimable, but counted in VmHWM); the DiT loader
+    # reads one block at a time, so for it the file term is an upper bound
     row["file_bytes"] = sum((args.work / "models" / FILES[k]).stat().st_size for k in row["files"])
     row["predicted_with_file_bytes"] = row["predicted_bytes"] + row["file_bytes"]
     row["measured_over_predicted_with_file"] = row["peak_rss_bytes"] / row["predicted_with_file_bytes"]
@@ -211,7 +212,8 @@ def main(argv=None) -> int:
             print(run.stdout[-3000:], run.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"rehearse: stage {stage} failed (exit {run.returncode})")
         report["stages"][stage] = row = json.loads(lines[-1][len("REHEARSE "):])
-        print(f"rehearse: {stage}: load {row['load_s']:.1f} s, total {row['run_s']:.1f} s, peak RSS "
+        print(f"rehearse: {stage}: load {row['load_s']:.1f} s (peak {row['load_peak_rss_bytes'] / 2**30:.2f} GiB), "
+              f"total {row['run_s']:.1f} s, peak RSS "
               f"{row['peak_rss_bytes'] / 2**30:.2f} GiB vs predicted {row['predicted_bytes'] / 2**30:.2f} GiB "
               f"({row['measured_over_predicted']:.2f}x), vs that + the mapped file "
               f"{row['predicted_with_file_bytes'] / 2**30:.2f} GiB ({row['measured_over_predicted_with_file']:.2f}x)",
