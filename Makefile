@@ -18,8 +18,12 @@ bench-quick:
 # Real-size rehearsal on the CPU (not part of the tests or CI): random weights at the real widths in
 # the real files, each stage in a fresh process, peak RSS vs the planner (README, "Real-size rehearsal").
 # Partial depth by default; REHEARSE_ARGS="--double 20 --single 40 --llm-layers 32" for the full model.
+# The second step runs the shipped workflows through a real ComfyUI on the files the first wrote
+# (give both the same --work if you move it).
 REHEARSE_ARGS ?=
+REHEARSE_SERVER_ARGS ?=
 
 rehearse:
 	bash scripts/bootstrap.sh
 	$(PYTHON) scripts/rehearse.py $(REHEARSE_ARGS)
+	$(PYTHON) scripts/rehearse_server.py $(REHEARSE_SERVER_ARGS)
