@@ -23,7 +23,7 @@ import logging
 import torch
 
 from ..conditioning import PromptEmbeds, TextEmbeds
-from .encode import EncodeOptions, encode_clip, tokenize_llm
+from .encode import EncodeOptions, encode_clip, negatives_for, tokenize_llm
 from .loader import TextEncoders
 from .templates import IMAGE_MARKER
 from .vision import LlavaVision, pixel_values
@@ -107,10 +107,6 @@ def encode_prompts_image(encoders: TextEncoders, vision: LlavaVision, prompts: l
     positive = encode_texts_image(encoders, vision, prompts, images, options, interleave, device)
     if negative is None:
         return PromptEmbeds(positive=positive)
-    if len(negative) == 1 and len(prompts) > 1:
-        negative = negative * len(prompts)
-    if len(negative) != len(prompts):
-        raise ValueError(f"negative prompts: got {len(negative)}, expected 1 or {len(prompts)} (one per prompt)")
     black = torch.zeros_like(images)
     return PromptEmbeds(positive=positive, negative=encode_texts_image(
-        encoders, vision, negative, black, options, NEGATIVE_INTERLEAVE, device))
+        encoders, vision, negatives_for(prompts, negative), black, options, NEGATIVE_INTERLEAVE, device))
