@@ -9,8 +9,20 @@ from safetensors.torch import load_file, save_file
 from hunyuan.checkpoint_io import CheckpointError
 from hunyuan.text import load_vision, parse_dtype
 from hunyuan.text.layouts import FoundWeights
-from hunyuan.text.tiny import LLAMA_DIR, LLAMA_FILE, LLAVA_DIR, VISION_FILE, llava_vision_shapes, write_tiny
-from hunyuan.text.vision import CLIP_VIT_L_336, find_vision, to_pil, vision_fields
+from hunyuan.text.tiny import (
+    LLAMA_DIR,
+    LLAMA_FILE,
+    LLAVA_DIR,
+    VISION_FILE,
+    llava_vision_shapes,
+    write_tiny,
+)
+from hunyuan.text.vision import (
+    CLIP_VIT_L_336,
+    find_vision,
+    to_pil,
+    vision_fields,
+)
 from tests.checks import assert_same_weights
 
 
@@ -69,3 +81,4 @@ def test_grayscale_and_rgba_images_become_rgb():
     assert gray.mode == "RGB" and gray.getpixel((3, 4))[0] == gray.getpixel((3, 4))[2]
     with pytest.raises(ValueError, match=r"image has shape \(20, 30, 3\)"):
         to_pil(rgb[0])
+
