@@ -12,16 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from hunyuan.text import load_vision, parse_dtype
-from hunyuan.text.tiny import TINY_VISION, VISION_FILE, write_tiny
+from hunyuan.text.tiny import TINY_VISION, VISION_FILE
 from hunyuan.text.vision import CLIP_MEAN, CLIP_STD, CLIP_VIT_L_336, pixel_values
 from tests.checks import FP32_RTOL, rel_err
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny(root)
-    return root
+def models(tiny_text_models):
+    return tiny_text_models
 
 
 def comfy_tower(path):

@@ -38,7 +38,6 @@ from hunyuan.text.tiny import (
     VISION_FILE,
     clip_tokenizer_dir,
     llama_tokenizer_dir,
-    write_tiny,
 )
 from hunyuan.text.vision import load_vision, to_pil
 from tests.checks import FP32_RTOL, rel_err
@@ -54,9 +53,8 @@ def _image(seed: int, height: int, width: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    models = tmp_path_factory.mktemp("models")
-    write_tiny(models)
+def setup(tiny_text_models):
+    models = tiny_text_models
     llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir()), load_clip_tokenizer(clip_tokenizer_dir())
     fp32 = parse_dtype("fp32")
     clip = load_clip(models / "clip" / CLIP_DIR, fp32)

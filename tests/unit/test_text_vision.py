@@ -15,7 +15,6 @@ from hunyuan.text.tiny import (
     LLAVA_DIR,
     VISION_FILE,
     llava_vision_shapes,
-    write_tiny,
 )
 from hunyuan.text.vision import (
     CLIP_VIT_L_336,
@@ -27,10 +26,8 @@ from tests.checks import assert_same_weights
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny(root)
-    return root
+def models(tiny_text_models):
+    return tiny_text_models
 
 
 def test_folder_split_file_and_new_transformers_names_load_the_same_tower(models, tmp_path):
