@@ -39,8 +39,9 @@ def _image_position(ids: torch.Tensor, image_id: int) -> int:
     """The one ``<image>`` token's index, the same in every row (it sits in the template's fixed prefix)."""
     rows, cols = torch.where(ids == image_id)
     if rows.numel() != ids.shape[0] or not torch.equal(rows, torch.arange(ids.shape[0])) or cols.unique().numel() != 1:
-        raise ValueError(f"the prompt template must hold exactly one '{IMAGE_MARKER}' before the prompt "
-                         f"(token id {image_id}); found {rows.numel()} in a batch of {ids.shape[0]}")
+        raise ValueError(f"prompt: template and prompt together hold {rows.numel()} '{IMAGE_MARKER}' tokens "
+                         f"(id {image_id}) in a batch of {ids.shape[0]}; expected exactly one per prompt, the "
+                         f"template's (remove '{IMAGE_MARKER}' from the prompt text)")
     return int(cols[0])
 
 

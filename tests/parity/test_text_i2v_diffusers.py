@@ -143,3 +143,11 @@ def test_the_image_changes_the_states(setup):
     assert rel_err(a.states[:, :image_tokens], b.states[:, :image_tokens]) > 1e-2
     assert rel_err(a.states[:, image_tokens:], b.states[:, image_tokens:]) > 1e-3
     assert torch.equal(a.pooled, b.pooled)  # CLIP-L reads only the prompt
+
+
+def test_image_marker_in_the_prompt_is_named(setup):
+    layouts, _ = setup
+    encoders, vision = layouts["llava_folder"]
+    with pytest.raises(ValueError, match="hold 2 '<image>' tokens.*remove '<image>' from the prompt text"):
+        encode_prompts_image(encoders, vision, ["a fox <image> in snow"], _image(6, 56, 56), EncodeOptions(VIDEO_I2V),
+                             4, "cpu")
