@@ -1,4 +1,4 @@
-"""Every dropdown and number input of every pack node is checked when a job is queued.
+"""Every dropdown and number input (required or optional) of every pack node is checked when queued.
 
 ComfyUI 0.3.75 checks neither a V3 node's dropdown values nor NaN/infinity (nodes/types.py,
 ``CheckedNode``). This goes over the live ``/object_info``, so a new node or input is covered
