@@ -151,3 +151,17 @@ def test_image_marker_in_the_prompt_is_named(setup):
     with pytest.raises(ValueError, match="hold 2 '<image>' tokens.*remove '<image>' from the prompt text"):
         encode_prompts_image(encoders, vision, ["a fox <image> in snow"], _image(6, 56, 56), EncodeOptions(VIDEO_I2V),
                              4, "cpu")
+
+
+def test_a_batch_equals_its_prompts_one_by_one(setup):
+    """Each row finds its own assistant header (one prompt truncated, one not): a batch is its rows
+    (diffusers' own search assumes one prompt when a header is missing, so the rows are checked here)."""
+    layouts, _ = setup
+    encoders, vision = layouts["comfy_split"]
+    prompts, image, options = [PROMPT, " ".join(["snow"] * 400)], _image(7, 60, 60), EncodeOptions(VIDEO_I2V)
+    both = encode_prompts_image(encoders, vision, prompts, image, options, 4, "cpu").positive
+    for i, prompt in enumerate(prompts):
+        one = encode_prompts_image(encoders, vision, [prompt], image, options, 4, "cpu").positive
+        assert torch.equal(both.mask[i:i + 1], one.mask)
+        assert rel_err(both.states[i:i + 1], one.states) <= FP32_RTOL
+    assert not bool(both.mask[0].all()) and bool(both.mask[1].all())
