@@ -57,7 +57,8 @@ class HunyuanVideoI2VEncode(CheckedNode):
             display_name="HunyuanVideo I2V Encode",
             category=CATEGORY,
             description="Image-to-video: encodes the start image with the VAE for the sampler's image input. "
-            "Works with HunyuanVideo-I2V (token replace 'v2', concat 'v1') and SkyReels-V1 DiTs.",
+            "Works with HunyuanVideo-I2V (token replace 'v2', concat 'v1') and SkyReels-V1 DiTs. For "
+            "HunyuanVideo-I2V connect the same image to Text Encode's image input too (the text reads it).",
             inputs=[
                 VAE.Input("vae", tooltip="From HunyuanVideo VAE Loader."),
                 io.Image.Input("image", tooltip="The first frame. Only the first image of a batch is used; "

@@ -26,11 +26,14 @@ from ..hunyuan.text import (
     EncodeOptions,
     TextEncoders,
     encode_prompts,
+    encode_prompts_image,
     get_template,
+    image_template,
     load_clip,
     load_clip_tokenizer,
     load_llm,
     load_llm_tokenizer,
+    load_vision,
     parse_dtype,
 )
 from .types import CATEGORY, CheckedNode, TextEncoder
@@ -38,7 +41,8 @@ from .types import TextEmbeds as TextEmbedsSocket
 
 log = logging.getLogger(__name__)
 
-LLM_FOLDER, TE_FOLDER = "LLM", "text_encoders"  # "clip" is an alias of text_encoders in ComfyUI
+LLM_FOLDER, TE_FOLDER, VISION_FOLDER = "LLM", "text_encoders", "clip_vision"  # "clip" aliases text_encoders
+NO_VISION, VISION_FROM_LLM = "none", "from llm (full LLaVA folder)"
 folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
 COMFY_DIR = Path(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)))
 LLAMA_TOKENIZER = COMFY_DIR / "text_encoders" / "llama_tokenizer"
@@ -68,6 +72,22 @@ def llm_sources() -> list[str]:
 
 def clip_sources() -> list[str]:
     return sorted(hf_folders(TE_FOLDER)) + _single_files()
+
+
+def vision_sources() -> list[str]:
+    return [NO_VISION, VISION_FROM_LLM] + folder_paths.get_filename_list(VISION_FOLDER)
+
+
+def _vision_path(vision: str, llm_path: Path) -> Path | None:
+    if vision == NO_VISION:
+        return None
+    if vision == VISION_FROM_LLM:
+        return llm_path
+    path = folder_paths.get_full_path(VISION_FOLDER, vision)
+    if path is None:
+        raise ValueError(f"vision={vision!r} is not a file in models/{VISION_FOLDER}; expected "
+                         f"{NO_VISION!r}, {VISION_FROM_LLM!r} or a file such as llava_llama3_vision.safetensors")
+    return Path(path)
 
 
 def _resolve(name: str, folders: dict[str, Path], what: str) -> Path:
@@ -100,6 +120,7 @@ class LoadedTextEncoder:
     clip: comfy.model_patcher.ModelPatcher
     llm_tokenizer: object
     clip_tokenizer: object
+    vision: comfy.model_patcher.ModelPatcher | None = None  # LLaVA's vision tower + projector, for I2V
 
 
 def _patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
@@ -108,7 +129,8 @@ def _patcher(model: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
 
 
 class HunyuanVideoTextEncoderLoader(CheckedNode):
-    CHOICES_FROM = {"llm": f"models/{LLM_FOLDER} and models/{TE_FOLDER}", "clip": f"models/{TE_FOLDER}"}
+    CHOICES_FROM = {"llm": f"models/{LLM_FOLDER} and models/{TE_FOLDER}", "clip": f"models/{TE_FOLDER}",
+                    "vision": f"models/{VISION_FOLDER}"}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -117,7 +139,7 @@ class HunyuanVideoTextEncoderLoader(CheckedNode):
             display_name="HunyuanVideo Text Encoder Loader",
             category=CATEGORY,
             description="Loads the LLaVA-Llama-3 language model and CLIP-L from any layout (HF folder, full "
-                        "LLaVA checkpoint, ComfyUI single files). The LLaVA vision tower is never read.",
+                        "LLaVA checkpoint, ComfyUI single files), and for image-to-video LLaVA's vision tower.",
             inputs=[
                 io.Combo.Input("llm", options=llm_sources(),
                                tooltip="models/LLM folder (text-encoder split or the full LLaVA-Llama-3 "
@@ -127,40 +149,55 @@ class HunyuanVideoTextEncoderLoader(CheckedNode):
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="Weight storage. auto keeps the file's dtype (no copy in RAM); fp8 "
                                        "stores LLM linear weights in float8 and computes in bf16/fp16."),
+                io.Combo.Input("vision", options=vision_sources(), default=NO_VISION, optional=True,
+                               tooltip="Image-to-video only: LLaVA's vision tower, so the prompt is encoded "
+                                       "together with the start image. 'from llm' reads it from a full LLaVA "
+                                       "folder (Tencent's text_encoder_i2v); or pick ComfyUI's "
+                                       "clip_vision/llava_llama3_vision.safetensors. none = text-to-video."),
             ],
             outputs=[TextEncoder.Output(display_name="text_encoder")],
         )
 
     @classmethod
-    def execute(cls, llm: str, clip: str, dtype: str) -> io.NodeOutput:
+    def execute(cls, llm: str, clip: str, dtype: str, vision: str = NO_VISION) -> io.NodeOutput:
         choice = parse_dtype(dtype)
         llm_path = _resolve(llm, hf_folders(LLM_FOLDER), "llm")
         clip_path = _resolve(clip, hf_folders(TE_FOLDER), "clip")
+        vision_path = _vision_path(vision, llm_path)
         llm_tok = load_llm_tokenizer(_tokenizer_dir(llm_path, "tokenizer.json", LLAMA_TOKENIZER))
         clip_tok = load_clip_tokenizer(_tokenizer_dir(clip_path, "vocab.json", CLIP_TOKENIZER))
+        tower = None if vision_path is None else _patcher(load_vision(vision_path, choice))
         encoder = LoadedTextEncoder(_patcher(load_llm(llm_path, choice)), _patcher(load_clip(clip_path, choice)),
-                                    llm_tok, clip_tok)
+                                    llm_tok, clip_tok, tower)
         return io.NodeOutput(encoder)
 
 
 def _memory_required(encoder: LoadedTextEncoder, batch: int) -> int:
     config = encoder.llm.model.inner.config
-    tokens = batch * (256 + 128)  # prompt budget + template
+    image_tokens = 0 if encoder.vision is None else encoder.vision.model.inner.tokens
+    tokens = batch * (256 + 128 + image_tokens)  # prompt budget + template (+ the image's tokens)
     return tokens * (config.intermediate_size * 3 + config.hidden_size * 6) * 4 + (64 << 20)
 
 
 def run_encode(encoder: LoadedTextEncoder, prompts: list[str], options: EncodeOptions,
-               negative: list[str] | None) -> PromptEmbeds:
-    """Load both encoders through ComfyUI's manager, encode, return embeds on the intermediate device."""
+               negative: list[str] | None, image: torch.Tensor | None = None, interleave: int = 4) -> PromptEmbeds:
+    """Load the encoders through ComfyUI's manager, encode, return embeds on the intermediate device.
+
+    With ``image`` the vision tower is loaded too (only then), and offloaded with the others after."""
     batch = len(prompts) * (2 if negative else 1)
-    mm.load_models_gpu([encoder.llm, encoder.clip], memory_required=_memory_required(encoder, batch),
-                       force_full_load=True)
+    patchers = [encoder.llm, encoder.clip] + ([encoder.vision] if image is not None else [])
+    mm.load_models_gpu(patchers, memory_required=_memory_required(encoder, batch), force_full_load=True)
     try:
         models = TextEncoders(encoder.llm.model.inner, encoder.llm_tokenizer, encoder.clip.model.inner,
                               encoder.clip_tokenizer)
-        embeds = encode_prompts(models, prompts, options, encoder.llm.load_device, negative=negative)
+        device = encoder.llm.load_device
+        if image is None:
+            embeds = encode_prompts(models, prompts, options, device, negative=negative)
+        else:
+            embeds = encode_prompts_image(models, encoder.vision.model.inner, prompts, image, options, interleave,
+                                          device, negative=negative)
     finally:
-        for patcher in (encoder.llm, encoder.clip):
+        for patcher in patchers:
             patcher.detach(unpatch_all=True)  # back to the offload device; stays in the manager
     return _to_device(embeds, mm.intermediate_device())
 
@@ -192,7 +229,9 @@ class HunyuanVideoTextEncode(CheckedNode):
                 io.String.Input("negative_prompt", multiline=True, default="", optional=True,
                                 tooltip="For true CFG only. Empty = no negative embeds."),
                 io.Combo.Input("template", options=list(TEMPLATE_NAMES), default="video",
-                               tooltip="video/image: Tencent's prompt templates; custom: use custom_template."),
+                               tooltip="video/image: Tencent's prompt templates; video_i2v: Tencent's image-to-video "
+                                       "template (used for 'video' when an image is connected); custom: use "
+                                       "custom_template (with an image it needs '<image>' before the {})."),
                 io.String.Input("custom_template", multiline=True, default="",
                                 tooltip="Used when template=custom: chat text with one {} where the prompt goes. "
                                         "The crop offset is measured with the tokenizer."),
@@ -202,16 +241,40 @@ class HunyuanVideoTextEncode(CheckedNode):
                 io.Boolean.Input("apply_final_norm", default=False,
                                  tooltip="Apply the LLM's final RMSNorm to the chosen hidden state (off for "
                                          "HunyuanVideo)."),
+                io.Image.Input("image", optional=True,
+                               tooltip="Image-to-video (HunyuanVideo-I2V): the start image, read by LLaVA's vision "
+                                       "tower (set the loader's vision input) so the text sees it. Resized: "
+                                       "shortest side to 336, center crop. The video template becomes video_i2v; "
+                                       "a negative prompt is encoded with a black image. Leave empty for "
+                                       "text-to-video and SkyReels-V1 (which encodes text only)."),
+                io.Int.Input("image_interleave", default=4, min=1, max=16, optional=True,
+                             tooltip="Keep every n-th of the image's 576 tokens: 4 for the token-replace DiT "
+                                     "(I2V 'v2', Tencent's default), 2 for the concat DiT ('v1'). Only used with "
+                                     "an image. The negative prompt always uses 2, as Tencent and diffusers do."),
             ],
             outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
         )
 
     @classmethod
     def execute(cls, text_encoder: LoadedTextEncoder, prompt: str, template: str, custom_template: str,
-                hidden_state_skip_layer: int, apply_final_norm: bool, negative_prompt: str = "") -> io.NodeOutput:
-        options = EncodeOptions(get_template(template, custom_template), hidden_state_skip_layer, apply_final_norm)
+                hidden_state_skip_layer: int, apply_final_norm: bool, negative_prompt: str = "",
+                image: torch.Tensor | None = None, image_interleave: int = 4) -> io.NodeOutput:
+        chosen = get_template(template, custom_template)
         negative = [negative_prompt] if negative_prompt.strip() else None
-        return io.NodeOutput(run_encode(text_encoder, [prompt], options, negative))
+        if image is None:
+            if chosen.takes_image:
+                raise ValueError(f"template={template!r} has an '<image>' place but no image is connected; "
+                                 "connect the start image or use the video template")
+            return io.NodeOutput(run_encode(text_encoder, [prompt], EncodeOptions(
+                chosen, hidden_state_skip_layer, apply_final_norm), negative))
+        if text_encoder.vision is None:
+            raise ValueError("image is connected but the text encoder has no vision tower; set the HunyuanVideo "
+                             f"Text Encoder Loader's vision to {VISION_FROM_LLM!r} (a full LLaVA folder) or to "
+                             f"models/{VISION_FOLDER}/llava_llama3_vision.safetensors")
+        if image.shape[0] > 1:
+            log.info("HunyuanVideo Text Encode: %d images given, the first is read with the prompt", image.shape[0])
+        options = EncodeOptions(image_template(chosen), hidden_state_skip_layer, apply_final_norm)
+        return io.NodeOutput(run_encode(text_encoder, [prompt], options, negative, image[:1], image_interleave))
 
 
 def conditioning_to_embeds(conditioning: list, name: str) -> TextEmbeds:

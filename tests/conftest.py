@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfyui" / "ComfyUI").resolve()
 
@@ -17,3 +19,13 @@ if COMFYUI_DIR.is_dir() and str(COMFYUI_DIR) not in sys.path:
 
 # The shared real ComfyUI server (session-scoped, started only by tests that ask for it).
 from tests.harness import artifacts, comfy  # noqa: E402,F401  (fixtures)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_models(tmp_path_factory) -> Path:
+    """A models/ folder with the tiny text encoders in every layout (hunyuan.text.tiny), written once; read only."""
+    from hunyuan.text.tiny import write_tiny
+
+    root = tmp_path_factory.mktemp("tiny_text_models")
+    write_tiny(root)
+    return root

@@ -104,8 +104,14 @@ def encode_prompts(
     positive = encode_texts(encoders, prompts, options, device)
     if negative is None:
         return PromptEmbeds(positive=positive)
+    negative = negatives_for(prompts, negative)
+    return PromptEmbeds(positive=positive, negative=encode_texts(encoders, negative, options, device))
+
+
+def negatives_for(prompts: list[str], negative: list[str]) -> list[str]:
+    """One negative prompt per prompt: a single one is reused for all."""
     if len(negative) == 1 and len(prompts) > 1:
-        negative = negative * len(prompts)
+        return negative * len(prompts)
     if len(negative) != len(prompts):
         raise ValueError(f"negative prompts: got {len(negative)}, expected 1 or {len(prompts)} (one per prompt)")
-    return PromptEmbeds(positive=positive, negative=encode_texts(encoders, negative, options, device))
+    return negative

@@ -37,6 +37,21 @@ _IMAGE = (
 )
 
 
+# HunyuanVideo-I2V: the image's tokens replace ``<image>``; the assistant header closes the chat.
+_VIDEO_I2V = (
+    "<|start_header_id|>system<|end_header_id|>\n\n<image>\nDescribe the video by detailing the following "
+    "aspects according to the reference image: "
+    "1. The main content and theme of the video."
+    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+    "4. background environment, light, style and atmosphere."
+    "5. camera angles, movements, and transitions used in the video:<|eot_id|>\n\n"
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+IMAGE_MARKER = "<image>"
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A chat template with exactly one ``{}`` where the prompt goes."""
@@ -60,11 +75,17 @@ class PromptTemplate:
     def apply(self, prompt: str) -> str:
         return self.prefix + prompt + self.text.split(PLACEHOLDER)[1]
 
+    @property
+    def takes_image(self) -> bool:
+        """True when the template has the ``<image>`` place the image's tokens go (before the prompt)."""
+        return IMAGE_MARKER in self.prefix
+
 
 VIDEO = PromptTemplate("video", _VIDEO)
 IMAGE = PromptTemplate("image", _IMAGE)
-TEMPLATES = {"video": VIDEO, "image": IMAGE}
-TEMPLATE_NAMES = ("video", "image", "custom")
+VIDEO_I2V = PromptTemplate("video_i2v", _VIDEO_I2V)
+TEMPLATES = {"video": VIDEO, "image": IMAGE, "video_i2v": VIDEO_I2V}
+TEMPLATE_NAMES = ("video", "image", "video_i2v", "custom")
 
 
 def get_template(name: str, custom_text: str = "") -> PromptTemplate:
@@ -76,6 +97,19 @@ def get_template(name: str, custom_text: str = "") -> PromptTemplate:
     if name not in TEMPLATES:
         raise ValueError(f"template={name!r} is unknown; expected one of {', '.join(TEMPLATE_NAMES)}")
     return TEMPLATES[name]
+
+
+def image_template(template: PromptTemplate) -> PromptTemplate:
+    """The template to use when an image comes with the prompt: ``video`` becomes ``video_i2v``
+    (Tencent's HunyuanVideo-I2V template); any other must already have ``<image>`` before ``{}``."""
+    if template is VIDEO:
+        return VIDEO_I2V
+    if not template.takes_image:
+        raise ValueError(
+            f"template={template.name!r} has no '{IMAGE_MARKER}' before '{{}}' but an image is connected; "
+            "use template 'video' or 'video_i2v', or a custom template with '<image>' where the image tokens go"
+        )
+    return template
 
 
 def crop_start(tokenizer, template: PromptTemplate) -> int:

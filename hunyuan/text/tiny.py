@@ -7,9 +7,12 @@
 * ``text_encoders/hyvid_tiny_llava_llama3_fp16.safetensors``  ComfyUI single file (``model.*``)
 * ``text_encoders/hyvid_tiny_clip_l.safetensors``             ComfyUI single file (``text_model.*``)
 * ``clip/hyvid_tiny_clip_l/``     HF CLIPTextModel folder
+* ``clip_vision/hyvid_tiny_llava_llama3_vision.safetensors``  ComfyUI's split LLaVA vision tower + projector
+  (``vision_model.*``, ``multi_modal_projector.*``), the same values as the LLaVA folder's
 
 Widths: LLM hidden 32 (4 layers, so hidden_state_skip_layer=2 is meaningful) and CLIP hidden 32,
-matching the tiny DiT's default text_states_dim / text_states_dim_2. The vocabularies stay real
+matching the tiny DiT's default text_states_dim / text_states_dim_2; vision tower hidden 16 on
+56-pixel images (4 x 4 = 16 image tokens, so interleave 2 and 4 differ). The vocabularies stay real
 (LLaVA's 128320 rows: the tokenizer's pad id 128258 must exist; CLIP's 49408). All tensors are
 fp16 on disk, so every layout holds bit-identical values.
 """
@@ -22,18 +25,20 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .layouts import Shapes, clip_encoder_layout, clip_text_layout, config_json, llama_layout
 from .loader import CLIP_L, LLAVA_LLAMA3_8B
+from .vision import CLIP_MEAN, CLIP_STD
 
 LLAMA_DIR, LLAVA_DIR, CLIP_DIR = "hyvid_tiny_llama", "hyvid_tiny_llava", "hyvid_tiny_clip_l"
 LLAMA_FILE, CLIP_FILE = "hyvid_tiny_llava_llama3_fp16.safetensors", "hyvid_tiny_clip_l.safetensors"
+VISION_FILE = "hyvid_tiny_llava_llama3_vision.safetensors"
 TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8)
 TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, projection_dim=32)
-TINY_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                   image_size=28, patch_size=14, projection_dim=16)
+TINY_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=56, patch_size=14, projection_dim=16)
 
 
 def comfy_dir() -> Path:
@@ -119,6 +124,15 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copyfile(file, dst / file.name)
 
 
+def preprocessor_config(size: int) -> dict:
+    """``preprocessor_config.json`` as LLaVA folders hold it (CLIPImageProcessor, bicubic = 3)."""
+    return {"crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
+            "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": list(CLIP_MEAN),
+            "image_processor_type": "CLIPImageProcessor", "image_std": list(CLIP_STD),
+            "processor_class": "LlavaProcessor", "resample": 3, "rescale_factor": 1 / 255,
+            "size": {"shortest_edge": size}}
+
+
 def _write_config(folder: Path, config: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -137,7 +151,7 @@ def write_tiny_llava_folder(folder: Path, config: dict, sd: dict, seed: int) -> 
     llava = config_json("llava", "LlavaForConditionalGeneration", {
         "text_config": config_json("llama", None, config),
         "vision_config": config_json("clip_vision_model", None, vision),
-        "image_token_index": 128257, "projector_hidden_act": "gelu",
+        "image_token_index": 128257, "pad_token_id": config["pad_token_id"], "projector_hidden_act": "gelu",
         "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
     })
     _write_config(folder, llava)
@@ -157,7 +171,20 @@ def write_tiny_llava_folder(folder: Path, config: dict, sd: dict, seed: int) -> 
              "weight_map": {k: name for name, part in shards.items() for k in part}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     _copy_tokenizer(llama_tokenizer_dir(), folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(TINY_VISION["image_size"]), indent=2))
     return folder
+
+
+def write_tiny_vision_file(path: Path, llava_folder: Path, seed: int) -> Path:
+    """ComfyUI's split vision file, cut from the tiny LLaVA folder's last shard (same values)."""
+    shard = llava_folder / "model-00003-of-00003.safetensors"
+    sd = {k.removeprefix("vision_tower."): v for k, v in load_file(str(shard)).items()}
+    hidden = TINY_VISION["hidden_size"]
+    gen = torch.Generator().manual_seed(seed + 4)
+    sd["visual_projection.weight"] = (0.1 * torch.randn(TINY_VISION["projection_dim"], hidden, generator=gen)).half()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
 
 
 def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
@@ -169,6 +196,7 @@ def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
         write_tiny_llama_folder(models_dir / "LLM" / LLAMA_DIR, config, llama),
         write_tiny_llava_folder(models_dir / "LLM" / LLAVA_DIR, config, llama, seed),
     ]
+    written.append(write_tiny_vision_file(models_dir / "clip_vision" / VISION_FILE, written[-1], seed))
     te_dir = models_dir / "text_encoders"
     te_dir.mkdir(parents=True, exist_ok=True)
     single = {k: v for k, v in llama.items() if not k.startswith("lm_head.")}

@@ -33,6 +33,7 @@ REAL_NAMES = {
     "vae/hunyuan_video_vae_bf16.safetensors": "vae/hyvid_tiny_vae.safetensors",
     "text_encoders/llava_llama3_fp16.safetensors": "text_encoders/hyvid_tiny_llava_llama3_fp16.safetensors",
     "text_encoders/clip_l.safetensors": "text_encoders/hyvid_tiny_clip_l.safetensors",
+    "clip_vision/llava_llama3_vision.safetensors": "clip_vision/hyvid_tiny_llava_llama3_vision.safetensors",
     "LLM/Qwen2.5-1.5B-Instruct": "LLM/hyvid_tiny_rewrite_lm",
     "loras/hunyuan_video_style_lora.safetensors": "loras/hyvid_tiny_lora.safetensors",
 }

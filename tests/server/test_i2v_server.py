@@ -5,10 +5,11 @@ image the harness writes into input/; the raw latent is saved (native SaveLatent
 with diffusers built from the same weight files, image and initial noise: max relative error
 <= 1e-4 (the issue's bound for a whole multi-step pipeline, as in test_e2e_parity).
 
-Text: the LLaVA vision path is not built yet, so both sides use the text-to-video encoding (our
-Text Encode node; diffusers' HunyuanVideoPipeline.encode_prompt on the same tiny Llama + CLIP,
-fed to the I2V pipeline as prompt embeddings). SkyReels-V1 encodes text that way anyway, so its
-pipeline runs its own text encoders.
+Text: HunyuanVideo-I2V reads the prompt with the start image (LLaVA's vision tower). Our graph
+loads ComfyUI's split files (LLM single file + clip_vision/llava_llama3_vision); diffusers runs
+transformers' LlavaForConditionalGeneration from the tiny full-LLaVA folder (same values) with the
+folder's image processor, and picks the interleave from the DiT (4 token replace, 2 concat), as
+the graph is set. SkyReels-V1 encodes text only (the plain video template).
 
 diffusers always starts from 0.999 noise + 0.001 image latent for HunyuanVideo-I2V; Tencent only
 with --i2v-stability (our node's default is off, like Tencent): the parity graphs turn it on.
@@ -25,14 +26,19 @@ from diffusers import (
     HunyuanSkyreelsImageToVideoPipeline,
     HunyuanVideoImageToVideoPipeline,
 )
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import (
+    DEFAULT_PROMPT_TEMPLATE as I2V_TEMPLATE,
+)
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import CLIPImageProcessor, LlavaForConditionalGeneration
 
 from hunyuan.checkpoint_io import load_state_dict
 from hunyuan.dit.config import infer_config
 from hunyuan.sampling import latent_shape, seeded_noise
 from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE
 from hunyuan.text import VIDEO, crop_start
+from hunyuan.text.tiny import LLAVA_DIR, TINY_VISION
 from scripts.comfy_server import ROOT
 from scripts.smoke_size import I2V_INPUT, shrink
 from tests.checks import rel_err
@@ -86,16 +92,18 @@ def graph_size(graph: dict) -> tuple[int, int, int]:
 def hunyuan_i2v_reference(comfy, graph: dict, image_condition_type: str) -> torch.Tensor:
     models = comfy.base_dir / "models"
     t2v, dit = components(models, graph["3"]["inputs"]["dit_name"], image_condition_type)
+    llava = models / "LLM" / LLAVA_DIR
     pipe = HunyuanVideoImageToVideoPipeline(
-        text_encoder=None, tokenizer=None, transformer=dit, vae=t2v.vae, scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=graph["4"]["inputs"]["shift"]), text_encoder_2=None, tokenizer_2=None, image_processor=None)
-    template = {"template": VIDEO.text, "crop_start": crop_start(t2v.tokenizer, VIDEO)}
+        text_encoder=LlavaForConditionalGeneration.from_pretrained(llava, torch_dtype=torch.float32).eval(),
+        tokenizer=t2v.tokenizer, transformer=dit, vae=t2v.vae, scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=graph["4"]["inputs"]["shift"]), text_encoder_2=t2v.text_encoder_2, tokenizer_2=t2v.tokenizer_2,
+        image_processor=CLIPImageProcessor.from_pretrained(llava))
+    tokens = (TINY_VISION["image_size"] // TINY_VISION["patch_size"]) ** 2
+    template = {**I2V_TEMPLATE, "image_emb_len": tokens, "image_emb_end": I2V_TEMPLATE["image_emb_start"] + tokens}
     width, height, frames = graph_size(graph)
     with torch.no_grad():
-        embeds, pooled, mask = t2v.encode_prompt(prompt=graph["2"]["inputs"]["prompt"], prompt_template=template,
-                                                 device="cpu")
-        return pipe(image=Image.open(comfy.base_dir / "input" / I2V_INPUT).convert("RGB"), prompt_embeds=embeds,
-                    pooled_prompt_embeds=pooled, prompt_attention_mask=mask, height=height, width=width,
+        return pipe(image=Image.open(comfy.base_dir / "input" / I2V_INPUT).convert("RGB"),
+                    prompt=graph["2"]["inputs"]["prompt"], prompt_template=template, height=height, width=width,
                     num_frames=frames, num_inference_steps=STEPS, guidance_scale=graph["6"]["inputs"]["embedded_guidance"],
                     latents=seeded_noise(SEED, latent_shape(1, width, height, frames)), output_type="latent",
                     return_dict=False)[0]
@@ -120,6 +128,7 @@ def test_token_replace_equals_diffusers_and_keeps_the_image_latent(comfy):
 
 def test_concat_v1_equals_diffusers_without_frame_zero(comfy):
     graph = server_graph("i2v_token_replace", dit=DIT_FILES["concat"], tag="i2v_concat")
+    graph["2"]["inputs"]["image_interleave"] = 2  # the concat model's, as diffusers picks for it
     ours = run_latent(comfy, graph)
     ref = hunyuan_i2v_reference(comfy, graph, "latent_concat")
     assert ours.shape == ref.shape == (1, 16, 2, 6, 8)  # 9 frames -> 3 latent frames, frame 0 dropped

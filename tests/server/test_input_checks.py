@@ -1,4 +1,4 @@
-"""Every dropdown and number input of every pack node is checked when a job is queued.
+"""Every dropdown and number input (required or optional) of every pack node is checked when queued.
 
 ComfyUI 0.3.75 checks neither a V3 node's dropdown values nor NaN/infinity (nodes/types.py,
 ``CheckedNode``). This goes over the live ``/object_info``, so a new node or input is covered
@@ -71,7 +71,8 @@ def test_every_dropdown_and_float_input_refuses_bad_values(comfy, artifacts):
     report, failures = [], []
     for name in sorted(pack):
         graph, node_id = graphs[name]
-        for input_name, spec in pack[name]["input"].get("required", {}).items():
+        inputs = {**pack[name]["input"].get("required", {}), **pack[name]["input"].get("optional", {})}
+        for input_name, spec in inputs.items():
             for value in bad_values(spec):
                 if isinstance(graph[node_id]["inputs"].get(input_name), list):
                     continue  # fed by a link in this graph

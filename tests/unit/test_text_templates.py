@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from hunyuan.text import IMAGE, VIDEO, crop_start, get_template, load_llm_tokenizer
+from hunyuan.text import IMAGE, VIDEO, VIDEO_I2V, crop_start, get_template, image_template, load_llm_tokenizer
 from hunyuan.text.encode import EncodeOptions, tokenize_llm
 from hunyuan.text.tiny import llama_tokenizer_dir
 
@@ -42,7 +42,7 @@ def test_bad_custom_template_is_rejected(text):
 
 
 def test_unknown_template_name():
-    with pytest.raises(ValueError, match="template='poster'.*video, image, custom"):
+    with pytest.raises(ValueError, match="template='poster'.*video, image, video_i2v, custom"):
         get_template("poster")
 
 
@@ -71,3 +71,11 @@ def test_short_prompt_is_padded_and_not_reported(tokenizer, caplog):
     assert mask.sum(1).tolist() == [3, 5]  # prompt tokens + <|eot_id|>
     assert tokens["input_ids"][0, crop + 3:].eq(tokenizer.pad_token_id).all()
     assert "dropped" not in caplog.text
+
+
+def test_image_template_picks_the_i2v_template():
+    """With an image, 'video' becomes Tencent's I2V template; a template without '<image>' is refused by name."""
+    assert image_template(VIDEO) is VIDEO_I2V and image_template(VIDEO_I2V) is VIDEO_I2V
+    assert VIDEO_I2V.takes_image and not VIDEO.takes_image
+    with pytest.raises(ValueError, match="template='image' has no '<image>' before"):
+        image_template(IMAGE)
