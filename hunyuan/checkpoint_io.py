@@ -102,13 +102,23 @@ def index_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
 
 
+def open_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.Tensor]:
+    """A checkpoint's tensors by name, without reading a safetensors file's data: its tensors come
+    as :class:`StoredTensor` (read them with :func:`read_stored`, a group at a time); other files
+    are read as :func:`load_state_dict` reads them."""
+    path = Path(path)
+    return index_safetensors(path) if path.suffix.lower() in SAFETENSORS_SUFFIXES else load_state_dict(path)
+
+
 def read_stored(items: Mapping[str, StoredTensor | torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of ``items`` (a name for each), read with one opening of each file.
 
     The file's memory map is closed again before this returns, so a loader that reads a model
     a group of tensors at a time (and converts each group) holds one group's pages, never the
     whole file: the map's pages count in the process's memory for as long as it is open.
-    Values that are already tensors are passed through.
+    Values that are already tensors are passed through. A tensor read from a safetensors file is
+    a view of the map while it lives, and keeps the map (with every page read through it) alive:
+    copy what is kept from a group, or read a tensor kept as it is on its own.
     """
     out: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, StoredTensor]]] = {}

@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 
 from ..checkpoint_io import (
-    SAFETENSORS_SUFFIXES,
     CheckpointError,
     StoredTensor,
-    index_safetensors,
     load_state_dict,
+    open_state_dict,
     read_stored,
     strip_prefix,
     unwrap,
@@ -70,8 +69,7 @@ def _read(src, source: str) -> dict[str, torch.Tensor | StoredTensor]:
     else:
         sd = {}
         for part in shard_files(Path(src)):
-            is_safetensors = part.suffix.lower() in SAFETENSORS_SUFFIXES
-            sd.update(index_safetensors(part) if is_safetensors else load_state_dict(part))
+            sd.update(open_state_dict(part))
     sd = unwrap(sd)
     return strip_prefix(sd, PREFIXES)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, load_state_dict
+from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, open_state_dict, read_stored
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,9 @@ def find_llm(path: str | Path) -> FoundWeights:
         files = [path]
     raw: dict[str, torch.Tensor] = {}
     for file in files:
-        raw.update({k: v for k, v in load_state_dict(file).items() if _is_llm_key(k)})
+        raw.update({k: v for k, v in open_state_dict(file).items() if _is_llm_key(k)})
     raw, scales = _split_scales(raw)
+    scales = read_stored(scales)
     prefix = _llm_prefix(raw.keys(), path)
     tensors = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
     scales = {k[len(prefix):]: v for k, v in scales.items() if k.startswith(prefix)}
@@ -221,7 +222,7 @@ def find_clip(path: str | Path) -> FoundWeights:
         files = [path]
     raw: dict[str, torch.Tensor] = {}
     for file in files:
-        raw.update(load_state_dict(file))
+        raw.update(open_state_dict(file))
     for prefix in CLIP_PREFIXES:
         if f"{prefix}text_model.embeddings.token_embedding.weight" in raw:
             tensors = {k[len(prefix):]: v for k, v in raw.items()

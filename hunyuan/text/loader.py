@@ -3,10 +3,12 @@
 The files' key names (see :mod:`.layouts`) are mapped onto whatever the installed transformers
 (4.5x or 5.x) names the parameters; users never re-save weights for a transformers upgrade.
 
-Streaming load: the module is created with empty (meta) parameters, then the memory-mapped
-tensors from :mod:`.layouts` are assigned in place (``load_state_dict(assign=True)``). When the
-requested dtype equals the file's, the parameters ARE the file's pages, so peak RAM is about one
-copy of the weights. A dtype change converts tensor by tensor.
+Streaming load: the module is created with empty (meta) parameters; :mod:`.layouts` indexes a
+safetensors file's header, and each tensor is then read through its own memory map and assigned
+in place (``load_state_dict(assign=True)``). When the requested dtype equals the file's, the
+parameters ARE the file's pages, so peak RAM is about one copy of the weights. A dtype change
+converts tensor by tensor, and each map is let go once its tensor is converted, so peak RAM is
+the converted model plus one tensor (not the file as well).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from accelerate import init_empty_weights
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
-from ..checkpoint_io import CheckpointError
+from ..checkpoint_io import CheckpointError, read_stored
 from .dtypes import FP8, DtypeChoice, make_fp8_linears, resolve
 from .layouts import FoundWeights, find_clip, find_llm
 
@@ -157,8 +159,10 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
         return file_prefix + name[len(model_prefix):] if name.startswith(model_prefix) else name
 
     state = {}
-    for name in list(found.tensors):
-        tensor = found.tensors.pop(name)  # drop our reference as we go
+    for name in list(found.tensors):  # dropping our reference as we go
+        # one tensor per opening of a safetensors file: a tensor kept as it is stays a view of its
+        # own map, whose only pages read are its own; a converted one lets its map go at once
+        tensor = read_stored({name: found.tensors.pop(name)})[name]
         scale = found.scales.get(name)
         name = to_model(name)
         if name in fp8_names:

@@ -32,7 +32,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-from ..checkpoint_io import CheckpointError, load_state_dict
+from ..checkpoint_io import CheckpointError, open_state_dict
 from .dtypes import DtypeChoice, resolve
 from .layouts import FoundWeights, is_llava_config, read_config, weight_files
 from .loader import _FILE_FIELDS, _assign, _heads_for
@@ -103,7 +103,7 @@ def find_vision(path: str | Path) -> FoundVision:
         files = [path]
     raw: dict[str, torch.Tensor] = {}
     for file in files:
-        raw.update({k: v for k, v in load_state_dict(file).items() if _is_vision_key(k)})
+        raw.update({k: v for k, v in open_state_dict(file).items() if _is_vision_key(k)})
     tower, projector = _split(raw, path)
     log.info("LLaVA vision weights: %d tower + %d projector tensors from %d file(s) under %s",
              len(tower), len(projector), len(files), path)

@@ -1,5 +1,6 @@
-"""Loading a DiT safetensors file holds the finished model plus one block, never the file as well
-(issue 14: the 25.6 GB bf16 DiT, loaded as fp8 storage, must fit a 24 GiB machine).
+"""Loading a DiT or text-encoder safetensors file holds the finished model plus one block (one
+tensor for the LLM), never the file as well (issue 14: the 25.6 GB bf16 DiT loaded as fp8 storage,
+and the 16 GB fp16 LLM converted, must fit a 24 GiB machine).
 
 Each load runs in a fresh interpreter whose peak RSS (VmHWM, reset after the imports) is read
 from /proc, as bench/common.py does. Before streaming, the loader read the whole file into a dict
@@ -21,6 +22,8 @@ from hunyuan.dit.checkpoint import _by_block
 from hunyuan.dit.config import DiTConfig
 from hunyuan.dit.keymap import to_diffusers
 from hunyuan.dit.tiny import random_state_dict
+from hunyuan.text.loader import LLAVA_LLAMA3_8B
+from hunyuan.text.tiny import llama_shapes
 
 # hidden 512 (4 heads x 128, the real head width), 6 + 6 blocks: a 360 MB fp32 file, a 100 MB model
 CONFIG = DiTConfig(hidden_size=512, num_heads=4, depth_double=6, depth_single=6, text_states_dim=64,
@@ -78,3 +81,37 @@ def test_blocks_are_grouped_with_their_fused_parts():
         assert len(blocks) <= 1, blocks
     assert len(groups) == 2 + 2 + 1  # every block on its own, the rest together
     assert sorted(k for g in groups for k in g) == sorted(keys)
+
+
+LLM_CHILD = r"""
+import json, sys, torch
+from bench.common import reset_peak, rss_peak, rss_now
+from hunyuan.text import load_llm, parse_dtype
+torch.cat([torch.empty(2, device="meta")] * 2)
+base = rss_now()
+reset_peak()
+model = load_llm(sys.argv[1], parse_dtype("bf16"))
+peak = rss_peak() - base
+size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+print(json.dumps({"peak": peak, "model": size}))
+"""
+
+
+def test_llm_conversion_holds_the_model_plus_one_tensor(tmp_path):
+    """An fp32 single-file LLM (ComfyUI's text_encoders layout, ``model.*``) converted to bf16."""
+    # the real vocabulary (the pad token is id 128258) at width 128 with wide MLPs: a 364 MB fp32
+    # file, a 187 MB bf16 model, the largest tensor (the embedding) 66 MB; it peaked at 568 MB before, 199 MB now
+    config = {**LLAVA_LLAMA3_8B, "hidden_size": 128, "intermediate_size": 8192, "num_hidden_layers": 24,
+              "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 128}
+    gen = torch.Generator().manual_seed(0)
+    sd = {"model." + k: 0.02 * torch.randn(shape, generator=gen) for k, shape in llama_shapes(config).items()}
+    path = tmp_path / "llm.safetensors"
+    save_file(sd, str(path))
+    largest = max(t.numel() * t.element_size() for t in sd.values())
+    del sd
+    proc = subprocess.run([sys.executable, "-c", LLM_CHILD, str(path)], capture_output=True, text=True, timeout=600,
+                          cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the model, one tensor read plus its cast copy, and 64 MiB for the interpreter's own growth
+    assert got["peak"] <= got["model"] + 2 * largest + 64 * 2**20, (got, largest, path.stat().st_size)
