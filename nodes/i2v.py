@@ -14,7 +14,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hunyuan.sampling import check_video_size
-from ..hunyuan.sampling.image import MODES, FirstFrame, ImageInput, resolve
+from ..hunyuan.sampling.image import I2V_RESOLUTIONS, MODES, FirstFrame, ImageInput, bucket_for, resolve
 from ..hunyuan.sampling.pipeline import MODEL_LATENT_SCALE
 from .types import CATEGORY, VAE, CheckedNode, ImageLatent
 
@@ -91,6 +91,34 @@ class HunyuanVideoI2VEncode(CheckedNode):
         return io.NodeOutput(FirstFrame(mean.to(out, torch.float32), std.to(out, torch.float32), mode, stability))
 
 
+class HunyuanVideoI2VSize(CheckedNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HunyuanVideoI2VSize",
+            display_name="HunyuanVideo I2V Size",
+            category=CATEGORY,
+            description="The video size HunyuanVideo-I2V uses for an image: Tencent's bucket with the closest "
+            "aspect ratio at the chosen resolution. Connect width and height to I2V Encode and the sampler.",
+            inputs=[
+                io.Image.Input("image", tooltip="The start image (its first image's aspect ratio is used)."),
+                io.Combo.Input("resolution", options=list(I2V_RESOLUTIONS), default="720p",
+                               tooltip="Tencent's --i2v-resolution: buckets of about 960x960 (720p), 720x720 "
+                               "(540p) or 480x480 (360p) pixels, sides multiples of 32, e.g. 1248x704 for a "
+                               "16:9 image at 720p."),
+            ],
+            outputs=[io.Int.Output(display_name="width", tooltip="Video width."),
+                     io.Int.Output(display_name="height", tooltip="Video height.")],
+        )
+
+    @classmethod
+    def execute(cls, image, resolution) -> io.NodeOutput:
+        height, width = bucket_for(image.shape[1], image.shape[2], resolution)
+        log.info("HunyuanVideo I2V Size: %dx%d image -> %dx%d video (%s bucket)",
+                 image.shape[2], image.shape[1], width, height, resolution)
+        return io.NodeOutput(width, height)
+
+
 def image_input(dit, first, seed: int, shape: tuple[int, ...]) -> ImageInput | None:
     """The sampler's image input resolved against its DiT, with a log line saying what was done."""
     if first is not None and not isinstance(first, FirstFrame):
@@ -103,4 +131,4 @@ def image_input(dit, first, seed: int, shape: tuple[int, ...]) -> ImageInput | N
     return resolved
 
 
-NODES = [HunyuanVideoI2VEncode]
+NODES = [HunyuanVideoI2VEncode, HunyuanVideoI2VSize]

@@ -31,6 +31,35 @@ MODES = ("token_replace", "t2v")
 
 STABILITY_T = 0.999
 
+I2V_RESOLUTIONS = {"720p": 960, "540p": 720, "360p": 480}
+"""Tencent's ``--i2v-resolution`` -> the side of the square bucket whose area every bucket has."""
+
+
+def size_buckets(base: int, grid: int = 32, max_ratio: float = 4.0) -> list[tuple[int, int]]:
+    """HunyuanVideo-I2V's (height, width) buckets for ``base``, in Tencent's order (the order
+    decides ties): multiples of ``grid``, about ``(base / grid)**2`` cells, sides at most
+    ``max_ratio`` apart. Walks from the tallest: widen while the area allows, else lower."""
+    cells = round((base / grid) ** 2)
+    rows, cols, out = cells, 1, []
+    while rows > 0:
+        if max(rows, cols) <= max_ratio * min(rows, cols):
+            out.append((rows * grid, cols * grid))
+        if (cols + 1) * rows <= cells:
+            cols += 1
+        else:
+            rows -= 1
+    return out
+
+
+def bucket_for(height: int, width: int, resolution: str) -> tuple[int, int]:
+    """The (height, width) bucket HunyuanVideo-I2V picks for an image: the first whose aspect
+    (height / width, rounded to 5 decimals as Tencent does) is closest to the image's."""
+    if resolution not in I2V_RESOLUTIONS:
+        raise ValueError(f"resolution={resolution!r} is not one of {tuple(I2V_RESOLUTIONS)}")
+    buckets = size_buckets(I2V_RESOLUTIONS[resolution])
+    aspect = height / width
+    return min(buckets, key=lambda hw: abs(round(hw[0] / hw[1], 5) - aspect))
+
 
 @dataclass(frozen=True)
 class FirstFrame:

@@ -83,3 +83,22 @@ def test_grayscale_and_rgba_images_encode_as_rgb(comfy):
     gray_rgb = run_latent(comfy, server_graph("i2v_token_replace", image="gray_rgb.png", tag="gray_rgb"))
     assert gray.shape == rgb.shape and rel_err(gray, rgb) > 1e-3
     assert torch.equal(gray, gray_rgb)
+
+
+def size_graph(image: str, resolution: str = "360p") -> dict:
+    """LoadImage -> I2V Size -> the two sizes shown by native Preview as Text nodes."""
+    return {
+        "81": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "82": {"class_type": "HunyuanVideoI2VSize", "inputs": {"image": ["81", 0], "resolution": resolution}},
+        "83": {"class_type": "PreviewAny", "inputs": {"source": ["82", 0]}},
+        "84": {"class_type": "PreviewAny", "inputs": {"source": ["82", 1]}},
+    }
+
+
+def test_i2v_size_gives_tencents_bucket_for_the_image(comfy):
+    """A 3:2 portrait image: the 360p bucket closest to its aspect (hunyuan.sampling.image.bucket_for)."""
+    Image.new("RGB", (200, 300), (30, 60, 90)).save(str(comfy.base_dir / "input" / "portrait.png"))
+    outputs = comfy.run(size_graph("portrait.png"), timeout=120)["outputs"]
+    assert (outputs["83"]["text"][0], outputs["84"]["text"][0]) == ("384", "576")  # width, height
+    message = comfy.run_expect_error(size_graph("portrait.png", "1080p"))
+    assert "resolution" in message and "1080p" in message

@@ -16,7 +16,8 @@ import math
 import pytest
 
 from scripts.comfy_server import PACK_NAME, ROOT
-from scripts.smoke_size import shrink
+from scripts.smoke_size import I2V_INPUT, shrink
+from tests.server.test_i2v_inputs import size_graph
 
 pytestmark = pytest.mark.server
 
@@ -41,7 +42,8 @@ def multi_device_graph() -> dict:
 
 def graphs_by_class() -> dict[str, tuple[dict, str]]:
     """class_type -> (a smoke-size graph holding it, that node's id)."""
-    found = {"HunyuanVideoRewriteEndpoint": (ENDPOINT_GRAPH, "1"), "HunyuanVideoMultiDevice": (multi_device_graph(), "30")}
+    found = {"HunyuanVideoRewriteEndpoint": (ENDPOINT_GRAPH, "1"), "HunyuanVideoMultiDevice": (multi_device_graph(), "30"),
+             "HunyuanVideoI2VSize": (size_graph(I2V_INPUT), "82")}  # in no shipped workflow
     for path in sorted((ROOT / "workflows").glob("*_api.json")):
         graph = shrink(json.loads(path.read_text()))
         for node_id, node in graph.items():
