@@ -135,7 +135,7 @@ def make_runs(models: dict, config: DiTConfig, dtype: torch.dtype, latent) -> di
     x, t, text, mask, pooled, g = step_inputs(config, dtype, latent)
     ours, diff, comfy = models["ours"], models["diffusers"], models["comfyui"]
     return {
-        "ours": lambda: ours(x, t, text, mask, pooled, g),
+        "ours": lambda: ours(x, t, mask, pooled, g, text_states=text),
         "diffusers": lambda: diff(x, t, text, mask.long(), pooled, g * 1000.0, return_dict=False)[0],
         "comfyui": lambda: comfy(x, t, text, y=pooled, guidance=g, attention_mask=mask.long(), transformer_options={}),
     }

@@ -186,8 +186,7 @@ class DiTWorker:
         self.model = None
         fp8 = getattr(torch, source.weight_dtype) if source.weight_dtype else None
         model = load_dit(source.path, device=self.device, dtype=getattr(torch, source.dtype), weight_dtype=fp8)
-        model.detach_refiner()  # the refined text comes with each run
-        object.__setattr__(model, "_detached_refiner", None)
+        model.detach_refiner()  # the refined text comes with each run; nothing keeps the refiner
         model.attention_backend = source.attention if source.attention in available_backends() else "auto"
         apply_patches(model, patches)
         if self.groups is None:  # collective: every rank loads the same DiT at the same time

@@ -52,7 +52,7 @@ def test_cpu_only_swap_reports_the_full_size(patchers):
 def test_load_places_blocks_and_unpatch_cleans_up(patchers, pretend_device):
     model, base, swap = patchers
     x = torch.randn(1, 16, 2, 4, 4)
-    args = (x, torch.tensor([500.0]), None, torch.ones(1, 3, dtype=torch.bool), torch.randn(1, dit.TINY.text_states_dim_2),
+    args = (x, torch.tensor([500.0]), torch.ones(1, 3, dtype=torch.bool), torch.randn(1, dit.TINY.text_states_dim_2),
             torch.tensor([6.0]))
     tokens = torch.randn(1, 3, dit.TINY.hidden_size)
     with torch.no_grad():

@@ -41,7 +41,7 @@ def with_lora(patcher, layout="musubi", seed=0, strength=0.8):
 
 def run(patcher):
     g = torch.Generator().manual_seed(1)
-    args = (torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([500.0]), None, torch.ones(1, 3, dtype=torch.bool),
+    args = (torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([500.0]), torch.ones(1, 3, dtype=torch.bool),
             torch.randn(1, dit.TINY.text_states_dim_2, generator=g), torch.tensor([6.0]))
     tokens = torch.randn(1, 3, dit.TINY.hidden_size, generator=g)
     engine = blockswap.active_engine(patcher)
