@@ -105,4 +105,5 @@ def test_degrees_that_do_not_divide_are_named(world, cfg_degree, heads, message)
 
 def test_step_cache_is_refused_by_name():
     with pytest.raises(ValueError, match="step caches do not run with several processes"):
-        ParallelDiT(_dit(), None)(torch.zeros(SHAPE), torch.zeros(1), None, None, step_cache=object())
+        ParallelDiT(_dit(), None)(torch.zeros(SHAPE), torch.zeros(1), torch.ones(1, 3, dtype=torch.bool),
+                                  torch.zeros(1, TINY.text_states_dim_2), step_cache=object())
