@@ -33,11 +33,11 @@ from .model import HunyuanVideoDiT
 log = logging.getLogger(__name__)
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+OPS_SCALE_SUFFIX = ".scale_weight"  # ComfyUI's scaled fp8 files, and where its scaled fp8 Linear keeps it
+SCALE_SUFFIXES = (OPS_SCALE_SUFFIX, ".weight_scale")
 FP8_MAP_SUFFIX = "_map.pt"
 
 
-OPS_SCALE_SUFFIX = ".scale_weight"  # where ComfyUI's scaled fp8 Linear keeps its scale
 SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
 
 
