@@ -77,14 +77,17 @@ def comfy_operations(load_device: torch.device):
     return pick
 
 
+REFINER_KEY = "hyvid_token_refiner"  # a patcher attachment: the refiner's own patcher, shared by every clone
+
+
 def refiner_patcher(dit: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
-    """The refiner's own patcher; created (and ``txt_in`` detached) on first use if needed."""
-    model = dit.model
-    patcher = getattr(model, "refiner_patcher", None)
+    """The refiner's own patcher, attached to the DiT's patcher (``clone()`` passes it on by
+    reference, so every clone finds the same one); created (and ``txt_in`` detached) on first use."""
+    patcher = dit.get_attachment(REFINER_KEY)
     if patcher is None:
-        refiner = model.detach_refiner()
+        refiner = dit.model.detach_refiner()
         patcher = comfy.model_patcher.ModelPatcher(refiner, load_device=dit.load_device, offload_device=dit.offload_device)
-        model.refiner_patcher = patcher
+        dit.set_attachments(REFINER_KEY, patcher)
     return patcher
 
 

@@ -173,3 +173,13 @@ def test_per_row_scales_keep_the_pack_fp8_linear(sd):
     assert rel_err(run(model), run(default)) <= FP32_RTOL
     with pytest.raises(Exception, match="one value per layer"):
         load_dit(q, dtype=torch.float32, scale_map=scales, operations=comfy_ops.scaled_fp8_ops())
+
+
+def test_the_refiner_patcher_rides_in_an_attachment_every_clone_shares(sd):
+    model = load_dit(sd, dtype=torch.float32)
+    refiner = model.txt_in
+    dit = pack_module("nodes.blockswap").BlockSwapPatcher(model, load_device=CPU, offload_device=CPU)
+    patcher = dit_node.refiner_patcher(dit)
+    assert patcher.model is refiner and model.txt_in is None
+    assert dit_node.refiner_patcher(dit.clone()) is patcher and dit_node.refiner_patcher(dit) is patcher
+    assert not any(isinstance(v, comfy_model_patcher.ModelPatcher) for v in vars(model).values())
