@@ -68,7 +68,7 @@ def build(config: DiTConfig, latent: tuple[int, ...]):
     model.detach_refiner()
     g = torch.Generator().manual_seed(1)
     inputs = (
-        torch.randn(*latent, generator=g), torch.tensor([900.0]), None, torch.ones(1, TEXT, dtype=torch.bool),
+        torch.randn(*latent, generator=g), torch.tensor([900.0]), torch.ones(1, TEXT, dtype=torch.bool),
         torch.randn(1, config.text_states_dim_2, generator=g), torch.tensor([6.0]),
     )
     tokens = torch.randn(1, TEXT, config.hidden_size, generator=g, dtype=torch.bfloat16)

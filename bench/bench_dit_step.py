@@ -123,19 +123,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def build_models(config: DiTConfig, dtype: torch.dtype, sd: dict) -> dict:
-    """Ours and both peers, all reading the same tensors of ``sd`` (assign=True)."""
+    """Ours and both peers, all reading the same tensors of ``sd`` (assign=True).
+
+    "ours" is built as the DiT Loader node builds it, from the ComfyUI layer classes that
+    ``comfy.ops.pick_operations`` chooses for the dtypes; "ours_default_ops" from the library's own
+    (:class:`hunyuan.ops.DefaultOps`, what runs outside ComfyUI), so the two paths are compared.
+    """
+    import comfy.ops
     from test_dit_parity import comfy_model, diffusers_model  # the parity tests' peer builders
 
-    return {"ours": load_dit(sd, dtype=dtype), "diffusers": diffusers_model(config, sd).to(dtype),
-            "comfyui": comfy_model(config, sd)}
+    node_ops = comfy.ops.pick_operations(dtype, dtype)
+    return {"ours": load_dit(sd, dtype=dtype, operations=node_ops), "ours_default_ops": load_dit(sd, dtype=dtype),
+            "diffusers": diffusers_model(config, sd).to(dtype), "comfyui": comfy_model(config, sd)}
 
 
 def make_runs(models: dict, config: DiTConfig, dtype: torch.dtype, latent) -> dict:
     """label -> callable running one step of that implementation on ``latent``."""
     x, t, text, mask, pooled, g = step_inputs(config, dtype, latent)
-    ours, diff, comfy = models["ours"], models["diffusers"], models["comfyui"]
+    ours, default, diff, comfy = models["ours"], models["ours_default_ops"], models["diffusers"], models["comfyui"]
     return {
-        "ours": lambda: ours(x, t, text, mask, pooled, g),
+        "ours": lambda: ours(x, t, mask, pooled, g, text_states=text),
+        "ours_default_ops": lambda: default(x, t, mask, pooled, g, text_states=text),
         "diffusers": lambda: diff(x, t, text, mask.long(), pooled, g * 1000.0, return_dict=False)[0],
         "comfyui": lambda: comfy(x, t, text, y=pooled, guidance=g, attention_mask=mask.long(), transformer_options={}),
     }
@@ -166,12 +174,12 @@ def bench_dtype(name: str, config: DiTConfig, repeats: int, profile: bool) -> di
     result = {
         "seconds": {label: spread(times[label]) for label in runs},
         "raw_seconds": {label: times[label] for label in runs},
-        "speedup": {peer: spread(ratios(times, peer, "ours")) for peer in PEERS},
+        "speedup": {other: spread(ratios(times, other, "ours")) for other in (*PEERS, "ours_default_ops")},
         "speedup_vs_faster_peer": spread([min(times[p][r] for p in PEERS) / times["ours"][r] for r in range(repeats)]),
         # the machine's GEMM rate: the best turn (the least disturbed by the other processes here)
         "gemm_gflops": {k: max(flops / s / 1e9 for s in times[k]) for k, (_, flops) in gemms.items()},
         "gemm_gflops_median": {k: statistics.median(flops / s / 1e9 for s in times[k]) for k, (_, flops) in gemms.items()},
-        "max_rel_err_vs_ours": {p: rel_err(outputs[p], outputs["ours"]) for p in PEERS},
+        "max_rel_err_vs_ours": {p: rel_err(outputs[p], outputs["ours"]) for p in (*PEERS, "ours_default_ops")},
         "comfyui_attention": comfy_attention.optimized_attention.__name__,
     }
     if top is not None:

@@ -120,7 +120,7 @@ def _timed_worker(rank: int, world: int, rendezvous: str, blocks: str, repeats: 
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, 16, 2, 24, 40, generator=g)
         text = torch.randn(1, 128, config.hidden_size, generator=g).to(torch.bfloat16)
-        args = (x, torch.tensor([500.0]), None, torch.ones(1, 128, dtype=torch.bool), torch.randn(1, 768, generator=g),
+        args = (x, torch.tensor([500.0]), torch.ones(1, 128, dtype=torch.bool), torch.randn(1, 768, generator=g),
                 torch.tensor([6.0]))
         totals, comms = [], []
         with torch.inference_mode():

@@ -52,7 +52,7 @@ tokens = torch.randn(1, L, cfg.hidden_size, dtype=dtype)
 def run(t, h, w):
     x = torch.randn(1, 16, t, h, w)
     with torch.no_grad():
-        return model(x, torch.tensor([900.0]), None, mask, pooled, torch.tensor([6.0]), refined_text=tokens)
+        return model(x, torch.tensor([900.0]), mask, pooled, torch.tensor([6.0]), refined_text=tokens)
 run(1, 4, 4)
 gc.collect()
 with open("/proc/self/statm") as f:

@@ -90,8 +90,7 @@ def child(keep_refiner: bool) -> dict:
         for p in model.parameters():  # make every page resident
             p.fill_(0.01)
     if not keep_refiner:
-        model.detach_refiner()
-        object.__setattr__(model, "_detached_refiner", None)  # the sampler's process never holds it
+        model.detach_refiner()  # the sampler's process never holds it
         gc.collect()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"rss_bytes": rss_now() - base, "param_bytes": params}

@@ -105,7 +105,7 @@ def main() -> None:
         p.data.normal_(0, 0.02)
     model.detach_refiner()
     shape = latent_shape(1, args.width, args.height, args.frames)
-    inputs = (torch.randn(shape, device=device), torch.tensor([900.0], device=device), None,
+    inputs = (torch.randn(shape, device=device), torch.tensor([900.0], device=device),
               torch.ones(1, TEXT, dtype=torch.bool, device=device), torch.randn(1, config.text_states_dim_2, device=device),
               torch.tensor([6.0], device=device), torch.randn(1, TEXT, config.hidden_size, device=device, dtype=torch.bfloat16))
     total = config.depth_double + config.depth_single

@@ -12,7 +12,9 @@ holds the unpatched originals as ComfyUI's backup, as for any patched weight).
 
 The engine is placement state of the model, like ComfyUI's own ``current_weight_patches_uuid``
 and ``model_loaded_weight_memory``: ComfyUI unpatches a model through whichever patcher loads it
-next, not always the one that placed it, so the engine is found from the model.
+next, not always the one that placed it, so every patcher of one DiT must find it. It lives in a
+:class:`SwapPlacement` that the first patcher of the DiT attaches (a ModelPatcher attachment) and
+``clone()`` passes on by reference, never in an attribute of the model.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from .types import CATEGORY, CheckedNode, DiT, option, with_option
 log = logging.getLogger(__name__)
 
 SWAP_KEY = "hyvid_block_swap"  # a with_option() key: the SwapSettings
-ENGINE_ATTR = "hyvid_swap_engine"  # on the model, while a swap placement is loaded
+PLACEMENT_KEY = "hyvid_swap_placement"  # a patcher attachment, shared by every clone of one DiT's patcher
+
+
+class SwapPlacement:
+    """The swap engine that placed the DiT's weights now (None when no swap placement is loaded)."""
+
+    def __init__(self):
+        self.engine: BlockSwapEngine | None = None
 
 
 class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
@@ -42,6 +51,14 @@ class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
     ComfyUI sizes models by ``model_size()``: with swap that is the real resident size (weights
     not swapped + the blocks in flight), so its memory planning sees what the GPU will hold.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_attachments(PLACEMENT_KEY, SwapPlacement())  # clone() replaces it with its parent's
+
+    @property
+    def placement(self) -> SwapPlacement:
+        return self.get_attachment(PLACEMENT_KEY)
 
     @property
     def swap_settings(self) -> SwapSettings | None:
@@ -69,16 +86,16 @@ class BlockSwapPatcher(comfy.model_patcher.ModelPatcher):
         super().load(self.offload_device, 0, force_patch_weights, full_load=True)  # patches + bookkeeping
         with self.use_ejected():
             engine.place()
-        setattr(self.model, ENGINE_ATTR, engine)
+        self.placement.engine = engine
         self.model.device = device_to
         self.model.model_loaded_weight_memory = engine.resident_bytes()
         return None
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
-        engine = getattr(self.model, ENGINE_ATTR, None)
+        engine = self.placement.engine
         if unpatch_weights and engine is not None:
             engine.deactivate()
-            delattr(self.model, ENGINE_ATTR)
+            self.placement.engine = None
         return super().unpatch_model(device_to, unpatch_weights)
 
 
@@ -92,7 +109,8 @@ def with_swap(patcher, settings: SwapSettings):
 
 def active_engine(patcher) -> BlockSwapEngine | None:
     """The engine that placed this patcher's model, if that placement is the current one."""
-    engine = getattr(patcher.model, ENGINE_ATTR, None)
+    placement = patcher.get_attachment(PLACEMENT_KEY)
+    engine = placement.engine if placement is not None else None
     if engine is None or patcher.model.current_weight_patches_uuid != patcher.patches_uuid:
         return None
     return engine

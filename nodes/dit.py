@@ -12,6 +12,7 @@ import logging
 import comfy.ldm.modules.attention
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -24,7 +25,7 @@ from ..hunyuan.dit import (
     resolve_backend,
 )
 from ..hunyuan.dit.attention import per_item_valid_keys
-from ..hunyuan.dit.checkpoint import load_dit
+from ..hunyuan.dit.checkpoint import StoredWeights, load_dit
 from ..hunyuan.dit.compile import MODES as COMPILE_MODES
 from ..hunyuan.dit.compile import CompileSettings, usable
 from .blockswap import BlockSwapPatcher
@@ -59,14 +60,34 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float16
 
 
+def comfy_operations(load_device: torch.device):
+    """Picks ComfyUI's layer classes for the weights :func:`load_dit` found, as ComfyUI's own loaders
+    do (``comfy.ops.pick_operations``): its cast-on-use, fp8 and on-the-fly patches then reach every
+    layer. Per-row fp8 scales are beyond ComfyUI's scaled fp8 Linear (one scale per layer): those
+    files keep the pack's own Linear, which a lowvram partial load loads whole."""
+
+    def pick(stored: StoredWeights):
+        if stored.scales == "per_row":
+            log.info("DiT: fp8 scales per output row; the pack's own fp8 Linear is used, not ComfyUI's ops")
+            return None
+        scaled = stored.weight_dtype if stored.scales == "per_layer" else None
+        return comfy.ops.pick_operations(stored.weight_dtype, stored.compute_dtype, load_device=load_device,
+                                         scaled_fp8=scaled)
+
+    return pick
+
+
+REFINER_KEY = "hyvid_token_refiner"  # a patcher attachment: the refiner's own patcher, shared by every clone
+
+
 def refiner_patcher(dit: comfy.model_patcher.ModelPatcher) -> comfy.model_patcher.ModelPatcher:
-    """The refiner's own patcher; created (and ``txt_in`` detached) on first use if needed."""
-    model = dit.model
-    patcher = getattr(model, "refiner_patcher", None)
+    """The refiner's own patcher, attached to the DiT's patcher (``clone()`` passes it on by
+    reference, so every clone finds the same one); created (and ``txt_in`` detached) on first use."""
+    patcher = dit.get_attachment(REFINER_KEY)
     if patcher is None:
-        refiner = model.detach_refiner()
+        refiner = dit.model.detach_refiner()
         patcher = comfy.model_patcher.ModelPatcher(refiner, load_device=dit.load_device, offload_device=dit.offload_device)
-        model.refiner_patcher = patcher
+        dit.set_attachments(REFINER_KEY, patcher)
     return patcher
 
 
@@ -114,7 +135,8 @@ class HunyuanVideoDiTLoader(CheckedNode):
         storage = WEIGHT_DTYPES[weight_dtype]
         dtype = storage if storage in (torch.bfloat16, torch.float16, torch.float32) else compute_dtype(load_device)
         fp8 = storage if storage == torch.float8_e4m3fn else None
-        model = load_dit(path, device=offload_device, dtype=dtype, weight_dtype=fp8)
+        model = load_dit(path, device=offload_device, dtype=dtype, weight_dtype=fp8,
+                         operations=comfy_operations(load_device))
         model.attention_backend = attention
         patcher = BlockSwapPatcher(model, load_device=load_device, offload_device=offload_device)
         record_source(patcher, path, dtype, fp8, attention)

@@ -243,7 +243,9 @@ class HunyuanVideoSampler(CheckedNode):
             return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
         patcher = swap_for_run(dit, shape, text_tokens, use_cfg, batched)
         memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1, batched)
-        mm.load_models_gpu([patcher], memory_required=memory, force_full_load=True)
+        # no force_full_load: the DiT is built from comfy.ops, so when it does not fit ComfyUI may load
+        # it partly and cast the rest on use (patches applied on the fly); Block Swap loads as it places
+        mm.load_models_gpu([patcher], memory_required=memory)
         device = patcher.load_device
         engine = active_engine(patcher)
         guard = engine.running(mm.throw_exception_if_processing_interrupted) if engine else contextlib.nullcontext()

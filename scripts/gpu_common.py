@@ -115,7 +115,7 @@ class DiTInputs:
 
     def run(self, model, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         with torch.no_grad():
-            return model(self.x.to(device), torch.tensor([900.0], device=device), None, self.mask.to(device),
+            return model(self.x.to(device), torch.tensor([900.0], device=device), self.mask.to(device),
                          self.pooled.to(device), torch.tensor([6.0], device=device),
                          refined_text=self.refined.to(device, dtype))
 

@@ -127,15 +127,16 @@ def stage_dit(args, models: Path) -> dict:
     dit = load_dit(models / FILES["dit"], dtype=torch.bfloat16, weight_dtype=FP8)
     loaded, load_peak = time.perf_counter(), rss_peak()
     sigmas = flow_sigmas(1)
-    refined = precompute_refined_text(dit.detach_refiner(), TextEmbeds(**torch.load(args.work / "text.pt")), sigmas,
+    refiner = dit.detach_refiner()
+    refined = precompute_refined_text(refiner, TextEmbeds(**torch.load(args.work / "text.pt")), sigmas,
                                       device="cpu", dtype=torch.bfloat16)
     size = {"width": args.width, "height": args.height, "frames": args.frames}
     latent = sample_video(dit, RefinedConditioning(refined), sigmas, seeded_noise(0, latent_shape(1, **size)))
     torch.save(latent, args.work / "latent.pt")
     est = estimate_sampling_memory(dit.config, **size, text_tokens=refined.tokens.shape[2], steps=1,
                                    weight_dtype=FP8, compute_dtype=torch.bfloat16)
-    refiner = sum(p.numel() * p.element_size() for p in dit.refiner.parameters())
-    return {"loaded_at": loaded, "load_peak": load_peak, "predicted_bytes": est.peak_bytes + refiner,
+    refiner_bytes = sum(p.numel() * p.element_size() for p in refiner.parameters())
+    return {"loaded_at": loaded, "load_peak": load_peak, "predicted_bytes": est.peak_bytes + refiner_bytes,
             "predicted": "hunyuan.memory sampling peak (fp8 storage, 1 step) + the detached refiner", "files": ["dit"]}
 
 

@@ -12,6 +12,7 @@ Backends without mask support run item by item on the valid keys only, which is 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Callable
@@ -69,13 +70,19 @@ def _flash(q, k, v, key_mask=None):
     return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).flatten(2)
 
 
+@functools.cache
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported; looked up once per process (not on every forward)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def _unavailable_reason(name: str, device: torch.device) -> str | None:
     """None when backend ``name`` can run on ``device``, else a sentence saying why not."""
     if name == "sdpa":
         return None
     if name in ("sage", "flash"):
         module = "sageattention" if name == "sage" else "flash_attn"
-        if importlib.util.find_spec(module) is None:
+        if not installed(module):
             return f"the '{module}' package is not installed"
         if device.type != "cuda":
             return f"it needs a CUDA device, the model runs on {device.type}"

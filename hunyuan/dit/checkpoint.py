@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from ..checkpoint_io import (
     strip_prefix,
     unwrap,
 )
+from ..ops import DefaultOps, Operations
 from .config import DiTConfig, infer_config
 from .keymap import PREFIXES, detect_layout, to_tencent
 from .model import HunyuanVideoDiT
@@ -39,7 +41,8 @@ from .model import HunyuanVideoDiT
 log = logging.getLogger(__name__)
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+OPS_SCALE_SUFFIX = ".scale_weight"  # ComfyUI's scaled fp8 files, and where its scaled fp8 Linear keeps it
+SCALE_SUFFIXES = (OPS_SCALE_SUFFIX, ".weight_scale")
 FP8_MAP_SUFFIX = "_map.pt"
 
 
@@ -142,7 +145,9 @@ def _place(model, sd, *, device, dtype, weight_dtype, copy: bool) -> dict[str, t
     out = {}
     for key in list(sd):
         t = sd.pop(key)
-        if t.dtype in FP8_DTYPES and key.endswith(".weight") and t.ndim == 2:
+        if key.endswith(OPS_SCALE_SUFFIX):
+            target = torch.float32
+        elif t.dtype in FP8_DTYPES and key.endswith(".weight") and t.ndim == 2:
             target = t.dtype  # keep fp8 storage as shipped
         elif weight_dtype in FP8_DTYPES and _is_block_linear_weight(model, key):
             target = weight_dtype
@@ -175,12 +180,31 @@ def _scale_shape(scale: torch.Tensor, module, name: str, source: str) -> torch.T
     )
 
 
+def _scales_as_parameters(model, sd, scales: dict[str, torch.Tensor], source: str) -> None:
+    """Operations whose Linear keeps its scale as a ``scale_weight`` parameter (ComfyUI's scaled
+    fp8 ops) load it with the weights: one value per layer, 1 for layers the file has none for."""
+    for key in model.state_dict():
+        if key.endswith(OPS_SCALE_SUFFIX):
+            name = key[: -len(OPS_SCALE_SUFFIX)]
+            scale = scales.pop(name, None)
+            if scale is not None and scale.numel() != 1:
+                raise CheckpointError(
+                    f"{source}: fp8 scale for {name!r} has shape {tuple(scale.shape)}; the chosen operations "
+                    "take one value per layer (load it with the pack's default operations)"
+                )
+            sd[key] = torch.ones(()) if scale is None else scale.reshape(())
+
+
 def _attach_scales(model, scales: dict[str, torch.Tensor], *, device, source: str) -> None:
+    """Scales for the pack's own :class:`~hunyuan.ops.Linear`, kept in its ``weight_scale``."""
     for name, scale in scales.items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"{source}: fp8 scale given for {name!r}, which is not a layer of the DiT") from None
+        if "weight_scale" not in module._buffers:
+            raise CheckpointError(f"{source}: {name!r} has an fp8 scale, but its layer class "
+                                  f"{type(module).__qualname__} takes none (choose scaled-fp8 operations)")
         module.weight_scale = _scale_shape(scale.to(device=device, dtype=torch.float32), module, name, source)
     if scales:
         log.info("DiT: %d fp8 layers carry a per-tensor scale", len(scales))
@@ -212,6 +236,25 @@ def _with_rope_split(config: DiTConfig, path: Path | None, source: str) -> DiTCo
     return config
 
 
+@dataclass(frozen=True)
+class StoredWeights:
+    """What a checkpoint holds, known before the model is built: the caller picks operations by it.
+
+    weight_dtype: storage dtype of the block Linear weights; compute_dtype: of the activations;
+    scales: ``"none"``, ``"per_layer"`` (one fp8 scale per Linear) or ``"per_row"`` (per output row).
+    """
+
+    weight_dtype: torch.dtype
+    compute_dtype: torch.dtype
+    scales: str
+
+
+def _stored(sd, scales, dtype, weight_dtype) -> StoredWeights:
+    fp8 = next((t.dtype for t in sd.values() if t.dtype in FP8_DTYPES), weight_dtype)
+    kind = "none" if not scales else "per_layer" if all(s.numel() == 1 for s in scales.values()) else "per_row"
+    return StoredWeights(fp8 if fp8 in FP8_DTYPES else dtype, dtype, kind)
+
+
 def load_dit(
     src: str | os.PathLike | Mapping[str, torch.Tensor],
     *,
@@ -219,12 +262,15 @@ def load_dit(
     dtype: torch.dtype = torch.bfloat16,
     weight_dtype: torch.dtype | None = None,
     scale_map: str | os.PathLike | Mapping | None = None,
+    operations: Operations | Callable[[StoredWeights], Operations | None] | None = None,
 ) -> HunyuanVideoDiT:
     """Build a :class:`HunyuanVideoDiT` from a file or state dict in any supported layout.
 
     dtype: compute dtype (and storage dtype of every non-fp8 tensor). weight_dtype: set to
     ``torch.float8_e4m3fn`` to store the block Linear weights as fp8 (upcast per layer when used).
     scale_map: fp8 per-tensor scales (path or dict); by default ``<file>_map.pt`` is used if present.
+    operations: the layer classes (default :class:`~hunyuan.ops.DefaultOps`), or a function that
+    picks them from the :class:`StoredWeights` found (None from it = the defaults).
     """
     path = None if isinstance(src, Mapping) else Path(src)
     source = "state dict" if path is None else f"checkpoint {str(path)!r}"
@@ -240,11 +286,16 @@ def load_dit(
     if any(t.dtype in FP8_DTYPES for t in meta.values()):
         scales.update(_read_scale_map(path, scale_map))
     config = _with_rope_split(infer_config(meta, source=source), path, source)
+    if operations is not None and not hasattr(operations, "Linear"):
+        operations = operations(_stored(meta, scales, dtype, weight_dtype))
     with torch.device("meta"):
-        model = HunyuanVideoDiT(config, dtype=dtype)
-    _check_keys(model, meta, source, layout)
+        model = HunyuanVideoDiT(config, dtype=dtype, operations=operations or DefaultOps)
+    scale_params: dict[str, torch.Tensor] = {}  # scales the chosen operations keep as parameters
+    _scales_as_parameters(model, scale_params, scales, source)
+    _check_keys(model, {**meta, **scale_params}, source, layout)
     placed = _stream(model, sd, layout, from_file=path is not None, device=device, dtype=dtype,
                      weight_dtype=weight_dtype)
+    placed.update(_place(model, scale_params, device=device, dtype=dtype, weight_dtype=weight_dtype, copy=False))
     model.load_state_dict(placed, assign=True)
     _attach_scales(model, scales, device=device, source=source)
     model.compute_dtype = dtype

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ops import DefaultOps
 from .attention import resolve_backend
 from .blocks import DoubleStreamBlock, FinalLayer, SingleStreamBlock
 from .config import DiTConfig
@@ -23,18 +24,18 @@ class HunyuanVideoDiT(nn.Module):
     """Flow-matching video DiT: 20 double-stream + 40 single-stream blocks in the released model.
 
     ``compute_dtype`` (set by the loader) is the dtype activations run in; weights may be stored
-    narrower (fp8) and are upcast per layer. ``attention_backend`` names a backend of
+    narrower (fp8) and are upcast per layer by the layer classes of ``operations`` (the pack's
+    :class:`~hunyuan.ops.DefaultOps`, or ComfyUI's ``comfy.ops``). ``attention_backend`` names a backend of
     :mod:`.attention` and is resolved against the input's device at each call.
     """
 
-    def __init__(self, config: DiTConfig, *, device=None, dtype=None):
+    def __init__(self, config: DiTConfig, *, device=None, dtype=None, operations=DefaultOps):
         super().__init__()
-        kw = {"device": device, "dtype": dtype}
+        kw = {"device": device, "dtype": dtype, "operations": operations}
         c = config
         self.config = c
         self.compute_dtype: torch.dtype | None = dtype
         self.attention_backend = "sdpa"
-        self._detached_refiner: SingleTokenRefiner | None = None
         self.img_in = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size, **kw)
         self.txt_in = SingleTokenRefiner(c.text_states_dim, c.hidden_size, c.num_heads, c.refiner_depth, **kw)
         self.time_in = TimestepEmbedder(c.hidden_size, **kw)
@@ -50,24 +51,18 @@ class HunyuanVideoDiT(nn.Module):
         )
         self.final_layer = FinalLayer(c.hidden_size, c.patch_volume * c.out_channels, **kw)
 
-    # -- the token refiner can live outside the module tree -------------------------------
-    @property
-    def refiner(self) -> SingleTokenRefiner:
-        """``txt_in``, whether it is attached or was detached with :meth:`detach_refiner`."""
-        return self.txt_in if self.txt_in is not None else self._detached_refiner
-
     def detach_refiner(self) -> SingleTokenRefiner:
-        """Take ``txt_in`` out of the module tree and return it.
+        """Take ``txt_in`` out of the DiT and hand it to the caller, who then owns it.
 
         Afterwards ``.to()``, ``state_dict()`` and memory accounting of the DiT no longer include
         the refiner (~309M params in the real model): it stays wherever it is (e.g. the offload
-        device) and is run separately by :func:`precompute_refined_text`. ``forward`` then needs
-        ``refined_text``, or runs the refiner where its weights are (slowly, cast per layer).
+        device) and is run separately by :func:`precompute_refined_text`; ``forward`` then needs
+        ``refined_text``.
         """
-        if self.txt_in is not None:
-            object.__setattr__(self, "_detached_refiner", self.txt_in)
-            self.txt_in = None
-        return self._detached_refiner
+        if self.txt_in is None:
+            raise ValueError("the DiT's token refiner (txt_in) was already detached; its owner has it")
+        refiner, self.txt_in = self.txt_in, None
+        return refiner
 
     # -- forward ------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> tuple[int, int, int]:
@@ -108,11 +103,11 @@ class HunyuanVideoDiT(nn.Module):
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        text_states: torch.Tensor | None,
         text_mask: torch.Tensor,
         text_pooled: torch.Tensor,
         guidance: torch.Tensor | None = None,
         *,
+        text_states: torch.Tensor | None = None,
         refined_text: torch.Tensor | None = None,
         step_cache=None,
         sequence_parallel=None,
@@ -121,10 +116,10 @@ class HunyuanVideoDiT(nn.Module):
         """Predict the flow velocity.
 
         x: [B, C, T, H, W] latent (C = 16, or 32/33 with an I2V image concatenated); timestep: [B]
-        in 0..1000; text_states: [B, L, 4096] LLM states (ignored when ``refined_text`` is given);
-        text_mask: [B, L] bool; text_pooled: [B, 768];
-        guidance: [B] embedded guidance scale (e.g. 6.0) or None; refined_text: [B, L, hidden]
-        precomputed ``txt_in`` output for this timestep; step_cache: a
+        in 0..1000; text_mask: [B, L] bool; text_pooled: [B, 768]; guidance: [B] embedded guidance
+        scale (e.g. 6.0) or None. The text comes as one of: text_states [B, L, 4096] LLM states
+        (refined here by ``txt_in``), or refined_text [B, L, hidden], the precomputed ``txt_in``
+        output for this timestep; step_cache: a
         :class:`~hunyuan.dit.step_cache.StepCacheState` that may skip part of the block stack;
         sequence_parallel: a :class:`~hunyuan.parallel.sequence.SequenceShard` when this call is one
         rank's share of the forward; token_replace: the first latent frame is a clean image latent
@@ -145,8 +140,13 @@ class HunyuanVideoDiT(nn.Module):
         vec = self._conditioning_vector(timestep, text_pooled.to(x.device), guidance, dtype, first)
         if refined_text is not None:
             txt = refined_text.to(device=x.device, dtype=dtype)[:, keep]
+        elif text_states is None:
+            raise ValueError("the DiT needs the text: pass text_states (LLM states) or refined_text")
+        elif self.txt_in is None:
+            raise ValueError("the token refiner (txt_in) is detached from this DiT: pass refined_text "
+                             "(precompute_refined_text) instead of text_states")
         else:
-            txt = self.refiner(text_states.to(device=x.device, dtype=dtype)[:, keep], timestep, mask, attn)
+            txt = self.txt_in(text_states.to(device=x.device, dtype=dtype)[:, keep], timestep, mask, attn)
         return self._run_blocks(img, txt, vec, mask, attn, grid, x, step_cache, sequence_parallel)
 
     def _run_blocks(self, img, txt, vec, mask, attn, grid, x, step_cache=None, shard=None) -> torch.Tensor:

@@ -9,35 +9,26 @@ It is the only part of the DiT that sees the raw LLM states, and its output depe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..conditioning import RefinedText, TextEmbeds
 from .attention import AttentionFn, sdpa_attention
 from .blocks import split_qkv, to_heads_first
-from .layers import MLP, Linear, TextProjection, TimestepEmbedder
-
-
-class LayerNorm(nn.LayerNorm):
-    """Affine LayerNorm that follows the input's dtype and device."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight.to(x), self.bias.to(x)
-        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+from .layers import MLP, TextProjection, TimestepEmbedder
 
 
 class RefinerBlock(nn.Module):
     """Bidirectional self-attention + SiLU MLP over text tokens, gated (not shifted) by c."""
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, **kw):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, *, operations, **kw):
         super().__init__()
         self.heads = heads
-        self.norm1 = LayerNorm(hidden, eps=1e-6, **kw)
-        self.self_attn_qkv = Linear(hidden, 3 * hidden, **kw)
-        self.self_attn_proj = Linear(hidden, hidden, **kw)
-        self.norm2 = LayerNorm(hidden, eps=1e-6, **kw)
-        self.mlp = MLP(hidden, int(hidden * mlp_ratio), "silu", **kw)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden, 2 * hidden, **kw))
+        self.norm1 = operations.LayerNorm(hidden, eps=1e-6, **kw)  # affine, unlike the DiT's norms
+        self.self_attn_qkv = operations.Linear(hidden, 3 * hidden, **kw)
+        self.self_attn_proj = operations.Linear(hidden, hidden, **kw)
+        self.norm2 = operations.LayerNorm(hidden, eps=1e-6, **kw)
+        self.mlp = MLP(hidden, int(hidden * mlp_ratio), "silu", operations=operations, **kw)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), operations.Linear(hidden, 2 * hidden, **kw))
 
     def forward(self, x, c, key_mask, attn: AttentionFn):
         """x: [B, L, D]; c: [B, D]; key_mask: None or bool [B, L]."""
@@ -48,20 +39,20 @@ class RefinerBlock(nn.Module):
 
 
 class IndividualTokenRefiner(nn.Module):
-    def __init__(self, hidden: int, heads: int, depth: int, **kw):
+    def __init__(self, hidden: int, heads: int, depth: int, *, operations, **kw):
         super().__init__()
-        self.blocks = nn.ModuleList(RefinerBlock(hidden, heads, **kw) for _ in range(depth))
+        self.blocks = nn.ModuleList(RefinerBlock(hidden, heads, operations=operations, **kw) for _ in range(depth))
 
 
 class SingleTokenRefiner(nn.Module):
     """text [B, L, text_dim], t [B] (0..1000), mask [B, L] -> [B, L, hidden]."""
 
-    def __init__(self, text_dim: int, hidden: int, heads: int, depth: int, **kw):
+    def __init__(self, text_dim: int, hidden: int, heads: int, depth: int, *, operations, **kw):
         super().__init__()
-        self.input_embedder = Linear(text_dim, hidden, **kw)
-        self.t_embedder = TimestepEmbedder(hidden, **kw)
-        self.c_embedder = TextProjection(text_dim, hidden, **kw)
-        self.individual_token_refiner = IndividualTokenRefiner(hidden, heads, depth, **kw)
+        self.input_embedder = operations.Linear(text_dim, hidden, **kw)
+        self.t_embedder = TimestepEmbedder(hidden, operations=operations, **kw)
+        self.c_embedder = TextProjection(text_dim, hidden, operations=operations, **kw)
+        self.individual_token_refiner = IndividualTokenRefiner(hidden, heads, depth, operations=operations, **kw)
 
     def prepare(self, text: torch.Tensor, mask: torch.Tensor | None):
         """The timestep-independent part: (projected tokens [B, L, D], pooled context [B, D])."""

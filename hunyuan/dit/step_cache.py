@@ -146,8 +146,8 @@ class TeaCache(StepCacheState):
 
     def blocks(self, model, img, txt, vec, run):
         first = model.double_blocks[0]
-        shift, scale = first.img_mod(vec)[:2]
-        probe = modulate(layer_norm(img), shift, scale)
+        attn_mod = first.img_mod(vec)[0]
+        probe = modulate(layer_norm(img), attn_mod.shift, attn_mod.scale)
         metric = None if self.previous_probe is None else rel_l1(probe, self.previous_probe)
         self.previous_probe = probe
         compute = True

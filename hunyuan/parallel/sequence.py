@@ -161,12 +161,12 @@ class ParallelDiT:
         self.model, self.groups = model, groups
         self._warned = False
 
-    def __call__(self, x, timestep, text_states, text_mask, text_pooled, guidance=None, *, refined_text=None,
+    def __call__(self, x, timestep, text_mask, text_pooled, guidance=None, *, text_states=None, refined_text=None,
                  step_cache=None):
         if step_cache is not None:
             raise ValueError("step caches do not run with several processes yet; remove the Step Cache node")
         g = self.groups
-        args = [x, timestep, text_states, text_mask, text_pooled, guidance, refined_text]
+        args = [x, timestep, text_mask, text_pooled, guidance, text_states, refined_text]
         split = g.cfg_degree > 1 and x.shape[0] % g.cfg_degree == 0
         if g.cfg_degree > 1 and not split and not self._warned:
             self._warned = True
@@ -175,8 +175,8 @@ class ParallelDiT:
                         x.shape[0], g.cfg_degree)
         if split:
             args = [None if a is None else a.chunk(g.cfg_degree)[g.cfg_index] for a in args]
-        *positional, refined = args
-        out = self.model(*positional, refined_text=refined, sequence_parallel=SequenceShard(g))
+        *positional, states, refined = args
+        out = self.model(*positional, text_states=states, refined_text=refined, sequence_parallel=SequenceShard(g))
         if not split:
             return out
         parts = [torch.empty_like(out) for _ in range(g.cfg_degree)]

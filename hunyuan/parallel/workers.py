@@ -191,8 +191,7 @@ class DiTWorker:
         swap = source.swap is not None and source.swap.swaps_anything
         model = load_dit(source.path, device="cpu" if swap else self.device, dtype=getattr(torch, source.dtype),
                          weight_dtype=fp8)
-        model.detach_refiner()  # the refined text comes with each run
-        object.__setattr__(model, "_detached_refiner", None)
+        model.detach_refiner()  # the refined text comes with each run; nothing keeps the refiner
         model.attention_backend = source.attention if source.attention in available_backends() else "auto"
         apply_patches(model, patches)  # in host memory, before the engine places anything: swapped blocks too
         if swap:

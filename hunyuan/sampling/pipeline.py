@@ -74,10 +74,10 @@ def text_velocity(
         timestep = (sigmas[i] * NUM_TRAIN_TIMESTEPS).to(x.device).expand(batch)
         g = None if guidance is None else torch.full((batch,), float(guidance), device=x.device)
         if cache is None:
-            return model(x, timestep, None, mask, pooled, g, refined_text=tokens).to(torch.float32)
+            return model(x, timestep, mask, pooled, g, refined_text=tokens).to(torch.float32)
         cache.begin(i, total)
         return cache.model_call(
-            x, lambda: model(x, timestep, None, mask, pooled, g, refined_text=tokens, step_cache=cache).to(torch.float32)
+            x, lambda: model(x, timestep, mask, pooled, g, refined_text=tokens, step_cache=cache).to(torch.float32)
         )
 
     return velocity
@@ -121,7 +121,7 @@ def batched_guided_velocity(
         mask, pooled = both(batch, pos_mask, neg_mask), both(batch, pos_pooled, neg_pooled)
         timestep = (sigmas[i] * NUM_TRAIN_TIMESTEPS).to(x.device).expand(2 * batch)
         g = None if guidance is None else torch.full((2 * batch,), float(guidance), device=x.device)
-        out = model(torch.cat([x, x]), timestep, None, mask, pooled, g, refined_text=tokens).to(torch.float32)
+        out = model(torch.cat([x, x]), timestep, mask, pooled, g, refined_text=tokens).to(torch.float32)
         v_cond, v_uncond = out[:batch], out[batch:]
         return v_uncond + cfg * (v_cond - v_uncond)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..ops import Linear
 
 FP8 = torch.float8_e4m3fn
 
@@ -53,26 +54,16 @@ def resolve(choice: DtypeChoice, file_dtype: torch.dtype) -> DtypeChoice:
     return DtypeChoice(file_dtype, file_dtype)
 
 
-class Fp8Linear(nn.Linear):
-    """A Linear whose weight is stored in fp8 and dequantized (x scale) on every call."""
-
-    weight_scale: torch.Tensor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, weight, bias)
-
-
 def make_fp8_linears(model: nn.Module, under: str = "layers.") -> set[str]:
-    """Turn Linear modules whose name starts with ``under`` into :class:`Fp8Linear` (still on meta).
+    """Turn the plain Linear modules whose name starts with ``under`` into the pack's fp8-capable
+    :class:`~hunyuan.ops.Linear` with a unit scale (still on meta; the file's scale loads over it).
 
     Returns the parameter names (``<module>.weight``) that must be stored in fp8.
     """
     names = set()
     for name, module in model.named_modules():
         if type(module) is nn.Linear and name.startswith(under):
-            module.__class__ = Fp8Linear
-            module.register_buffer("weight_scale", torch.ones((), dtype=torch.float32))
+            module.__class__ = Linear
+            module.register_buffer("weight_scale", torch.ones((), dtype=torch.float32))  # saved and loaded
             names.add(f"{name}.weight")
     return names

@@ -50,7 +50,7 @@ def test_variant_matches_diffusers(name, case):
     g = guidance if cfg.guidance_embed else None
     with torch.no_grad():
         ref = peer(x, t, text, mask.long(), pooled, None if g is None else g * 1000.0, return_dict=False)[0]
-        out = ours(x, t, text, mask, pooled, g, token_replace=name == "token_replace")
+        out = ours(x, t, mask, pooled, g, text_states=text, token_replace=name == "token_replace")
     assert out.shape == ref.shape == (case["batch"], 16, *case["latent"])
     assert rel_err(out, ref) <= FP32_RTOL
 
@@ -61,8 +61,8 @@ def test_token_replace_changes_the_first_frame_modulation():
     ours = load_dit(sd, device="cpu", dtype=torch.float32)
     x, t, text, mask, pooled, guidance = inputs(cfg, batch=1, latent=(3, 4, 6), text_len=7, lengths=[7])
     with torch.no_grad():
-        plain = ours(x, t, text, mask, pooled, guidance)
-        replaced = ours(x, t, text, mask, pooled, guidance, token_replace=True)
+        plain = ours(x, t, mask, pooled, guidance, text_states=text)
+        replaced = ours(x, t, mask, pooled, guidance, text_states=text, token_replace=True)
     assert rel_err(replaced, plain) > 1e-3
 
 
@@ -81,7 +81,7 @@ def test_token_replace_leaves_guidance_out_of_the_first_frame_unlike_comfy():
                         dtype=torch.float32)
         peer = comfy_model(cfg, weights)
         with torch.no_grad():
-            out = ours(x, t, text, mask, pooled, guidance, token_replace=True)
+            out = ours(x, t, mask, pooled, guidance, text_states=text, token_replace=True)
             ref = peer(x, t, text, y=pooled, guidance=guidance, attention_mask=torch.ones(1, 7, dtype=torch.long),
                        guiding_frame_index=torch.zeros(1), transformer_options={})
         return out[:, :, 1:], ref[:, :, 1:]

@@ -74,7 +74,7 @@ def check_against_diffusers(cfg, sd, args):
     with torch.no_grad():
         # diffusers takes the guidance already multiplied by 1000 (its pipeline does that)
         ref = peer(x, t, text, mask.long(), pooled, guidance * 1000.0, return_dict=False)[0]
-        out = ours(x, t, text, mask, pooled, guidance)
+        out = ours(x, t, mask, pooled, guidance, text_states=text)
     assert out.shape == ref.shape
     assert rel_err(out, ref) <= TOL
 
@@ -84,7 +84,7 @@ def check_against_comfy(cfg, sd, args):
     peer = comfy_model(cfg, sd)
     ours = ours_from({"model.model." + k: v for k, v in to_comfy(sd).items()})
     with torch.no_grad():
-        out = ours(x, t, text, mask, pooled, guidance)
+        out = ours(x, t, mask, pooled, guidance, text_states=text)
         for b in range(x.shape[0]):
             n = int(mask[b].sum())
             ref = peer(x[b : b + 1], t[b : b + 1], text[b : b + 1, :n], y=pooled[b : b + 1],

@@ -44,10 +44,10 @@ def test_same_output_as_diffusers_load_lora_adapter():
     try:
         with torch.no_grad():
             ref = peer(x, t, text, mask.long(), pooled, guidance * 1000.0, return_dict=False)[0]
-            out = model(x, t, text, mask, pooled, guidance)
+            out = model(x, t, mask, pooled, guidance, text_states=text)
     finally:
         clone.unpatch_model()
     with torch.no_grad():
-        base = model(x, t, text, mask, pooled, guidance)
+        base = model(x, t, mask, pooled, guidance, text_states=text)
     assert rel_err(base, ref) > 1e-3  # the LoRA matters
     assert rel_err(out, ref) <= FP32_RTOL

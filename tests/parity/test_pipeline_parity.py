@@ -63,7 +63,7 @@ def ours(parts, noise, cfg_scale):
     text, dit, _ = parts
     sigmas = flow_sigmas(STEPS, 7.0)
     embeds = encode_prompts(text, [PROMPT], EncodeOptions(VIDEO), "cpu", negative=[NEGATIVE])
-    refine = [precompute_refined_text(dit.refiner, e, sigmas, device="cpu", dtype=torch.float32)
+    refine = [precompute_refined_text(dit.txt_in, e, sigmas, device="cpu", dtype=torch.float32)
               for e in (embeds.positive, embeds.negative)]
     cond = RefinedConditioning(refine[0], refine[1])
     with torch.no_grad():

@@ -33,7 +33,8 @@ def _inputs(seed=1, batch=1):
     text = torch.randn(batch, 5, TINY.text_states_dim, generator=g)
     mask = torch.tensor([[True] * 4 + [False]] * batch)
     pooled = torch.randn(batch, TINY.text_states_dim_2, generator=g)
-    return x, torch.full((batch,), 900.0), text, mask, pooled, torch.full((batch,), 6.0)
+    return {"x": x, "timestep": torch.full((batch,), 900.0), "text_mask": mask, "text_pooled": pooled,
+            "guidance": torch.full((batch,), 6.0), "text_states": text}
 
 
 def _engine(model, settings, **kw):
@@ -63,9 +64,9 @@ def test_swap_on_and_off_give_identical_outputs(settings):
     model = _model()
     inputs = _inputs()
     with torch.no_grad():
-        ref = [model(*inputs), model(*_inputs(seed=2))]
+        ref = [model(**inputs), model(**_inputs(seed=2))]
         with _engine(model, settings) as engine:
-            out = [model(*inputs), model(*_inputs(seed=2))]  # 2nd forward uses the wrapped prefetch
+            out = [model(**inputs), model(**_inputs(seed=2))]  # 2nd forward uses the wrapped prefetch
             assert engine.stats["fetches"] > 0
     for a, b in zip(out, ref):
         assert torch.equal(a, b)
@@ -84,7 +85,7 @@ def test_swapped_blocks_compute_from_device_copies_and_are_released():
     block.register_forward_hook(record)
     with torch.no_grad(), engine:
         host_ptr = block.img_attn_qkv.weight.data_ptr()
-        model(*_inputs())
+        model(**_inputs())
         assert seen["ptr"] != host_ptr  # computed from a separate copy
         assert block.img_attn_qkv.weight.data_ptr() == host_ptr  # and pointed back afterwards
         # only the wrapped prefetch for the next forward stays alive between forwards
@@ -92,7 +93,7 @@ def test_swapped_blocks_compute_from_device_copies_and_are_released():
         assert engine.stats["max_live"] <= settings.prefetch + 1
         # the first forward had to load its first swapped block on use; the second did not
         loads = engine.stats["sync_loads"]
-        model(*_inputs())
+        model(**_inputs())
         assert engine.stats["sync_loads"] == loads == 1
     assert engine.live_copies() == 0
 
@@ -101,7 +102,7 @@ def test_prefetch_zero_loads_every_block_on_use():
     model = _model()
     engine = _engine(model, SwapSettings(double_blocks=2, single_blocks=2, prefetch=0))
     with torch.no_grad(), engine:
-        model(*_inputs())
+        model(**_inputs())
         assert engine.stats["sync_loads"] == 4 and engine.stats["max_live"] == 1
         assert engine.live_copies() == 0
 
@@ -125,13 +126,13 @@ def test_interrupt_mid_forward_leaves_every_block_where_it_belongs(fail_at):
     with torch.no_grad(), engine:
         host = {id(p): p.data_ptr() for p in _swapped_params(model, settings)}
         with pytest.raises(Interrupted):
-            model(*_inputs())
+            model(**_inputs())
         assert engine.live_copies() == 0
         assert all(p.data_ptr() == host[id(p)] for p in _swapped_params(model, settings))
         calls.append("done")  # no more interrupts: the next forward is correct
-        out = model(*_inputs())
+        out = model(**_inputs())
     with torch.no_grad():
-        assert torch.equal(out, model(*_inputs()))
+        assert torch.equal(out, model(**_inputs()))
 
 
 def test_exception_inside_a_swapped_block_releases_its_copy():
@@ -148,7 +149,7 @@ def test_exception_inside_a_swapped_block_releases_its_copy():
         host_ptr = model.single_blocks[0].linear1.weight.data_ptr()
         model.single_blocks[0].forward = broken
         with pytest.raises(RuntimeError, match="simulated"):
-            model(*_inputs())
+            model(**_inputs())
         assert engine.live_copies() == 0
         assert model.single_blocks[0].linear1.weight.data_ptr() == host_ptr
         model.single_blocks[0].forward = real_forward
@@ -164,7 +165,7 @@ def test_base_exception_is_cleaned_up_by_the_context_manager():
 
     engine.on_block = stop
     with pytest.raises(KeyboardInterrupt), torch.no_grad(), engine:
-        model(*_inputs())
+        model(**_inputs())
     assert engine.live_copies() == 0 and not engine.attached
 
 
@@ -219,10 +220,10 @@ def test_place_then_running_scopes_the_hooks_to_one_run():
     assert not engine.attached and not model.double_blocks[0]._forward_pre_hooks
     seen = []
     with torch.no_grad():
-        ref = model(*_inputs())  # placed but inactive: plain forward on the host copies
+        ref = model(**_inputs())  # placed but inactive: plain forward on the host copies
         with engine.running(on_block=lambda: seen.append(1)):
             assert engine.attached
-            out = model(*_inputs())
+            out = model(**_inputs())
     assert torch.equal(out, ref) and len(seen) == len(model.double_blocks) + len(model.single_blocks)
     assert not engine.attached and engine.live_copies() == 0 and engine.on_block is None
     with pytest.raises(RuntimeError, match="before place"):

@@ -52,7 +52,7 @@ def test_cpu_only_swap_reports_the_full_size(patchers):
 def test_load_places_blocks_and_unpatch_cleans_up(patchers, pretend_device):
     model, base, swap = patchers
     x = torch.randn(1, 16, 2, 4, 4)
-    args = (x, torch.tensor([500.0]), None, torch.ones(1, 3, dtype=torch.bool), torch.randn(1, dit.TINY.text_states_dim_2),
+    args = (x, torch.tensor([500.0]), torch.ones(1, 3, dtype=torch.bool), torch.randn(1, dit.TINY.text_states_dim_2),
             torch.tensor([6.0]))
     tokens = torch.randn(1, 3, dit.TINY.hidden_size)
     with torch.no_grad():
@@ -66,8 +66,23 @@ def test_load_places_blocks_and_unpatch_cleans_up(patchers, pretend_device):
         assert engine.stats["fetches"] >= 3
     assert torch.equal(out, ref) and engine.live_copies() == 0
     swap.unpatch_model(CPU)
-    assert not hasattr(model, blockswap.ENGINE_ATTR) and blockswap.active_engine(swap) is None
+    assert swap.placement.engine is None and blockswap.active_engine(swap) is None
     assert model.model_loaded_weight_memory == 0
+
+
+def test_every_patcher_of_the_dit_shares_the_placement_and_none_is_on_the_model(patchers, pretend_device):
+    model, base, swap = patchers
+    assert swap.placement is base.placement and swap.clone().placement is base.placement
+    other = blockswap.BlockSwapPatcher(model, load_device=CPU, offload_device=CPU)
+    assert other.placement is not base.placement  # made anew, not cloned: its own
+    swap.load(CPU)
+    engine = blockswap.active_engine(swap)
+    assert engine is not None and swap.clone().placement.engine is engine
+    assert not any(isinstance(v, offload.BlockSwapEngine) for v in vars(model).values())
+    engine.activate()  # hooks installed, as during a run
+    base.unpatch_model(CPU)  # ComfyUI unpatches through whichever patcher loads the model next
+    assert not engine.attached and engine.live_copies() == 0 and base.placement.engine is None
+    assert blockswap.active_engine(swap) is None and model.model_loaded_weight_memory == 0
 
 
 def test_block_swap_node_clamps_and_validates(patchers):

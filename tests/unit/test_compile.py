@@ -35,7 +35,7 @@ def run(model):
                       torch.randn(1, TINY.text_states_dim_2, generator=g))
     sigmas = flow_sigmas(4, 7.0)
     with torch.inference_mode():
-        tokens = precompute_refined_text(model.refiner, text, sigmas, device="cpu", dtype=torch.float32)
+        tokens = precompute_refined_text(model.txt_in, text, sigmas, device="cpu", dtype=torch.float32)
 
     def sample():
         with torch.inference_mode():

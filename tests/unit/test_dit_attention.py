@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import pytest
@@ -52,6 +53,17 @@ def test_auto_on_cpu_picks_sdpa_and_logs_why(caplog):
     assert "skipping sage" in text and "skipping flash" in text
 
 
+def test_auto_looks_for_the_packages_once(monkeypatch):
+    calls = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: calls.append(name) or real(name, *a))
+    A.installed.cache_clear()
+    for _ in range(3):
+        assert A.resolve_backend("auto", "cpu")[0] == "sdpa"
+    assert sorted(calls) == ["flash_attn", "sageattention"]
+    A.installed.cache_clear()
+
+
 @pytest.mark.parametrize("name", ["sage", "flash"])
 def test_explicit_unavailable_backend_raises(name):
     with pytest.raises(A.AttentionBackendError, match=f"'{name}' was requested but cannot run"):
@@ -73,12 +85,12 @@ def test_registered_backend_is_used_by_the_model():
     A.register_attention_backend("test_counting", counting)
     model = load_dit(random_state_dict(TINY, seed=1), dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
-    args = (torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([500.0]),
-            torch.randn(1, 6, TINY.text_states_dim, generator=g), torch.ones(1, 6, dtype=torch.bool),
+    states = torch.randn(1, 6, TINY.text_states_dim, generator=g)
+    args = (torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([500.0]), torch.ones(1, 6, dtype=torch.bool),
             torch.randn(1, TINY.text_states_dim_2, generator=g))
-    ref = model(*args)
+    ref = model(*args, text_states=states)
     model.attention_backend = "test_counting"
-    out = model(*args)
+    out = model(*args, text_states=states)
     # 2 refiner + 2 double + 2 single blocks
     assert len(calls) == 6
     torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -29,7 +29,7 @@ def run(model, seed=0):
     x = torch.randn(1, 16, 2, 4, 4, generator=g)
     text = torch.randn(1, 5, TINY.text_states_dim, generator=g)
     pooled = torch.randn(1, TINY.text_states_dim_2, generator=g)
-    return model(x, torch.tensor([600.0]), text, torch.ones(1, 5, dtype=torch.bool), pooled, torch.tensor([6.0]))
+    return model(x, torch.tensor([600.0]), torch.ones(1, 5, dtype=torch.bool), pooled, torch.tensor([6.0]), text_states=text)
 
 
 def assert_same_model(model, reference) -> None:

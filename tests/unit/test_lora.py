@@ -42,7 +42,7 @@ def run(model, seed=0):
     text = torch.randn(1, 5, TINY.hidden_size, generator=g)  # refined tokens: the refiner is detached
     pooled = torch.randn(1, TINY.text_states_dim_2, generator=g)
     with torch.inference_mode():
-        return model(x, torch.tensor([600.0]), None, torch.ones(1, 5, dtype=torch.bool), pooled,
+        return model(x, torch.tensor([600.0]), torch.ones(1, 5, dtype=torch.bool), pooled,
                      torch.tensor([6.0]), refined_text=text)
 
 

@@ -49,8 +49,8 @@ def test_euler_with_refined_text_matches_diffusers_scheduler_loop():
     x, g = noise.clone(), torch.tensor([guidance])
     for t in sched.timesteps:
         tt = t.expand(1)
-        v_pos = model(x, tt, pos.states, pos.mask, pos.pooled, g)
-        v_neg = model(x, tt, neg.states, neg.mask, neg.pooled, g)
+        v_pos = model(x, tt, pos.mask, pos.pooled, g, text_states=pos.states)
+        v_neg = model(x, tt, neg.mask, neg.pooled, g, text_states=neg.states)
         x = sched.step(v_neg + cfg * (v_pos - v_neg), t, x, return_dict=False)[0]
     ref = x / MODEL_LATENT_SCALE
     # fp32; the refiner output is bit-identical, the residual is summation order in attention
@@ -64,7 +64,7 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.velocity, self.calls = velocity, []
 
-    def forward(self, x, timestep, text_states, mask, pooled, guidance, *, refined_text=None):
+    def forward(self, x, timestep, mask, pooled, guidance, *, refined_text=None):
         self.calls.append((float(timestep[0]), refined_text.clone(), None if guidance is None else float(guidance[0])))
         return torch.full_like(x, self.velocity)
 

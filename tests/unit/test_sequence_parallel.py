@@ -51,7 +51,7 @@ def _results(model, dit: HunyuanVideoDiT) -> dict[str, torch.Tensor]:
     tokens = torch.cat((pos.tokens[0], neg.tokens[0, :, :n]))
     mask = torch.cat((pos.mask, neg.mask[:, :n]))
     x = torch.cat((noise, noise * 0.5))
-    forward = model(x, torch.tensor([900.0, 900.0]), None, mask, torch.cat((pos.pooled, neg.pooled)),
+    forward = model(x, torch.tensor([900.0, 900.0]), mask, torch.cat((pos.pooled, neg.pooled)),
                     torch.tensor([6.0, 6.0]), refined_text=tokens)
     return {"forward": forward,
             "cfg": sample_video(model, cond, sigmas, noise, cfg=4.0, batched_cfg=True),
@@ -105,4 +105,5 @@ def test_degrees_that_do_not_divide_are_named(world, cfg_degree, heads, message)
 
 def test_step_cache_is_refused_by_name():
     with pytest.raises(ValueError, match="step caches do not run with several processes"):
-        ParallelDiT(_dit(), None)(torch.zeros(SHAPE), torch.zeros(1), None, None, None, step_cache=object())
+        ParallelDiT(_dit(), None)(torch.zeros(SHAPE), torch.zeros(1), torch.ones(1, 3, dtype=torch.bool),
+                                  torch.zeros(1, TINY.text_states_dim_2), step_cache=object())

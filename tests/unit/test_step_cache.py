@@ -35,7 +35,7 @@ def conditioning(model):
     sigmas = flow_sigmas(STEPS, 7.0, 1.0)
 
     def refine(text):
-        return precompute_refined_text(model.refiner, text, sigmas, device="cpu", dtype=torch.float32)
+        return precompute_refined_text(model.txt_in, text, sigmas, device="cpu", dtype=torch.float32)
 
     with torch.inference_mode():
         positive, negative = refine(TextEmbeds(states, mask, pooled)), refine(TextEmbeds(-states, mask, pooled))

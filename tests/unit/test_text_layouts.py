@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hunyuan.checkpoint_io import CheckpointError
+from hunyuan.ops import Linear
 from hunyuan.text import load_clip, load_clip_tokenizer, load_llm, load_llm_tokenizer, parse_dtype
-from hunyuan.text.dtypes import FP8, Fp8Linear
+from hunyuan.text.dtypes import FP8
 from hunyuan.text.tiny import (
     CLIP_DIR,
     CLIP_FILE,
@@ -137,7 +138,7 @@ def test_fp8_storage_and_comfy_scaled_fp8_file(models, tmp_path):
 
     kept = load_llm(path, parse_dtype("auto"))  # fp8 storage, bf16 compute, file scale kept
     proj = kept.layers[1].mlp.up_proj
-    assert isinstance(proj, Fp8Linear) and proj.weight.dtype == FP8
+    assert isinstance(proj, Linear) and proj.weight.dtype == FP8
     assert torch.equal(proj.weight_scale, scales[key])
     assert kept.embed_tokens.weight.dtype == torch.bfloat16
     x = torch.randn(3, 32, dtype=torch.bfloat16)
