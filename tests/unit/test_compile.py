@@ -121,6 +121,42 @@ def test_compiled_blocks_with_a_lora_under_block_swap(model, run, pretend_device
     assert torch.equal(run(), plain)  # the patches are gone again
 
 
+def test_past_the_recompile_limit_torch_warns_and_the_block_runs_eagerly(model):
+    """recompile_limit=1: a second video size would compile each block kind again; instead torch
+    logs a warning naming the limit and runs the block eagerly, with the eager result."""
+    import logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    g = torch.Generator().manual_seed(6)
+    text = TextEmbeds(torch.randn(1, 6, TINY.text_states_dim, generator=g), torch.ones(1, 6, dtype=torch.bool),
+                      torch.randn(1, TINY.text_states_dim_2, generator=g))
+    sigmas = flow_sigmas(2, 7.0)
+    with torch.inference_mode():
+        cond = RefinedConditioning(precompute_refined_text(model.refiner, text, sigmas, device="cpu", dtype=torch.float32))
+
+    def sample(shape):
+        with torch.inference_mode():
+            return sample_video(model, cond, sigmas, seeded_noise(1, shape))
+
+    records, dynamo = Records(), logging.getLogger("torch._dynamo")
+    dynamo.addHandler(records)
+    try:
+        with compiled_blocks(model, CompileSettings(recompile_limit=1)):
+            sample((1, 16, 2, 4, 4))
+            other = sample((1, 16, 1, 6, 4))  # another size: one compile more than the limit allows
+    finally:
+        dynamo.removeHandler(records)
+    assert any("recompile_limit" in m or "cache_size_limit" in m for m in records.messages), records.messages
+    assert rel_err(other, sample((1, 16, 1, 6, 4))) <= FP32_RTOL
+
+
 def test_compile_refuses_clearly_where_it_cannot_run(monkeypatch):
     with pytest.raises(RuntimeError, match="not supported on device mps"):
         check_can_compile("mps")
