@@ -187,7 +187,7 @@ def plot_native_cache(data: dict, fig) -> None:
     labels = list(rows)
     colors = [OURS if k.startswith("ours") else PEER for k in labels]
     _bars(a, labels, [rows[k]["seconds"]["median"] for k in labels], colors=colors)
-    a.set_ylabel("seconds per video")
+    a.set_ylabel("CPU seconds per video")
     a.set_title(f"{data['config']['steps']} steps, real width, random weights", fontsize=9)
     _bars(b, labels, [rows[k]["skipped"] for k in labels], colors=colors)
     b.set_ylabel("steps skipped")
