@@ -231,6 +231,10 @@ def _db(value) -> str:
     return "exact" if value is None or value == float("inf") else f"{value:.1f} dB"
 
 
+def _per_repeat(values: list[float]) -> str:
+    return f" (repeats {min(values):.2f} to {max(values):.2f})" if len(values) > 1 else ""
+
+
 def native_cache_section(data: dict, results: dict) -> tuple[list[dict], str]:
     c, rows, steps = data["config"], data["variants"], data["config"]["steps"]
     uncached = data["uncached_speedup"]
@@ -249,7 +253,7 @@ def native_cache_section(data: dict, results: dict) -> tuple[list[dict], str]:
                f"; ComfyUI's uncached video takes {uncached:.2f}x ours here."))
         verdicts.append(verdict(
             f"{label} vs ComfyUI + EasyCache at equal or better PSNR: whole video", f">= {NATIVE_TARGET}x (issue 18)",
-            f"{m['speedup']:.2f}x vs {m['comfy']} (PSNR {_db(m['ours_psnr_db'])} vs {_db(m['comfy_psnr_db'])}; skipped "
+            f"{m['speedup']:.2f}x{_per_repeat(m['per_repeat'])} vs {m['comfy']} (PSNR {_db(m['ours_psnr_db'])} vs {_db(m['comfy_psnr_db'])}; skipped "
             f"{ours['skipped']} vs {peer['skipped']} of {steps})", met(ok), note))
     table_rows = [[label, rng(r["seconds"], "{:.1f}"), rng(r["wall_seconds"], "{:.1f}"), f"{r['computed']} / {r['skipped']}",
                    _db(r["psnr_db"]) if r["psnr_db"] is not None else "- (reference)"] for label, r in rows.items()]
