@@ -181,6 +181,21 @@ def plot_compile_cfg(data: dict, fig) -> None:
     a.set_title("one step, real width, bf16, CPU", fontsize=9)
 
 
+def plot_native_cache(data: dict, fig) -> None:
+    a, b = fig.subplots(1, 2)
+    rows = data["variants"]
+    labels = list(rows)
+    colors = [OURS if k.startswith("ours") else PEER for k in labels]
+    _bars(a, labels, [rows[k]["seconds"]["median"] for k in labels], colors=colors)
+    a.set_ylabel("CPU seconds per video")
+    a.set_title(f"{data['config']['steps']} steps, real width, random weights", fontsize=9)
+    _bars(b, labels, [rows[k]["skipped"] for k in labels], colors=colors)
+    b.set_ylabel("steps skipped")
+    b.set_title("ours vs ComfyUI KSampler + EasyCache", fontsize=9)
+    for ax in (a, b):
+        ax.tick_params(axis="x", labelrotation=40)
+
+
 def plot_gpu(data: dict, fig) -> None:
     a, b = fig.subplots(1, 2)
     rows = [r for r in data.get("rows", []) if not r.get("oom")]
@@ -194,7 +209,8 @@ def plot_gpu(data: dict, fig) -> None:
 PLOTS = {"dit_step": (plot_dit, (13, 4)), "refiner": (plot_refiner, (10, 4)), "vae_decode": (plot_vae, (14, 4.5)),
          "text_memory": (plot_text, (8, 4)), "blockswap": (plot_blockswap, (8, 4)), "planner": (plot_planner, (11, 4.5)),
          "pipeline": (plot_pipeline, (10, 4)), "step_cache": (plot_step_cache, (10, 4)),
-         "compile_cfg": (plot_compile_cfg, (7, 4)), "gpu": (plot_gpu, (10, 4))}
+         "compile_cfg": (plot_compile_cfg, (7, 4)), "native_cache": (plot_native_cache, (12, 4.5)),
+         "gpu": (plot_gpu, (10, 4))}
 
 
 def make_plots(results: dict, out_dir: Path) -> dict[str, Path]:

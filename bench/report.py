@@ -22,6 +22,7 @@ from bench.report_system import (
     blockswap_section,
     compile_cfg_section,
     gpu_section,
+    native_cache_section,
     pipeline_section,
     planner_section,
     step_cache_section,
@@ -56,6 +57,7 @@ GROUPS: list[tuple[str, str, Callable]] = [
     ("pipeline", "Whole pipeline: tiny demo through the API vs in-process", pipeline_section),
     ("step_cache", "Step caches: time per video vs no cache", step_cache_section),
     ("compile_cfg", "Compiled blocks and batched true CFG: one step", compile_cfg_section),
+    ("native_cache", "Whole video with step caches: ours vs ComfyUI's KSampler + EasyCache", native_cache_section),
     ("gpu", "GPU mode: block-swap counts and attention backends", gpu_section),
 ]
 

@@ -191,7 +191,7 @@ def step_cache_section(data: dict, results: dict) -> tuple[list[dict], str]:
             f"steps; the variants run in turn, {c['repeats']} repeats. Random weights do not change from step to step "
             "the way the real model does, so the skip counts and PSNR show the machinery and what a skipped step saves, "
             "not the published speed-ups (TeaCache 1.6-2.1x, First Block Cache 1.62x, EasyCache 2.2x on the real "
-            "model). Not measured yet: the same against ComfyUI's native EasyCache on its own HunyuanVideo model.\n\n")
+            "model). Against ComfyUI's own KSampler + EasyCache: see the whole-video section below.\n\n")
     body += table(["cache", "setting", "seconds per video", "speed-up", "computed / skipped", "final latent vs uncached"],
                   table_rows)
     return verdicts, body
@@ -219,4 +219,58 @@ def compile_cfg_section(data: dict, results: dict) -> tuple[list[dict], str]:
             "(compiled == eager within 1e-5, batched == two forwards within 1e-6); here both run in bf16, where "
             "another kernel or batch shape rounds differently.\n\n")
     body += table(["one step", "seconds (median, range)"], rows)
+    return verdicts, body
+
+
+# -- the whole video vs ComfyUI's native KSampler + EasyCache ----------------------------------------
+
+NATIVE_TARGET = 1.2  # issue 18: ours with each cache vs ComfyUI + EasyCache at equal final-latent PSNR
+
+
+def _db(value) -> str:
+    return "exact" if value is None or value == float("inf") else f"{value:.1f} dB"
+
+
+def _per_repeat(values: list[float]) -> str:
+    return f" (repeats {min(values):.2f} to {max(values):.2f})" if len(values) > 1 else ""
+
+
+def native_cache_section(data: dict, results: dict) -> tuple[list[dict], str]:
+    c, rows, steps = data["config"], data["variants"], data["config"]["steps"]
+    uncached = data["uncached_speedup"]
+    verdicts = [verdict("Whole video, no cache: ComfyUI native KSampler / ours (CPU time)", "report",
+                        f"{uncached:.2f}x ({rows['comfy_none']['seconds']['median']:.1f} vs "
+                        f"{rows['ours_none']['seconds']['median']:.1f} CPU s)", INFO)]
+    for label, m in data["matched"].items():
+        ours, peer = rows[label], rows[m["comfy"]]
+        ok = m["speedup"] >= NATIVE_TARGET
+        own = ours["seconds"]["median"] / rows["ours_none"]["seconds"]["median"]
+        note = "" if ok else (
+            f"{label} skipped {ours['skipped']} steps, the matched ComfyUI run {peer['skipped']}"
+            + (": with random weights neither side skipped a step at these settings, so this is the uncached ratio "
+               f"({uncached:.2f}x here) within the noise of the run (this variant took {own:.2f}x ours_none's time "
+               "for the same computed steps)." if ours["skipped"] == peer["skipped"] == 0 else
+               f"; ComfyUI's uncached video takes {uncached:.2f}x ours here."))
+        verdicts.append(verdict(
+            f"{label} vs ComfyUI + EasyCache at equal or better PSNR: whole video", f">= {NATIVE_TARGET}x (issue 18)",
+            f"{m['speedup']:.2f}x{_per_repeat(m['per_repeat'])} vs {m['comfy']} (PSNR {_db(m['ours_psnr_db'])} vs {_db(m['comfy_psnr_db'])}; skipped "
+            f"{ours['skipped']} vs {peer['skipped']} of {steps})", met(ok), note))
+    table_rows = [[label, rng(r["seconds"], "{:.1f}"), rng(r["wall_seconds"], "{:.1f}"), f"{r['computed']} / {r['skipped']}",
+                   _db(r["psnr_db"]) if r["psnr_db"] is not None else "- (reference)"] for label, r in rows.items()]
+    body = (f"One safetensors file, real width ({c['hidden']}), {c['blocks'][0]} double + {c['blocks'][1]} single blocks "
+            f"and the real token refiner, random weights, {c['dtype']}; {c['video_tokens']} video + {c['text_tokens']} "
+            f"text tokens, {steps} Euler steps, embedded guidance, same seed; {c['repeats']} repeat(s), the variants in "
+            "turn, timed in CPU seconds of the process (robust to other jobs on this shared machine; wall shown too). "
+            "Ours: the token-refiner precompute and `sample_video` with each cache at its published setting, and "
+            f"easycache (the rule ComfyUI's node implements) also at {c.get('ours_easycache_extra', [])}. "
+            "ComfyUI: its own loader, `KSampler` (euler, simple) and `EasyCache` node (start/end "
+            f"{c['comfy_start_end'][0]}/{c['comfy_start_end'][1]}) at reuse thresholds {c['comfy_thresholds']}, "
+            "computing in bf16 as it does on a GPU (on a CPU it would compute in fp32). Each side's PSNR is against "
+            "its own uncached video; a cache of ours is matched with ComfyUI's fastest run whose PSNR is at least "
+            "ours (its uncached run when none is). Random weights: the skip counts and PSNR show the machinery, not "
+            "what the rules give on the real model; quality must be judged on real weights. ComfyUI runs the token "
+            "refiner inside every step, which at this partial depth is a far larger share of a step than at the "
+            "real 60 blocks, so the uncached ratio overstates what the same comparison gives at full depth.\n\n")
+    body += table(["variant", "CPU seconds per video", "wall seconds", "computed / skipped", "final latent vs own uncached"],
+                  table_rows)
     return verdicts, body

@@ -58,6 +58,10 @@ BENCHES = [
     Bench("step_cache", "bench_step_cache.py", "step_cache.json", args=("--repeats", "1"),
           quick_args=("--steps", "4", "--repeats", "1")),
     Bench("compile_cfg", "bench_compile_cfg.py", "compile_cfg.json", quick_args=("--repeats", "1")),
+    # issue 18's side by side: one repeat, 10 steps, 9 videos; 13 min wall on this 2-core machine shared at load
+    # average ~7 (its videos took 226 CPU s, about 2 min of both cores when the machine is not shared)
+    Bench("native_cache", "bench_native_cache.py", "native_cache.json", args=("--repeats", "1"),
+          quick_args=("--steps", "3", "--comfy-thresholds", "0.2")),
     # issue 16's modes at 5 frames of 192x192 (a shared 2-core CPU could not fit the 17x256x256 run in time)
     Bench("vae_decode", "bench_vae_decode.py", "vae_decode.json", quick_args=None, takes_out=False,
           args=("--shape", "2", "24", "24", "--variants", "ours_untiled", "ours_chunk1", "ours_chunk1_per_chunk_norm",

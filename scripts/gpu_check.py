@@ -6,9 +6,10 @@ Stages, cheapest first, each recorded as ok / fail / error / skipped (with the r
 pack imports and the carried payload; the tiny model files through the real loaders, DiT parity
 device vs CPU (fp32, bf16); the whole tiny pipeline with every component offloaded; partial-depth
 real-width DiT: block swap on vs off bit-equal (side stream, pinned host memory), fp8 storage,
-attention backends (sage/flash if installed); the real VAE layout decoding on the device; the
-tests marked ``gpu``; the 13B DiT under 24 GiB and 6 GiB caps with auto block swap. Every
-device peak is ``torch.cuda.max_memory_allocated`` next to the planner's prediction.
+attention backends (sage/flash if installed), batched vs two-forward true CFG (time and peak at a
+small and a larger size); the real VAE layout decoding on the device; the tests marked ``gpu``;
+the 13B DiT under 24 GiB and 6 GiB caps with auto block swap. Every device peak is
+``torch.cuda.max_memory_allocated`` next to the planner's prediction.
 
 Writes DIR/gpu.json after every stage (a timeout keeps what finished) and DIR/gpu.md at the end.
 Exit status 1 only when a stage failed (a property does not hold, or it crashed); skipped
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from scripts import gpu_pipeline, gpu_real, gpu_stages  # noqa: E402
+from scripts import gpu_pipeline, gpu_real, gpu_speed, gpu_stages  # noqa: E402
 from scripts.gpu_common import CheckFailed, Ctx, Skipped  # noqa: E402
 
 PAYLOAD_LIMIT = 64 * 2**20  # the device tool's working-tree limit
@@ -103,6 +104,7 @@ STAGES = {
     "blockswap": gpu_stages.stage_blockswap,
     "fp8": gpu_stages.stage_fp8,
     "attention": gpu_stages.stage_attention,
+    "cfg": gpu_speed.stage_cfg,
     "real_vae": gpu_stages.stage_real_vae,
     "gpu_tests": stage_gpu_tests,
     "real_13b": gpu_real.stage_real_13b,

@@ -26,6 +26,9 @@ def test_dry_run_passes_every_stage(tmp_path):
     assert stages["payload"]["total_mib"] <= 64
     assert stages["blockswap"]["swap_bit_equal"] and stages["blockswap"]["swap"]["fetches"] > 0
     assert stages["pipeline"]["video"]["rel_err"] <= stages["pipeline"]["video"]["tolerance"]
+    for size in ("small", "partial"):  # batched vs two-forward true CFG, timed at both sizes
+        cfg = stages["cfg"][size]
+        assert cfg["batched_speedup"] > 0 and cfg["bf16_diff"]["rel_err"] <= cfg["bf16_diff"]["tolerance"]
     cases = [v for k, v in stages["real_13b"].items() if k.startswith(("cap", "no cap"))]
     assert cases and all(c["fits"] for c in cases)
     assert any(c["double"] + c["single"] > 0 for c in cases)  # auto mode swapped under the dry run's cap

@@ -207,3 +207,31 @@ def test_settings_are_checked():
         StepCacheSettings("teacache", float("nan"))
     with pytest.raises(ValueError, match="start="):
         StepCacheSettings("teacache", 0.1, start=0.8, end=0.2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_skipped_step_copies_no_blocks_under_block_swap(model, conditioning, kind):
+    """Every block swapped (CPU -> CPU copies, so the engine's real fetch path runs): a computed
+    step copies all four blocks; a step that teacache or easycache skips copies none, and one that
+    first_block skips copies one (block 0, which it runs)."""
+    from hunyuan.offload import BlockSwapEngine, CopyTransport, SwapSettings
+
+    cpu = torch.device("cpu")
+    threshold = {"teacache": 0.6, "first_block": 0.5, "easycache": 0.3}[kind]
+    run, per_step = StepCacheRun(StepCacheSettings(kind, threshold)), []
+    engine = BlockSwapEngine(model, SwapSettings(double_blocks=2, single_blocks=2, prefetch=1), cpu,
+                             transport=CopyTransport(cpu))
+    cond, sigmas = conditioning
+    with engine, engine.running(), torch.inference_mode():
+        uncached = sample_video(model, cond, sigmas, seeded_noise(0, (1, 16, 2, 4, 4)))
+        fetched = [engine.stats["fetches"]]
+        out = sample_video(model, cond, sigmas, seeded_noise(0, (1, 16, 2, 4, 4)), step_cache=run,
+                           callback=lambda info: fetched.append(engine.stats["fetches"]))
+    per_step = [b - a for a, b in zip(fetched, fetched[1:])]
+    decisions = [d.computed for d in run.states["cond"].history]
+    assert False in decisions and len(per_step) == len(decisions) == STEPS
+    skipped = {n for n, computed in zip(per_step, decisions) if not computed}
+    assert skipped == ({1} if kind == "first_block" else {0})
+    assert all(n >= 4 - 1 for n, computed in zip(per_step, decisions) if computed)  # one may come prefetched
+    assert sum(per_step) <= 4 * decisions.count(True) + decisions.count(False)
+    assert rel_err(out, uncached) < 0.5 and torch.isfinite(out).all()
