@@ -139,7 +139,7 @@ def test_past_the_recompile_limit_torch_warns_and_the_block_runs_eagerly(model):
                       torch.randn(1, TINY.text_states_dim_2, generator=g))
     sigmas = flow_sigmas(2, 7.0)
     with torch.inference_mode():
-        cond = RefinedConditioning(precompute_refined_text(model.refiner, text, sigmas, device="cpu", dtype=torch.float32))
+        cond = RefinedConditioning(precompute_refined_text(model.txt_in, text, sigmas, device="cpu", dtype=torch.float32))
 
     def sample(shape):
         with torch.inference_mode():
