@@ -18,9 +18,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from ..hunyuan.checkpoint_io import weight_files
 from ..hunyuan.rewrite import MODES, SamplingParams, rewrite
 from ..hunyuan.rewrite.access import ENDPOINT_FILE, EndpointPolicy, load_policy
-from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm, weight_files
+from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm
 from .text import LLM_FOLDER, hf_folders
 from .types import CATEGORY, CheckedNode, RewriteModel
 
