@@ -27,6 +27,7 @@ from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import load_dit
 from ..hunyuan.dit.compile import MODES as COMPILE_MODES
 from ..hunyuan.dit.compile import CompileSettings, usable
+from ..hunyuan.sampling import check_sigmas
 from .blockswap import BlockSwapPatcher
 from .multi import record_source
 from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds, with_option
@@ -149,8 +150,7 @@ class HunyuanVideoTokenRefiner(CheckedNode):
     def execute(cls, dit, text_embeds: PromptEmbeds, sigmas: torch.Tensor) -> io.NodeOutput:
         if not isinstance(text_embeds, PromptEmbeds):
             raise ValueError(f"text_embeds is a {type(text_embeds).__name__}, expected PromptEmbeds from the text encoder")
-        if sigmas.ndim != 1 or sigmas.numel() < 2:
-            raise ValueError(f"sigmas has shape {tuple(sigmas.shape)}, expected [steps + 1] with at least 2 values")
+        sigmas = check_sigmas(sigmas)
         patcher = refiner_patcher(dit)
         model = dit.model
         embeds = [text_embeds.positive] + ([text_embeds.negative] if text_embeds.negative is not None else [])

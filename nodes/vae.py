@@ -180,13 +180,13 @@ class HunyuanVideoVAEEncode(CheckedNode):
     def execute(cls, vae, pixels, tiling, tile_size, tile_overlap, temporal_chunk, shared_norm,
                 norm_passes=1) -> io.NodeOutput:
         frames, height, width = pixels.shape[:3]
-        if (frames - 1) % 4:
-            low = (frames - 1) // 4 * 4 + 1
-            raise ValueError(f"pixels has frames={frames}, which is not 4k+1; nearest valid: {low} or {low + 4}")
-        if height % 8 or width % 8:
-            raise ValueError(f"pixels is {width}x{height}; width and height must be multiples of 8")
+        config = vae.model.config
+        config.check_frames(frames, name="pixels: frames")
+        s = config.spatial_ratio
+        if height % s or width % s:
+            raise ValueError(f"pixels is {width}x{height}; width and height must be multiples of {s}")
         video = pixels[..., :3].permute(3, 0, 1, 2).unsqueeze(0).mul(2).sub(1)
-        shape = (1, vae.model.config.latent_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+        shape = (1, config.latent_channels, config.latent_frames(frames), height // s, width // s)
         spec = _spec(vae, shape, tiling, (tile_size, tile_overlap, temporal_chunk), shared_norm, norm_passes)
         progress, interrupt = _callbacks()
         latent = tiled.encode(vae.model, video, spec, progress=progress, interrupt=interrupt)

@@ -62,6 +62,16 @@ class VAEConfig:
         """Latent frames for ``frames`` pixel frames, which must be 4k+1."""
         return (frames - 1) // self.temporal_ratio + 1
 
+    def check_frames(self, frames: int, name: str = "frames") -> None:
+        """Raise a ValueError naming ``name``, the value and the nearest valid counts unless
+        ``frames`` is 4k+1 (the VAE compresses time by 4 after the first frame)."""
+        ratio = self.temporal_ratio
+        if isinstance(frames, int) and frames >= 1 and (frames - 1) % ratio == 0:
+            return
+        low = max(1, (int(frames) - 1) // ratio * ratio + 1)
+        near = f"{low}" if int(frames) < low else f"{low} or {low + ratio}"
+        raise ValueError(f"{name}={frames} is not {ratio}k+1; nearest valid: {near}")
+
 
 def groups_for(channels: tuple[int, ...], limit: int = 32) -> int:
     """Largest GroupNorm group count <= ``limit`` dividing every width (32 for the real model)."""

@@ -137,13 +137,6 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
     return out.div_(weight)
 
 
-def check_frames(frames: int) -> None:
-    """Raise a ValueError unless ``frames`` is 4k+1."""
-    if frames < 1 or (frames - 1) % 4:
-        low = max(1, (frames - 1) // 4 * 4 + 1)
-        raise ValueError(f"frames={frames} is not 4k+1; nearest valid: {low} or {low + 4}")
-
-
 @torch.no_grad()
 def encode(
     vae: CausalVAE,
@@ -154,7 +147,7 @@ def encode(
     interrupt: Interrupt | None = None,
 ) -> torch.Tensor:
     """Video [B, 3, 4k+1, H, W] in -1..1 (H, W multiples of 8) -> raw latent mean [B, 16, k+1, H/8, W/8]."""
-    check_frames(video.shape[2])
+    vae.config.check_frames(video.shape[2])
     s = vae.config.spatial_ratio
     if video.shape[-1] % s or video.shape[-2] % s:
         raise ValueError(f"video size {video.shape[-2]}x{video.shape[-1]} is not a multiple of {s}")
