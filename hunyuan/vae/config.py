@@ -25,7 +25,6 @@ class VAEConfig:
     spatial_ratio: int = 8
     temporal_ratio: int = 4
     mid_attention: bool = True
-    scaling_factor: float = SCALING_FACTOR
 
     def __post_init__(self) -> None:
         levels = len(self.block_channels)
