@@ -164,10 +164,11 @@ def encode(
 def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_args) -> torch.Tensor:
     b, _, frames, height, width = video.shape
     device = vae.weight_device_dtype()[0]
-    s, cfg = vae.config.spatial_ratio, vae.config
-    lat = (cfg.latent_frames(frames), height // s, width // s)
+    config = vae.config
+    s = config.spatial_ratio
+    lat = (config.latent_frames(frames), height // s, width // s)
     grid = (tile_spans(lat[1], spec.tile, spec.overlap), tile_spans(lat[2], spec.tile, spec.overlap), tile_chunks(lat[0], spec.chunk))
-    feats = torch.zeros(b, cfg.block_channels[-1], *lat, device=device)
+    feats = torch.zeros(b, config.block_channels[-1], *lat, device=device)
     weight = torch.zeros(lat[1], lat[2], device=device)
     ramps_y = [tile_ramp(grid[0], i, 1).to(device) for i in range(len(grid[0]))]
     ramps_x = [tile_ramp(grid[1], j, 1).to(device) for j in range(len(grid[1]))]
@@ -185,4 +186,4 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
 
     _run_passes(vae, vae.encoder.body, vae.encoder.body_norms(), take, grid, spec, ticker_args, sink, lat[1:])
     moments = vae.quant_conv(vae.encoder.tail(vae.prepare(feats.div_(weight))))
-    return moments[:, : cfg.latent_channels].contiguous()
+    return moments[:, : config.latent_channels].contiguous()
