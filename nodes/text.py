@@ -33,27 +33,15 @@ from ..hunyuan.text import (
     load_llm_tokenizer,
     parse_dtype,
 )
-from .types import CATEGORY, CheckedNode, TextEncoder
-from .types import TextEmbeds as TextEmbedsSocket
+from .common import LLM_FOLDER, handed_on, hf_folders, loaded
+from .types import CATEGORY, CheckedNode, PromptEmbedsSocket, TextEncoder
 
 log = logging.getLogger(__name__)
 
-LLM_FOLDER, TE_FOLDER = "LLM", "text_encoders"  # "clip" is an alias of text_encoders in ComfyUI
-folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+TE_FOLDER = "text_encoders"  # "clip" is an alias of text_encoders in ComfyUI
 COMFY_DIR = Path(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)))
 LLAMA_TOKENIZER = COMFY_DIR / "text_encoders" / "llama_tokenizer"
 CLIP_TOKENIZER = COMFY_DIR / "sd1_tokenizer"
-
-
-def hf_folders(kind: str) -> dict[str, Path]:
-    """Hugging Face model folders (with a config.json) directly inside every path of ``kind``."""
-    found = {}
-    for root in folder_paths.get_folder_paths(kind):
-        if os.path.isdir(root):
-            for entry in sorted(os.scandir(root), key=lambda e: e.name):
-                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json")):
-                    found.setdefault(entry.name, Path(entry.path))
-    return found
 
 
 def _single_files() -> list[str]:
@@ -153,25 +141,11 @@ def run_encode(encoder: LoadedTextEncoder, prompts: list[str], options: EncodeOp
                negative: list[str] | None) -> PromptEmbeds:
     """Load both encoders through ComfyUI's manager, encode, return embeds on the intermediate device."""
     batch = len(prompts) * (2 if negative else 1)
-    mm.load_models_gpu([encoder.llm, encoder.clip], memory_required=_memory_required(encoder, batch),
-                       force_full_load=True)
-    try:
+    with loaded([encoder.llm, encoder.clip], _memory_required(encoder, batch)) as device:
         models = TextEncoders(encoder.llm.model.inner, encoder.llm_tokenizer, encoder.clip.model.inner,
                               encoder.clip_tokenizer)
-        embeds = encode_prompts(models, prompts, options, encoder.llm.load_device, negative=negative)
-    finally:
-        for patcher in (encoder.llm, encoder.clip):
-            patcher.detach(unpatch_all=True)  # back to the offload device; stays in the manager
-    return _to_device(embeds, mm.intermediate_device())
-
-
-def _move(t: TextEmbeds, device) -> TextEmbeds:
-    return TextEmbeds(states=t.states.to(device), mask=t.mask.to(device), pooled=t.pooled.to(device))
-
-
-def _to_device(embeds: PromptEmbeds, device) -> PromptEmbeds:
-    negative = None if embeds.negative is None else _move(embeds.negative, device)
-    return PromptEmbeds(positive=_move(embeds.positive, device), negative=negative)
+        embeds = encode_prompts(models, prompts, options, device, negative=negative)
+    return handed_on(embeds)
 
 
 class HunyuanVideoTextEncode(CheckedNode):
@@ -203,7 +177,7 @@ class HunyuanVideoTextEncode(CheckedNode):
                                  tooltip="Apply the LLM's final RMSNorm to the chosen hidden state (off for "
                                          "HunyuanVideo)."),
             ],
-            outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
+            outputs=[PromptEmbedsSocket.Output(display_name="text_embeds")],
         )
 
     @classmethod
@@ -251,7 +225,7 @@ class HunyuanVideoConditioningBridge(CheckedNode):
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Optional negative CONDITIONING for true CFG."),
             ],
-            outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
+            outputs=[PromptEmbedsSocket.Output(display_name="text_embeds")],
         )
 
     @classmethod
@@ -260,7 +234,7 @@ class HunyuanVideoConditioningBridge(CheckedNode):
             positive=conditioning_to_embeds(positive, "positive"),
             negative=None if negative is None else conditioning_to_embeds(negative, "negative"),
         )
-        return io.NodeOutput(_to_device(embeds, mm.intermediate_device()))
+        return io.NodeOutput(handed_on(embeds))
 
 
 NODES = [HunyuanVideoTextEncoderLoader, HunyuanVideoTextEncode, HunyuanVideoConditioningBridge]
