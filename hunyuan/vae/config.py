@@ -57,6 +57,11 @@ class VAEConfig:
         """Pixel frames decoded from ``latent_frames`` latent frames: 4*(T-1)+1."""
         return self.temporal_ratio * (latent_frames - 1) + 1
 
+    def first_pixel_frame(self, latent_frame: int) -> int:
+        """Index of the first pixel frame that latent frame ``latent_frame`` decodes to: as many as
+        the latent frames before it decode to (0 -> 0, t -> 4t-3)."""
+        return self.frames_out(latent_frame) if latent_frame else 0
+
     def latent_frames(self, frames: int) -> int:
         """Latent frames for ``frames`` pixel frames, which must be 4k+1."""
         return (frames - 1) // self.temporal_ratio + 1

@@ -23,11 +23,6 @@ from .tiling import (
 Span = tuple[int, int]
 
 
-def pixel_frame(latent_frame: int) -> int:
-    """Index of the first pixel frame produced by latent frame ``latent_frame`` (0 -> 0, t -> 4t-3)."""
-    return 0 if latent_frame == 0 else 4 * latent_frame - 3
-
-
 def _sweep(
     fn: Callable[[torch.Tensor], torch.Tensor],
     take: Callable[[Span, Span, Span], torch.Tensor],
@@ -127,7 +122,7 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
     def sink(i: int, j: int, t: Span, video: torch.Tensor) -> None:
         (y0, y1), (x0, x1) = grid[0][i], grid[1][j]
         w = ramps_y[i][:, None] * ramps_x[j][None, :]
-        f0 = pixel_frame(t[0])
+        f0 = vae.config.first_pixel_frame(t[0])
         region = out[:, :, f0 : f0 + video.shape[2], y0 * s : y1 * s, x0 * s : x1 * s]
         region.add_(video.to(out_device, torch.float32) * w)
         if t[0] == 0:
@@ -174,7 +169,7 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
     ramps_x = [tile_ramp(grid[1], j, 1).to(device) for j in range(len(grid[1]))]
 
     def take(t: Span, y: Span, x: Span) -> torch.Tensor:
-        clip = video[:, :, pixel_frame(t[0]) : pixel_frame(t[1])]
+        clip = video[:, :, config.first_pixel_frame(t[0]) : config.first_pixel_frame(t[1])]
         return vae.prepare(clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s])
 
     def sink(i: int, j: int, t: Span, h: torch.Tensor) -> None:
