@@ -73,8 +73,8 @@ def weight_files(folder: Path, wanted=None) -> list[Path]:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
         if files:
             return files
-    raise CheckpointError(f"model folder {str(folder)!r} has no weights (expected *.safetensors files, or the "
-                          "shards a *.index.json lists)")
+    raise CheckpointError(f"model folder {str(folder)!r} has no weights; expected model.safetensors (or other "
+                          ".safetensors files), shards with their *.index.json, or pytorch_model.bin")
 
 
 def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
