@@ -25,9 +25,9 @@ TOKENIZED = ("text", "rewrite")
 
 # With ``real_names``, the tiny files are also linked under the names of the real weights, so the
 # example workflows in workflows/ (which name the real files) load them. Each runs on tiny weights
-# in this pack's tests, but t2v_native_text does so only with the test-only shim in
-# tests/comfy_shims/: in an unmodified ComfyUI the native DualCLIPLoader builds the real-size
-# text encoders and refuses the tiny ones (a size mismatch).
+# in this pack's tests, but t2v_native_text does so only with a test-only shim the tests add: in an
+# unmodified ComfyUI the native DualCLIPLoader builds the real-size text encoders and refuses the
+# tiny ones (a size mismatch).
 REAL_NAMES = {
     "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors": "diffusion_models/hyvid_tiny_dit.safetensors",
     "diffusion_models/hunyuan_video_v2_replace_image_to_video_720p_bf16.safetensors":
