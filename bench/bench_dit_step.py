@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import platform
 import statistics
 import sys
@@ -30,9 +29,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFYUI = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfyui" / "ComfyUI")
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "parity"))
+
+from scripts.comfy_server import default_comfyui_dir  # noqa: E402
+
+COMFYUI = default_comfyui_dir()
 sys.path.append(str(COMFYUI))
 
 from bench.common import RESULTS, interleaved, ratios, spread, write_json  # noqa: E402

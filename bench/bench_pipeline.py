@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, ratios, rss_peak, spread, write_json  # noqa: E402
-from scripts.comfy_server import ComfyServer, JobFailed, execution_error  # noqa: E402
+from scripts.comfy_server import ComfyServer, JobFailed, default_comfyui_dir, execution_error  # noqa: E402
 from scripts.smoke_size import SMOKE_INPUTS, shrink  # noqa: E402
 
 DEFAULT_WORKFLOW = ROOT / "workflows" / "t2v_basic_api.json"
@@ -91,8 +91,8 @@ class InProcess:
         choice = parse_dtype(te["dtype"])
         llm, clip = self._text_path(models, te["llm"], "LLM"), self._text_path(models, te["clip"], "clip")
         self.text = TextEncoders(
-            load_llm(llm, choice), load_llm_tokenizer(llm if (llm / "tokenizer.json").is_file() else llama_tokenizer_dir()),
-            load_clip(clip, choice), load_clip_tokenizer(clip if (clip / "vocab.json").is_file() else clip_tokenizer_dir()),
+            load_llm(llm, choice), load_llm_tokenizer(llm if (llm / "tokenizer.json").is_file() else llama_tokenizer_dir(default_comfyui_dir())),
+            load_clip(clip, choice), load_clip_tokenizer(clip if (clip / "vocab.json").is_file() else clip_tokenizer_dir(default_comfyui_dir())),
         )
         dit = node(workflow, "HunyuanVideoDiTLoader")
         self.dit = load_dit(models / "diffusion_models" / dit["dit_name"], dtype=getattr(torch, dtypes["dit"])).eval()
@@ -207,7 +207,7 @@ def measure(workflow: dict, repeats: int, work: Path) -> dict:
     from hunyuan.tools.make_tiny_models import write_all
 
     models = work / "models"
-    write_all(models, seed=0, real_names=True)
+    write_all(models, seed=0, comfyui=default_comfyui_dir(), real_names=True)
     start = time.perf_counter()
     server = ComfyServer(work).start()
     startup = time.perf_counter() - start

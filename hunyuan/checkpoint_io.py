@@ -7,9 +7,11 @@ memory-mapped, and pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,55 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 class CheckpointError(ValueError):
     """A checkpoint the user pointed at cannot be used; the message says which and why."""
+
+
+# name-0000K-of-0000N.safetensors: the shards Hugging Face's save_pretrained writes for large models
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
+
+
+def _all_present(folder: Path, names: list[str], what: str, where: str = "") -> list[Path]:
+    """``folder / name`` for each of ``names``; a missing one is an error naming it."""
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise CheckpointError(f"{what}, but {', '.join(missing)} {verb} missing from {folder}{where}; "
+                              "re-download or re-copy the checkpoint")
+    return [folder / n for n in names]
+
+
+def shard_files(path: Path) -> list[Path]:
+    """``path`` alone, or every shard of the set it belongs to (by its :data:`SHARD_NAME`): picking
+    any one shard reads them all."""
+    match = SHARD_NAME.match(path.name)
+    if match is None:
+        return [path]
+    count = int(match["count"])
+    names = [f"{match['stem']}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+    return _all_present(path.parent, names, f"checkpoint {str(path)!r} is shard {int(match['index'])} of {count}")
+
+
+def weight_files(folder: Path, wanted=None) -> list[Path]:
+    """The weight files of a Hugging Face model folder, via its index when there is one.
+
+    ``wanted(key) -> bool`` limits the result to shards that hold at least one wanted key.
+    Without an index: its .safetensors files, else its pickle-format ones.
+    """
+    indexes = sorted(folder.glob("*.safetensors.index.json")) + sorted(folder.glob("*.bin.index.json"))
+    if indexes:
+        index = indexes[0]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"index {str(index)!r} has no readable 'weight_map': {exc}") from exc
+        names = sorted({shard for key, shard in weight_map.items() if wanted is None or wanted(key)})
+        return _all_present(folder, names, f"folder {str(folder)!r} has {len(set(weight_map.values()))} shards",
+                            f" (listed in its index {index.name!r})")
+    for suffixes in (SAFETENSORS_SUFFIXES, PICKLE_SUFFIXES):
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+        if files:
+            return files
+    raise CheckpointError(f"model folder {str(folder)!r} has no weights; expected model.safetensors (or other "
+                          ".safetensors files), shards with their *.index.json, or pytorch_model.bin")
 
 
 def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ They are plain tensors in frozen dataclasses so that every stage agrees on shape
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -66,3 +66,14 @@ class RefinedText:
 class RefinedConditioning:
     positive: RefinedText
     negative: RefinedText | None = None
+
+
+def moved(value, device):
+    """``value`` (one of the dataclasses above, or None) with every tensor in it moved to ``device``."""
+    if value is None:
+        return None
+    changes = {}
+    for field in fields(value):
+        item = getattr(value, field.name)
+        changes[field.name] = item.to(device) if isinstance(item, torch.Tensor) else moved(item, device)
+    return replace(value, **changes)

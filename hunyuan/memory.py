@@ -31,13 +31,13 @@ import torch
 
 from .dit.config import REAL, DiTConfig
 from .dit.model import HunyuanVideoDiT
+from .dtypes import FP8, PLAIN_DTYPES
 from .offload.settings import SwapSettings
 from .sampling.schedule import check_video_size, latent_shape
 
-ACTIVATION_TENSORS = 21  # [N, D] compute-dtype tensors alive at the forward's peak (see above)
 LATENT_COPIES = 8  # x, noise, velocity (x2 with CFG), x0, previous x0, Heun predictor, output
 ATTENTION_MATRICES = 2  # scores and probabilities when attention is materialised
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
+DTYPES = {**PLAIN_DTYPES, "fp8": FP8}
 ATTENTION_KINDS = ("flash", "math")
 
 
@@ -98,14 +98,10 @@ def weight_bytes(config: DiTConfig, weight_dtype: torch.dtype, swap: SwapSetting
     """Resident weight bytes during sampling (refined text given, so txt_in never runs)."""
     s, w = _sizes(config), _itemsize(weight_dtype)
     swap = swap.clamp(config.depth_double, config.depth_single)
-    swapped_blocks = swap.double_blocks * s.double + swap.single_blocks * s.single
-    swapped = swapped_blocks + (s.txt_in if swap.offload_txt_in else 0) + (s.img_in if swap.offload_img_in else 0)
-    largest = s.double if swap.double_blocks else (s.single if swap.single_blocks else 0)
-    in_flight = min(swap.prefetch + 1, swap.double_blocks + swap.single_blocks) * largest
-    if swap.offload_img_in:
-        in_flight += s.img_in
+    blocks = [s.double] * swap.double_blocks + [s.single] * swap.single_blocks
+    on_demand = [size for size, wanted in ((s.txt_in, swap.offload_txt_in), (s.img_in, swap.offload_img_in)) if wanted]
     upcast = s.largest_linear * _itemsize(compute_dtype) if weight_dtype != compute_dtype else 0
-    return (s.total - swapped + in_flight) * w + upcast
+    return swap.resident(s.total, blocks, on_demand) * w + upcast
 
 
 def estimate_sampling_memory(
@@ -147,7 +143,7 @@ def estimate_sampling_memory(
     local = -(-n_img // sequence_parallel)  # this rank's video tokens
     n = local + text_tokens
     d, m = config.hidden_size, config.mlp_hidden
-    per_token = (13 * d + 2 * m) * e  # = ACTIVATION_TENSORS * D * e at mlp ratio 4 (module docstring)
+    per_token = (13 * d + 2 * m) * e  # = 21 [N, D] tensors at mlp ratio 4 (module docstring)
     forward_batch = batch * (2 if cfg and batched_cfg else 1)
     activations = forward_batch * n * per_token + local * config.head_dim * 4 * 2
     if sequence_parallel > 1:  # q, k, v, out over the whole sequence for 1/P of the heads; send + receive

@@ -28,20 +28,17 @@ from ..hunyuan.dit.attention import per_item_valid_keys
 from ..hunyuan.dit.checkpoint import StoredWeights, load_dit
 from ..hunyuan.dit.compile import MODES as COMPILE_MODES
 from ..hunyuan.dit.compile import CompileSettings, usable
+from ..hunyuan.dtypes import FP8
+from ..hunyuan.sampling import check_sigmas
 from .blockswap import BlockSwapPatcher
+from .common import LEGACY_DTYPES, dtype_input, handed_on, plain_dtype
 from .multi import record_source
-from .types import CATEGORY, CheckedNode, Conditioning, DiT, TextEmbeds, with_option
+from .types import CATEGORY, CheckedNode, Conditioning, DiT, PromptEmbedsSocket, with_option
 
 log = logging.getLogger(__name__)
 COMPILE_KEY = "hyvid_compile"  # a with_option() key
 
-WEIGHT_DTYPES = {
-    "default": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-    "fp32": torch.float32,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-}
+FP8_LABEL = "fp8_e4m3fn"
 
 
 def _comfy_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask=None) -> torch.Tensor:
@@ -93,6 +90,7 @@ def refiner_patcher(dit: comfy.model_patcher.ModelPatcher) -> comfy.model_patche
 
 class HunyuanVideoDiTLoader(CheckedNode):
     CHOICES_FROM = {"dit_name": "models/diffusion_models"}
+    RENAMED = {"weight_dtype": LEGACY_DTYPES}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -109,12 +107,11 @@ class HunyuanVideoDiTLoader(CheckedNode):
                     "repackaged or diffusers layout (any shard of a sharded folder reads them all; a config.json "
                     "beside them sets the RoPE split); an fp8 Tencent file uses its *_map.pt scales.",
                 ),
-                io.Combo.Input(
+                dtype_input(
                     "weight_dtype",
-                    options=list(WEIGHT_DTYPES),
-                    default="default",
-                    tooltip="Storage dtype of the weights. fp8_e4m3fn halves memory: block weights stay "
-                    "fp8 and are upcast one layer at a time. 'default' = bf16 (fp16 where bf16 is slow).",
+                    "Storage dtype of the weights. fp8_e4m3fn halves memory: block weights stay "
+                    "fp8 and are upcast one layer at a time. auto = bf16 (fp16 where bf16 is slow).",
+                    extra=(FP8_LABEL,),
                 ),
                 io.Combo.Input(
                     "attention",
@@ -132,9 +129,8 @@ class HunyuanVideoDiTLoader(CheckedNode):
         path = folder_paths.get_full_path_or_raise("diffusion_models", dit_name)
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
         resolve_backend(attention, load_device)  # fail here, not in the middle of sampling
-        storage = WEIGHT_DTYPES[weight_dtype]
-        dtype = storage if storage in (torch.bfloat16, torch.float16, torch.float32) else compute_dtype(load_device)
-        fp8 = storage if storage == torch.float8_e4m3fn else None
+        dtype = plain_dtype(weight_dtype) or compute_dtype(load_device)
+        fp8 = FP8 if weight_dtype == FP8_LABEL else None
         model = load_dit(path, device=offload_device, dtype=dtype, weight_dtype=fp8,
                          operations=comfy_operations(load_device))
         model.attention_backend = attention
@@ -157,7 +153,7 @@ class HunyuanVideoTokenRefiner(CheckedNode):
             "needs it on the device.",
             inputs=[
                 DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader (its token refiner is used)."),
-                TextEmbeds.Input("text_embeds", tooltip="Positive (and optional negative) prompt embeddings."),
+                PromptEmbedsSocket.Input("text_embeds", tooltip="Positive (and optional negative) prompt embeddings."),
                 io.Sigmas.Input(
                     "sigmas",
                     tooltip="The sampling schedule; the sampler must use the same one (it checks).",
@@ -171,8 +167,7 @@ class HunyuanVideoTokenRefiner(CheckedNode):
     def execute(cls, dit, text_embeds: PromptEmbeds, sigmas: torch.Tensor) -> io.NodeOutput:
         if not isinstance(text_embeds, PromptEmbeds):
             raise ValueError(f"text_embeds is a {type(text_embeds).__name__}, expected PromptEmbeds from the text encoder")
-        if sigmas.ndim != 1 or sigmas.numel() < 2:
-            raise ValueError(f"sigmas has shape {tuple(sigmas.shape)}, expected [steps + 1] with at least 2 values")
+        sigmas = check_sigmas(sigmas)
         patcher = refiner_patcher(dit)
         model = dit.model
         embeds = [text_embeds.positive] + ([text_embeds.negative] if text_embeds.negative is not None else [])
@@ -185,18 +180,7 @@ class HunyuanVideoTokenRefiner(CheckedNode):
             precompute_refined_text(patcher.model, e, sigmas, device=device, dtype=model.compute_dtype, attn=attn)
             for e in embeds
         ]
-        out = [_to_intermediate(r) for r in out]
-        return io.NodeOutput(RefinedConditioning(positive=out[0], negative=out[1] if len(out) > 1 else None))
-
-
-def _to_intermediate(refined):
-    device = mm.intermediate_device()
-    return type(refined)(
-        sigmas=refined.sigmas,
-        tokens=refined.tokens.to(device),
-        mask=refined.mask.to(device),
-        pooled=refined.pooled.to(device),
-    )
+        return io.NodeOutput(handed_on(RefinedConditioning(positive=out[0], negative=out[1] if len(out) > 1 else None)))
 
 
 class HunyuanVideoCompile(CheckedNode):

@@ -16,11 +16,10 @@ from comfy_api.latest import io
 from ..hunyuan.sampling import check_video_size
 from ..hunyuan.sampling.image import I2V_RESOLUTIONS, MODES, FirstFrame, ImageInput, bucket_for, resolve
 from ..hunyuan.sampling.pipeline import MODEL_LATENT_SCALE
+from .common import size_input
 from .types import CATEGORY, VAE, CheckedNode, ImageLatent
 
 log = logging.getLogger(__name__)
-
-MAX_SIZE = 8192
 
 MODE_TOOLTIP = (
     "Only for 16-channel DiTs, whose file cannot say whether it is text-to-video or HunyuanVideo-I2V "
@@ -63,12 +62,10 @@ class HunyuanVideoI2VEncode(CheckedNode):
                 VAE.Input("vae", tooltip="From HunyuanVideo VAE Loader."),
                 io.Image.Input("image", tooltip="The first frame. Only the first image of a batch is used; "
                                "grayscale is repeated to RGB, alpha is dropped."),
-                io.Int.Input("width", default=848, min=16, max=MAX_SIZE, step=16,
-                             tooltip="Video width (the sampler's). The image is scaled to cover width x height "
-                             "keeping its aspect ratio, then center-cropped (Tencent: resize + center crop to "
-                             "its bucket; diffusers stretches instead). Pick a size with the image's aspect."),
-                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16,
-                             tooltip="Video height (the sampler's); see width for the resize rule."),
+                size_input("width", 848, "Video width (the sampler's). The image is scaled to cover width x height "
+                           "keeping its aspect ratio, then center-cropped (Tencent: resize + center crop to "
+                           "its bucket; diffusers stretches instead). Pick a size with the image's aspect."),
+                size_input("height", 480, "Video height (the sampler's); see width for the resize rule."),
                 io.Combo.Input("mode", options=list(MODES), default="token_replace", tooltip=MODE_TOOLTIP),
                 io.Boolean.Input("stability", default=False,
                                  tooltip="Start from 0.999 x noise + 0.001 x image latent instead of pure noise "

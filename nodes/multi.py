@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 from comfy.weight_adapter.lora import LoRAAdapter
 from comfy_api.latest import io
 
 from ..hunyuan.parallel.sequence import check_degrees
 from .blockswap import SWAP_KEY
+from .common import progress_bar
 from .types import CATEGORY, CheckedNode, DiT, option, with_option
 
 log = logging.getLogger(__name__)
@@ -163,11 +163,9 @@ def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tens
     if patches and source.weight_dtype:
         raise ValueError("a LoRA on an fp8 DiT does not run on multi-device workers yet; load the DiT in bf16")
     job = workers.SampleJob.of(conditioning, sigmas.cpu(), noise.cpu(), **options)
-    pbar = comfy.utils.ProgressBar(len(sigmas) - 1)
     try:
         return pool.run(source, job, interrupted=mm.processing_interrupted, patches=patches,
-                        patches_id=str(dit.patches_uuid) if patches else None,
-                        progress=lambda done, total: pbar.update_absolute(done, total))
+                        patches_id=str(dit.patches_uuid) if patches else None, progress=progress_bar(len(sigmas) - 1))
     except workers.WorkerInterrupted:
         mm.throw_exception_if_processing_interrupted()
         raise

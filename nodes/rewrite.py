@@ -18,15 +18,15 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
+from ..hunyuan.checkpoint_io import weight_files
 from ..hunyuan.rewrite import MODES, SamplingParams, rewrite
 from ..hunyuan.rewrite.access import ENDPOINT_FILE, EndpointPolicy, load_policy
-from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm, weight_files
-from .text import LLM_FOLDER, hf_folders
+from ..hunyuan.rewrite.local import LocalBackend, LocalLM, load_local_lm
+from .common import LLM_FOLDER, dtype_input, hf_folders, loaded, plain_dtype, progress_bar
 from .types import CATEGORY, CheckedNode, RewriteModel
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SEED_MAX = 2**53 - 1  # exact in the browser's numbers and within an OpenAI int64 seed
 
 
@@ -45,8 +45,9 @@ def llm_folders() -> list[str]:
 
 
 def _pick_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if _DTYPES.get(choice) is not None:
-        return _DTYPES[choice]
+    chosen = plain_dtype(choice)
+    if chosen is not None:
+        return chosen
     if mm.is_device_cpu(device):
         return torch.float32  # portable and exact on CPUs without fast bf16
     return torch.bfloat16 if mm.should_use_bf16(device, prioritize_performance=False) else torch.float16
@@ -57,14 +58,10 @@ def _session(patcher: comfy.model_patcher.ModelPatcher):
 
     @contextlib.contextmanager
     def run(memory_required: int) -> Iterator[torch.device]:
-        # Plain HF modules have no lowvram casting, so the model must load whole.
-        mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
-        local: LocalLM = patcher.model
-        local.buffers_to(patcher.load_device)
-        try:
-            yield patcher.load_device
-        finally:
-            patcher.detach(unpatch_all=True)  # back to the offload device; stays in the manager
+        with loaded([patcher], memory_required) as device:
+            local: LocalLM = patcher.model
+            local.buffers_to(device)
+            yield device
 
     return run
 
@@ -83,8 +80,7 @@ class HunyuanVideoRewriteModelLoader(CheckedNode):
                 io.Combo.Input("model_name", options=llm_folders(),
                                tooltip="A Hugging Face model folder in models/LLM with a chat template "
                                        "(e.g. Qwen2.5-3B-Instruct)."),
-                io.Combo.Input("dtype", options=list(_DTYPES), default="auto",
-                               tooltip="Weight dtype; auto = fp32 on CPU, bf16/fp16 on GPU."),
+                dtype_input("dtype", "Weight dtype; auto = fp32 on CPU, bf16/fp16 on GPU."),
             ],
             outputs=[RewriteModel.Output(display_name="rewrite_model")],
         )
@@ -192,11 +188,11 @@ class HunyuanVideoPromptRewrite(CheckedNode):
     def execute(cls, rewrite_model, prompt: str, mode: str, temperature: float, top_p: float,
                 max_new_tokens: int, seed: int) -> io.NodeOutput:
         params = SamplingParams(temperature, top_p, max_new_tokens, seed)
-        bar = comfy.utils.ProgressBar(max_new_tokens)
+        bar = progress_bar(max_new_tokens)
 
         def progress(done: int, total: int) -> None:
             mm.throw_exception_if_processing_interrupted()
-            bar.update_absolute(done, total)
+            bar(done, total)
 
         result = rewrite(prompt, mode, rewrite_model, params, progress=progress)
         return io.NodeOutput(result.text, ui=ui.PreviewText(result.ui_text()))

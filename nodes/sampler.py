@@ -32,7 +32,9 @@ from ..hunyuan.sampling import (
     video_size,
 )
 from ..hunyuan.sampling.pipeline import sample_video
+from ..hunyuan.sampling.schedule import SIZE_MULTIPLE
 from .blockswap import active_engine, swap_for_run, weight_dtype
+from .common import size_input
 from .dit import COMPILE_KEY
 from .i2v import image_input
 from .multi import MULTI_KEY, sample_on_workers
@@ -40,7 +42,6 @@ from .types import CATEGORY, CheckedNode, Conditioning, DiT, ImageLatent, option
 
 log = logging.getLogger(__name__)
 
-MAX_SIZE = 8192
 MAX_FRAMES = 1025
 STEP_CACHE_KEY = "hyvid_step_cache"  # a with_option() key
 
@@ -189,10 +190,8 @@ class HunyuanVideoSampler(CheckedNode):
                 io.Sigmas.Input("sigmas", tooltip="The schedule; must be the one the token refiner used."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same noise as native ComfyUI samplers."),
-                io.Int.Input("width", default=848, min=16, max=MAX_SIZE, step=16, tooltip="Video width in pixels, "
-                             "a multiple of 16."),
-                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16, tooltip="Video height in pixels, "
-                             "a multiple of 16."),
+                size_input("width", 848, f"Video width in pixels, a multiple of {SIZE_MULTIPLE}."),
+                size_input("height", 480, f"Video height in pixels, a multiple of {SIZE_MULTIPLE}."),
                 io.Int.Input("frames", default=61, min=1, max=MAX_FRAMES, step=4,
                              tooltip="Number of frames, 4k+1 (e.g. 61, 129)."),
                 io.Float.Input("embedded_guidance", default=6.0, min=0.0, max=30.0, step=0.1,

@@ -36,28 +36,16 @@ from ..hunyuan.text import (
     load_vision,
     parse_dtype,
 )
-from .types import CATEGORY, CheckedNode, TextEncoder
-from .types import TextEmbeds as TextEmbedsSocket
+from .common import LLM_FOLDER, handed_on, hf_folders, loaded
+from .types import CATEGORY, CheckedNode, PromptEmbedsSocket, TextEncoder
 
 log = logging.getLogger(__name__)
 
-LLM_FOLDER, TE_FOLDER, VISION_FOLDER = "LLM", "text_encoders", "clip_vision"  # "clip" aliases text_encoders
+TE_FOLDER, VISION_FOLDER = "text_encoders", "clip_vision"  # "clip" is an alias of text_encoders in ComfyUI
 NO_VISION, VISION_FROM_LLM = "none", "from llm (full LLaVA folder)"
-folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
 COMFY_DIR = Path(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)))
 LLAMA_TOKENIZER = COMFY_DIR / "text_encoders" / "llama_tokenizer"
 CLIP_TOKENIZER = COMFY_DIR / "sd1_tokenizer"
-
-
-def hf_folders(kind: str) -> dict[str, Path]:
-    """Hugging Face model folders (with a config.json) directly inside every path of ``kind``."""
-    found = {}
-    for root in folder_paths.get_folder_paths(kind):
-        if os.path.isdir(root):
-            for entry in sorted(os.scandir(root), key=lambda e: e.name):
-                if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json")):
-                    found.setdefault(entry.name, Path(entry.path))
-    return found
 
 
 def _single_files() -> list[str]:
@@ -186,29 +174,15 @@ def run_encode(encoder: LoadedTextEncoder, prompts: list[str], options: EncodeOp
     With ``image`` the vision tower is loaded too (only then), and offloaded with the others after."""
     batch = len(prompts) * (2 if negative else 1)
     patchers = [encoder.llm, encoder.clip] + ([encoder.vision] if image is not None else [])
-    mm.load_models_gpu(patchers, memory_required=_memory_required(encoder, batch), force_full_load=True)
-    try:
+    with loaded(patchers, _memory_required(encoder, batch)) as device:
         models = TextEncoders(encoder.llm.model.inner, encoder.llm_tokenizer, encoder.clip.model.inner,
                               encoder.clip_tokenizer)
-        device = encoder.llm.load_device
         if image is None:
             embeds = encode_prompts(models, prompts, options, device, negative=negative)
         else:
             embeds = encode_prompts_image(models, encoder.vision.model.inner, prompts, image, options, interleave,
                                           device, negative=negative)
-    finally:
-        for patcher in patchers:
-            patcher.detach(unpatch_all=True)  # back to the offload device; stays in the manager
-    return _to_device(embeds, mm.intermediate_device())
-
-
-def _move(t: TextEmbeds, device) -> TextEmbeds:
-    return TextEmbeds(states=t.states.to(device), mask=t.mask.to(device), pooled=t.pooled.to(device))
-
-
-def _to_device(embeds: PromptEmbeds, device) -> PromptEmbeds:
-    negative = None if embeds.negative is None else _move(embeds.negative, device)
-    return PromptEmbeds(positive=_move(embeds.positive, device), negative=negative)
+    return handed_on(embeds)
 
 
 class HunyuanVideoTextEncode(CheckedNode):
@@ -252,7 +226,7 @@ class HunyuanVideoTextEncode(CheckedNode):
                                      "(I2V 'v2', Tencent's default), 2 for the concat DiT ('v1'). Only used with "
                                      "an image. The negative prompt always uses 2, as Tencent and diffusers do."),
             ],
-            outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
+            outputs=[PromptEmbedsSocket.Output(display_name="text_embeds")],
         )
 
     @classmethod
@@ -314,7 +288,7 @@ class HunyuanVideoConditioningBridge(CheckedNode):
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Optional negative CONDITIONING for true CFG."),
             ],
-            outputs=[TextEmbedsSocket.Output(display_name="text_embeds")],
+            outputs=[PromptEmbedsSocket.Output(display_name="text_embeds")],
         )
 
     @classmethod
@@ -323,7 +297,7 @@ class HunyuanVideoConditioningBridge(CheckedNode):
             positive=conditioning_to_embeds(positive, "positive"),
             negative=None if negative is None else conditioning_to_embeds(negative, "negative"),
         )
-        return io.NodeOutput(_to_device(embeds, mm.intermediate_device()))
+        return io.NodeOutput(handed_on(embeds))
 
 
 NODES = [HunyuanVideoTextEncoderLoader, HunyuanVideoTextEncode, HunyuanVideoConditioningBridge]

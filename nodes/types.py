@@ -9,7 +9,7 @@ CATEGORY = "HunyuanVideo"
 
 # Custom socket types. The strings are part of saved workflows: never rename them.
 TextEncoder = io.Custom("HYVID_TEXT_ENCODER")  # LLM + CLIP-L, wrapped in ModelPatchers
-TextEmbeds = io.Custom("HYVID_TEXT_EMBEDS")  # LLM states + mask + CLIP pooled (positive/negative)
+PromptEmbedsSocket = io.Custom("HYVID_TEXT_EMBEDS")  # a PromptEmbeds: LLM states + mask + CLIP pooled, +/-
 DiT = io.Custom("HYVID_DIT")  # the DiT in a ModelPatcher, plus swap/attention options
 Conditioning = io.Custom("HYVID_CONDITIONING")  # refined text tokens for every step of a schedule
 VAE = io.Custom("HYVID_VAE")  # the causal 3D VAE in a ModelPatcher
@@ -60,10 +60,13 @@ class CheckedNode(io.ComfyNode):
     ``weight_dtype='int3'`` or ``embedded_guidance=NaN``. Every dropdown (against the choices the
     schema offers now, so file lists are current), number range and finiteness is checked here,
     from the node's own schema. ``CHOICES_FROM`` names the folder a file dropdown lists, for the
-    message. A node with more to check overrides ``validate_inputs`` and calls this one first.
+    message. ``RENAMED`` maps a dropdown to the old values saved workflows may still carry, each to
+    today's choice (the node translates them too). A node with more to check overrides
+    ``validate_inputs`` and calls this one first.
     """
 
     CHOICES_FROM: dict[str, str] = {}
+    RENAMED: dict[str, dict[str, str]] = {}
 
     @classmethod
     def validate_inputs(cls, **values) -> bool | str:
@@ -75,6 +78,7 @@ class CheckedNode(io.ComfyNode):
             if value is None:
                 continue
             if isinstance(spec, io.Combo.Input):
+                value = cls.RENAMED.get(spec.id, {}).get(value, value)
                 ok = listed(spec.id, value, list(spec.options or []), cls.CHOICES_FROM.get(spec.id, ""))
                 problem = None if ok is True else ok
             elif isinstance(spec, (io.Int.Input, io.Float.Input)):

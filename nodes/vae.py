@@ -14,19 +14,20 @@ import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
+from einops import rearrange
 
 from ..hunyuan.vae import tiled
 from ..hunyuan.vae.loader import load_vae
 from ..hunyuan.vae.tiling import MEASURED_DB, TileSpec, auto_choice, estimate_peak
+from .common import LEGACY_DTYPES, dtype_input, plain_dtype, progress_bar
 from .types import CATEGORY, VAE, CheckedNode
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TILE_MODES = ("auto", "custom", "off")
 
 
-def _tiling_inputs(default_chunk: int) -> list:
+def _tiling_inputs() -> list:
     db = MEASURED_DB
     return [
         io.Combo.Input(
@@ -44,7 +45,7 @@ def _tiling_inputs(default_chunk: int) -> list:
                      "without."),
         io.Int.Input("tile_overlap", default=64, min=0, max=2048, step=8,
                      tooltip="custom: overlap between neighbouring tiles in output pixels; blended."),
-        io.Int.Input("temporal_chunk", default=default_chunk, min=0, max=256,
+        io.Int.Input("temporal_chunk", default=2, min=0, max=256,
                      tooltip="custom: latent frames per chunk (1 latent frame = 4 video frames); 0 = all. Smaller "
                      "chunks use less memory. The causal convolutions carry their state across chunks exactly; the "
                      "GroupNorm statistics do not: on one 5-frame benchmark video, whole frames in chunks of 1 measured "
@@ -63,11 +64,11 @@ def _tiling_inputs(default_chunk: int) -> list:
     ]
 
 
-def _spec(patcher, shape, tiling: str, tiles: tuple[int, int, int], shared: bool, passes: int):
+def _load_with_tiles(patcher, shape, tiling: str, tile_size: int, tile_overlap: int, chunk: int, shared: bool,
+                     passes: int):
     """Load the VAE through ComfyUI's manager (asking for the working memory) and pick the tiles."""
     model = patcher.model
     widest, size = model.config.block_channels[0], model.weight_device_dtype()[1].itemsize
-    tile_size, tile_overlap, chunk = tiles
     if tiling == "off":
         spec = None
     elif tiling == "custom":
@@ -85,17 +86,17 @@ def _spec(patcher, shape, tiling: str, tiles: tuple[int, int, int], shared: bool
     return spec
 
 
-def _callbacks():
-    pbar = comfy.utils.ProgressBar(1)
-
-    def progress(done: int, total: int) -> None:
-        pbar.update_absolute(done, total)
-
-    return progress, mm.throw_exception_if_processing_interrupted
+def _run_tiled(run, vae, x: torch.Tensor, shape, tiling: tuple, **extra) -> torch.Tensor:
+    """Load the VAE, pick the tiles for a latent of ``shape`` and run ``run`` (tiled.decode or
+    tiled.encode) on ``x`` with a progress bar and the interrupt check."""
+    spec = _load_with_tiles(vae, shape, *tiling)
+    return run(vae.model, x, spec, progress=progress_bar(1), interrupt=mm.throw_exception_if_processing_interrupted,
+               **extra)
 
 
 class HunyuanVideoVAELoader(CheckedNode):
     CHOICES_FROM = {"vae_name": "models/vae"}
+    RENAMED = {"dtype": LEGACY_DTYPES}
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -107,8 +108,7 @@ class HunyuanVideoVAELoader(CheckedNode):
             inputs=[
                 io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
                                tooltip="VAE weights in models/vae (.safetensors, or .pt read weights-only)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="default",
-                               tooltip="Compute dtype. default: ComfyUI's VAE dtype for the device (bf16 where fast)."),
+                dtype_input("dtype", "Compute dtype. auto: ComfyUI's VAE dtype for the device (bf16 where fast)."),
             ],
             outputs=[VAE.Output(display_name="vae", tooltip="The VAE in ComfyUI's model manager.")],
         )
@@ -117,7 +117,7 @@ class HunyuanVideoVAELoader(CheckedNode):
     def execute(cls, vae_name: str, dtype: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("vae", vae_name)
         load_device, offload_device = mm.vae_device(), mm.vae_offload_device()
-        chosen = DTYPES[dtype] or mm.vae_dtype(load_device, [torch.bfloat16, torch.float32])
+        chosen = plain_dtype(dtype) or mm.vae_dtype(load_device, [torch.bfloat16, torch.float32])
         model = load_vae(path, device=offload_device, dtype=chosen)
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
         log.info("HunyuanVideo VAE %s: %s, %s", vae_name, model.config.block_channels, chosen)
@@ -136,7 +136,7 @@ class HunyuanVideoVAEDecode(CheckedNode):
                 VAE.Input("vae", tooltip="From HunyuanVideo VAE Loader."),
                 io.Latent.Input("samples", tooltip="Raw VAE latents [B, 16, T, H/8, W/8] (sampler output "
                                 "or native HunyuanVideo LATENT); decodes to 4*(T-1)+1 frames."),
-                *_tiling_inputs(default_chunk=2),
+                *_tiling_inputs(),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="Frames [B*frames, H, W, 3] in 0..1.")],
         )
@@ -151,12 +151,9 @@ class HunyuanVideoVAEDecode(CheckedNode):
                 f"samples has shape {tuple(latent.shape)}; the HunyuanVideo VAE expects video latents "
                 f"[B, {channels}, T, H/8, W/8] (an image-model LATENT or another video model's cannot be decoded)"
             )
-        spec = _spec(vae, latent.shape, tiling, (tile_size, tile_overlap, temporal_chunk), shared_norm, norm_passes)
-        progress, interrupt = _callbacks()
-        video = tiled.decode(vae.model, latent, spec, progress=progress, interrupt=interrupt,
-                             out_device=mm.intermediate_device())
-        frames = video.add_(1).div_(2).clamp_(0, 1).permute(0, 2, 3, 4, 1)
-        return io.NodeOutput(frames.reshape(-1, *frames.shape[2:]))
+        tiles = (tiling, tile_size, tile_overlap, temporal_chunk, shared_norm, norm_passes)
+        video = _run_tiled(tiled.decode, vae, latent, latent.shape, tiles, out_device=mm.intermediate_device())
+        return io.NodeOutput(rearrange(video.add_(1).div_(2).clamp_(0, 1), "b c t h w -> (b t) h w c"))
 
 
 class HunyuanVideoVAEEncode(CheckedNode):
@@ -171,7 +168,7 @@ class HunyuanVideoVAEEncode(CheckedNode):
                 VAE.Input("vae", tooltip="From HunyuanVideo VAE Loader."),
                 io.Image.Input("pixels", tooltip="Frames [frames, H, W, 3] in 0..1; frames must be 4k+1 "
                                "and H, W multiples of 8."),
-                *_tiling_inputs(default_chunk=2),
+                *_tiling_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Raw latents [1, 16, k+1, H/8, W/8].")],
         )
@@ -180,16 +177,15 @@ class HunyuanVideoVAEEncode(CheckedNode):
     def execute(cls, vae, pixels, tiling, tile_size, tile_overlap, temporal_chunk, shared_norm,
                 norm_passes=1) -> io.NodeOutput:
         frames, height, width = pixels.shape[:3]
-        if (frames - 1) % 4:
-            low = (frames - 1) // 4 * 4 + 1
-            raise ValueError(f"pixels has frames={frames}, which is not 4k+1; nearest valid: {low} or {low + 4}")
-        if height % 8 or width % 8:
-            raise ValueError(f"pixels is {width}x{height}; width and height must be multiples of 8")
-        video = pixels[..., :3].permute(3, 0, 1, 2).unsqueeze(0).mul(2).sub(1)
-        shape = (1, vae.model.config.latent_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
-        spec = _spec(vae, shape, tiling, (tile_size, tile_overlap, temporal_chunk), shared_norm, norm_passes)
-        progress, interrupt = _callbacks()
-        latent = tiled.encode(vae.model, video, spec, progress=progress, interrupt=interrupt)
+        config = vae.model.config
+        config.check_frames(frames, name="pixels: frames")
+        s = config.spatial_ratio
+        if height % s or width % s:
+            raise ValueError(f"pixels is {width}x{height}; width and height must be multiples of {s}")
+        video = rearrange(pixels[..., :3], "t h w c -> 1 c t h w").mul(2).sub(1)
+        shape = (1, config.latent_channels, config.latent_frames(frames), height // s, width // s)
+        tiles = (tiling, tile_size, tile_overlap, temporal_chunk, shared_norm, norm_passes)
+        latent = _run_tiled(tiled.encode, vae, video, shape, tiles)
         return io.NodeOutput({"samples": latent.to(mm.intermediate_device(), torch.float32)})
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hunyuan.tools.make_tiny_models import write_all  # noqa: E402
-from scripts.comfy_server import ROOT, ComfyServer  # noqa: E402
+from scripts.comfy_server import ROOT, ComfyServer, default_comfyui_dir  # noqa: E402
 from scripts.smoke_size import SMOKE_INPUTS, shrink  # noqa: E402
 
 DEFAULT_WORKFLOW = ROOT / "workflows" / "t2v_basic_api.json"
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.monotonic()
-    written = write_all(args.base_dir / "models", seed=0, real_names=True)
+    written = write_all(args.base_dir / "models", seed=0, comfyui=default_comfyui_dir(), real_names=True)
     print(f"[demo] tiny weights: {len(written)} files in {args.base_dir / 'models'}")
     server = ComfyServer(args.base_dir)
     server.start()

@@ -57,8 +57,9 @@ def stage_payload(ctx: Ctx) -> dict:
     """What the device tool carries: tracked + untracked-not-ignored files, plus the CARRY paths
     (the tokenizer files the tiny text encoders need), under the 64 MiB limit."""
     from hunyuan.text.tiny import clip_tokenizer_dir, llama_tokenizer_dir
+    from scripts.comfy_server import default_comfyui_dir
 
-    tokenizers = [llama_tokenizer_dir(), clip_tokenizer_dir()]
+    tokenizers = [llama_tokenizer_dir(default_comfyui_dir()), clip_tokenizer_dir(default_comfyui_dir())]
     missing = [str(t) for t in tokenizers if not t.is_dir()]
     if missing:
         raise CheckFailed(f"tokenizer folders missing: {missing} (run scripts/bootstrap.sh, or set COMFYUI_PATH)")
@@ -75,8 +76,9 @@ def stage_payload(ctx: Ctx) -> dict:
 
 def stage_tiny_models(ctx: Ctx) -> dict:
     from hunyuan.tools.make_tiny_models import write_all
+    from scripts.comfy_server import default_comfyui_dir
 
-    written = write_all(ctx.work / "models")
+    written = write_all(ctx.work / "models", comfyui=default_comfyui_dir())
     return {"files": len(written)}
 
 

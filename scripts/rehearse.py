@@ -102,12 +102,14 @@ def write_files(args) -> dict:
 def stage_text(args, models: Path) -> dict:
     from hunyuan import text as te
     from hunyuan.text.tiny import clip_tokenizer_dir, llama_tokenizer_dir
+    from scripts.comfy_server import default_comfyui_dir
 
     llm = te.load_llm(models / FILES["llm"], te.parse_dtype("fp8_e4m3fn (bf16 compute)"))
     clip = te.load_clip(models / FILES["clip"], te.parse_dtype("bf16"))
     loaded, load_peak = time.perf_counter(), rss_peak()
-    encoders = te.TextEncoders(llm, te.load_llm_tokenizer(llama_tokenizer_dir()), clip,
-                               te.load_clip_tokenizer(clip_tokenizer_dir()))
+    comfyui = default_comfyui_dir()
+    encoders = te.TextEncoders(llm, te.load_llm_tokenizer(llama_tokenizer_dir(comfyui)), clip,
+                               te.load_clip_tokenizer(clip_tokenizer_dir(comfyui)))
     embeds = te.encode_prompts(encoders, [PROMPT], te.EncodeOptions(template=te.get_template("video")), "cpu")
     first = embeds.positive
     torch.save({"states": first.states, "mask": first.mask, "pooled": first.pooled}, args.work / "text.pt")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfyui" / "ComfyUI").resolve()
-
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from scripts.comfy_server import default_comfyui_dir  # noqa: E402
+
+COMFYUI_DIR = default_comfyui_dir()  # the ComfyUI tree tests run against and take tokenizers from
 # ComfyUI goes last so that its top-level modules (nodes, server, utils...) never shadow ours.
 if COMFYUI_DIR.is_dir() and str(COMFYUI_DIR) not in sys.path:
     sys.path.append(str(COMFYUI_DIR))
@@ -27,5 +28,5 @@ def tiny_text_models(tmp_path_factory) -> Path:
     from hunyuan.text.tiny import write_tiny
 
     root = tmp_path_factory.mktemp("tiny_text_models")
-    write_tiny(root)
+    write_tiny(root, comfyui=COMFYUI_DIR)
     return root

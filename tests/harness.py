@@ -21,7 +21,7 @@ import pytest
 
 from hunyuan.rewrite.access import ENDPOINT_FILE
 from hunyuan.tools.make_tiny_models import write_all
-from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed
+from scripts.comfy_server import PACK_NAME, ROOT, ComfyServer, JobFailed, default_comfyui_dir
 from scripts.smoke_size import I2V_INPUT, V2V_INPUT, write_smoke_input_image, write_smoke_input_video
 
 ARTIFACTS = ROOT / "artifacts"
@@ -97,7 +97,7 @@ def link_test_shims(custom_nodes: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory) -> TestServer:
     base = tmp_path_factory.mktemp("comfyui-base")
-    write_all(base / "models", seed=0, real_names=True)
+    write_all(base / "models", seed=0, comfyui=default_comfyui_dir(), real_names=True)
     (base / "input").mkdir(exist_ok=True)
     write_smoke_input_video(base / "input" / V2V_INPUT)
     write_smoke_input_image(base / "input" / I2V_INPUT)

@@ -30,6 +30,7 @@ from ..checkpoint_io import (
     load_state_dict,
     open_state_dict,
     read_stored,
+    shard_files,
     strip_prefix,
     unwrap,
 )
@@ -44,24 +45,6 @@ FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 OPS_SCALE_SUFFIX = ".scale_weight"  # ComfyUI's scaled fp8 files, and where its scaled fp8 Linear keeps it
 SCALE_SUFFIXES = (OPS_SCALE_SUFFIX, ".weight_scale")
 FP8_MAP_SUFFIX = "_map.pt"
-
-
-SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
-
-
-def shard_files(path: Path) -> list[Path]:
-    """``path`` alone, or every shard of the set it belongs to (``name-0000K-of-0000N.safetensors``,
-    as diffusers' ``save_pretrained`` writes large models): picking any one shard reads them all."""
-    match = SHARD_NAME.match(path.name)
-    if match is None:
-        return [path]
-    count = int(match["count"])
-    names = [f"{match['stem']}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
-    missing = [n for n in names if not (path.parent / n).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} is shard {int(match['index'])} of {count}, but "
-                              f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from {path.parent}")
-    return [path.parent / n for n in names]
 
 
 def _read(src, source: str) -> dict[str, torch.Tensor | StoredTensor]:

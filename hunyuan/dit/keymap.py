@@ -20,43 +20,25 @@ Rules = list[tuple[str, str]]
 
 PREFIXES = ("model.diffusion_model.", "model.model.", "diffusion_model.", "transformer.", "module.")
 
-# (tencent regex, comfy replacement); applied to whole keys, first match wins.
-_TENCENT_TO_COMFY: Rules = [
-    (r"^txt_in\.t_embedder\.mlp\.0\.", "txt_in.t_embedder.in_layer."),
-    (r"^txt_in\.t_embedder\.mlp\.2\.", "txt_in.t_embedder.out_layer."),
-    (r"^txt_in\.c_embedder\.linear_1\.", "txt_in.c_embedder.in_layer."),
-    (r"^txt_in\.c_embedder\.linear_2\.", "txt_in.c_embedder.out_layer."),
-    (r"^(time_in|guidance_in)\.mlp\.0\.", r"\1.in_layer."),
-    (r"^(time_in|guidance_in)\.mlp\.2\.", r"\1.out_layer."),
-    (r"(img|txt)_mod\.linear\.", r"\1_mod.lin."),
-    (r"\.modulation\.linear\.", ".modulation.lin."),
-    (r"(img|txt|self)_attn_qkv\.", r"\1_attn.qkv."),
-    (r"(img|txt|self)_attn_proj\.", r"\1_attn.proj."),
-    (r"(img|txt)_attn_q_norm\.weight$", r"\1_attn.norm.query_norm.scale"),
-    (r"(img|txt)_attn_k_norm\.weight$", r"\1_attn.norm.key_norm.scale"),
-    (r"^(single_blocks\.\d+)\.q_norm\.weight$", r"\1.norm.query_norm.scale"),
-    (r"^(single_blocks\.\d+)\.k_norm\.weight$", r"\1.norm.key_norm.scale"),
-    (r"mlp\.fc1\.", "mlp.0."),
-    (r"mlp\.fc2\.", "mlp.2."),
-]
-
-_COMFY_TO_TENCENT: Rules = [
-    (r"^txt_in\.t_embedder\.in_layer\.", "txt_in.t_embedder.mlp.0."),
-    (r"^txt_in\.t_embedder\.out_layer\.", "txt_in.t_embedder.mlp.2."),
-    (r"^txt_in\.c_embedder\.in_layer\.", "txt_in.c_embedder.linear_1."),
-    (r"^txt_in\.c_embedder\.out_layer\.", "txt_in.c_embedder.linear_2."),
-    (r"^(time_in|guidance_in)\.in_layer\.", r"\1.mlp.0."),
-    (r"^(time_in|guidance_in)\.out_layer\.", r"\1.mlp.2."),
-    (r"(img|txt)_mod\.lin\.", r"\1_mod.linear."),
-    (r"\.modulation\.lin\.", ".modulation.linear."),
-    (r"(img|txt|self)_attn\.qkv\.", r"\1_attn_qkv."),
-    (r"(img|txt|self)_attn\.proj\.", r"\1_attn_proj."),
-    (r"(img|txt)_attn\.norm\.query_norm\.scale$", r"\1_attn_q_norm.weight"),
-    (r"(img|txt)_attn\.norm\.key_norm\.scale$", r"\1_attn_k_norm.weight"),
-    (r"^(single_blocks\.\d+)\.norm\.query_norm\.scale$", r"\1.q_norm.weight"),
-    (r"^(single_blocks\.\d+)\.norm\.key_norm\.scale$", r"\1.k_norm.weight"),
-    (r"(img_mlp|txt_mlp|blocks\.\d+\.mlp)\.0\.", r"\1.fc1."),
-    (r"(img_mlp|txt_mlp|blocks\.\d+\.mlp)\.2\.", r"\1.fc2."),
+# Renames between Tencent and ComfyUI as (tencent, comfy) templates, applied in order, every one
+# that matches. A template is literal text with optional ``^``/``$`` anchors and ``{slot}``s: the
+# part of the key a slot matches (its pattern in _SLOTS) is kept as found. Both directions are
+# compiled from this one list.
+_COMFY_PAIRS: list[tuple[str, str]] = [
+    ("^txt_in.c_embedder.linear_1.", "^txt_in.c_embedder.in_layer."),
+    ("^txt_in.c_embedder.linear_2.", "^txt_in.c_embedder.out_layer."),
+    ("^{embedder}.mlp.0.", "^{embedder}.in_layer."),
+    ("^{embedder}.mlp.2.", "^{embedder}.out_layer."),
+    ("{stream}_mod.linear.", "{stream}_mod.lin."),
+    (".modulation.linear.", ".modulation.lin."),
+    ("{attn}_attn_qkv.", "{attn}_attn.qkv."),
+    ("{attn}_attn_proj.", "{attn}_attn.proj."),
+    ("{stream}_attn_q_norm.weight$", "{stream}_attn.norm.query_norm.scale$"),
+    ("{stream}_attn_k_norm.weight$", "{stream}_attn.norm.key_norm.scale$"),
+    ("^single_blocks.{i}.q_norm.weight$", "^single_blocks.{i}.norm.query_norm.scale$"),
+    ("^single_blocks.{i}.k_norm.weight$", "^single_blocks.{i}.norm.key_norm.scale$"),
+    ("{mlp}.fc1.", "{mlp}.0."),
+    ("{mlp}.fc2.", "{mlp}.2."),
 ]
 
 # Plain renames between Tencent and diffusers as (tencent, diffusers) prefixes; "{i}" is a block
@@ -111,11 +93,33 @@ _FUSED: list[tuple[str, list[str]]] = [
 ]
 
 
+_SLOTS = {
+    "i": r"\d+",  # a block index
+    "embedder": r"time_in|guidance_in|txt_in\.t_embedder",
+    "stream": r"img|txt",
+    "attn": r"img|txt|self",
+    "mlp": r"img_mlp|txt_mlp|blocks\.\d+\.mlp",  # the double blocks' and the refiner blocks' MLPs
+}
+
+
+def _rule(src: str, dst: str) -> tuple[str, str]:
+    """A template pair -> (regex, replacement); see _COMFY_PAIRS for the template syntax."""
+    head, tail = ("^" if src.startswith("^") else ""), ("$" if src.endswith("$") else "")
+    pattern = re.escape(src.removeprefix("^").removesuffix("$"))
+    replacement = dst.removeprefix("^").removesuffix("$").replace("\\", "\\\\")
+    for name, slot in _SLOTS.items():
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{slot})")
+        replacement = replacement.replace("{" + name + "}", f"\\g<{name}>")
+    return head + pattern + tail, replacement
+
+
 def _prefix_rule(src: str, dst: str) -> tuple[str, str]:
-    """A template pair -> (regex matching a key's prefix, replacement)."""
-    return "^" + re.escape(src).replace(r"\{i\}", r"(\d+)"), dst.replace("{i}", r"\1")
+    """A prefix template pair (the diffusers tables) -> (regex matching a key's prefix, replacement)."""
+    return _rule("^" + src, dst)
 
 
+_TENCENT_TO_COMFY: Rules = [_rule(t, c) for t, c in _COMFY_PAIRS]
+_COMFY_TO_TENCENT: Rules = [_rule(c, t) for t, c in _COMFY_PAIRS]
 _TENCENT_TO_DIFFUSERS: Rules = [_prefix_rule(t, d) for t, d in _DIFFUSERS_PAIRS]
 _DIFFUSERS_TO_TENCENT: Rules = [_prefix_rule(d, t) for t, d in _DIFFUSERS_PAIRS]
 

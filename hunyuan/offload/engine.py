@@ -95,16 +95,10 @@ def module_bytes(module: nn.Module) -> int:
 
 
 def resident_bytes(model: nn.Module, settings: SwapSettings) -> int:
-    """Device bytes the DiT's weights take with these settings: everything not swapped, plus
-    the copies in flight (the block computing and ``prefetch`` blocks ahead; an on-demand unit
-    may be live together with ``prefetch`` blocks)."""
+    """Device bytes the DiT's weights take with these settings (:meth:`SwapSettings.resident`)."""
     blocks, on_demand = swap_units(model, settings)
-    swapped = sum(module_bytes(m) for _, m in blocks + on_demand)
-    largest_block = max((module_bytes(m) for _, m in blocks), default=0)
-    largest_extra = max((module_bytes(m) for _, m in on_demand), default=0)
-    k = settings.prefetch
-    in_flight = max(min(k + 1, len(blocks)) * largest_block, min(k, len(blocks)) * largest_block + largest_extra)
-    return module_bytes(model) - swapped + in_flight
+    sizes = [module_bytes(m) for _, m in blocks], [module_bytes(m) for _, m in on_demand]
+    return settings.resident(module_bytes(model), *sizes)
 
 
 class BlockSwapEngine:

@@ -39,6 +39,15 @@ class SwapSettings:
     def swaps_anything(self) -> bool:
         return bool(self.double_blocks or self.single_blocks or self.offload_txt_in or self.offload_img_in)
 
+    def resident(self, total: int, blocks: list[int], on_demand: list[int]) -> int:
+        """Device size of a model of size ``total`` with these settings, given the sizes of the blocks
+        they swap and of the on-demand units (any unit, bytes or parameters): everything not swapped,
+        plus the copies in flight (the block computing and ``prefetch`` blocks ahead; an on-demand
+        unit may be live together with ``prefetch`` blocks)."""
+        largest_block, largest_extra, k = max(blocks, default=0), max(on_demand, default=0), self.prefetch
+        in_flight = max(min(k + 1, len(blocks)) * largest_block, min(k, len(blocks)) * largest_block + largest_extra)
+        return total - sum(blocks) - sum(on_demand) + in_flight
+
     def with_counts(self, double_blocks: int, single_blocks: int) -> SwapSettings:
         return replace(self, double_blocks=double_blocks, single_blocks=single_blocks, mode="manual")
 

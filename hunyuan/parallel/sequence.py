@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from einops import rearrange
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +88,15 @@ class UlyssesAttention:
 
     def _gather_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Video part, [B, H, n_local, D] -> [B, H/P, n_local*P, D] (my heads, every rank's tokens)."""
-        b, h, n, d = x.shape
-        p = self.groups.ulysses_degree
-        send = x.reshape(b, p, h // p, n, d).transpose(0, 1).contiguous()
-        recv = _all_to_all(send, self.groups.ulysses_group)  # [P(source rank), B, H/P, n, D]
-        return recv.permute(1, 2, 0, 3, 4).reshape(b, h // p, p * n, d)
+        send = rearrange(x, "b (p hp) n d -> p b hp n d", p=self.groups.ulysses_degree).contiguous()
+        recv = _all_to_all(send, self.groups.ulysses_group)  # p: the source rank
+        return rearrange(recv, "p b hp n d -> b hp (p n) d")
 
     def _scatter_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Video output, [B, n_local*P, H/P, D] -> [B, n_local, H*D] (my tokens, every rank's heads)."""
-        b, n, hp, d = x.shape
-        p = self.groups.ulysses_degree
-        send = x.reshape(b, p, n // p, hp, d).transpose(0, 1).contiguous()
-        recv = _all_to_all(send, self.groups.ulysses_group)  # [P(source rank), B, n_local, H/P, D]
-        return recv.permute(1, 2, 0, 3, 4).reshape(b, n // p, p * hp * d)
+        send = rearrange(x, "b (p n) hp d -> p b n hp d", p=self.groups.ulysses_degree).contiguous()
+        recv = _all_to_all(send, self.groups.ulysses_group)  # p: the source rank
+        return rearrange(recv, "p b n hp d -> b n (p hp d)")
 
     def _gather_heads(self, x: torch.Tensor) -> torch.Tensor:
         """Text output, [B, Nt, H/P, D] -> [B, Nt, H*D]: every rank's heads, in rank order."""

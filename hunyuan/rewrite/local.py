@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint_io import CheckpointError, load_state_dict
+from ..checkpoint_io import CheckpointError, load_state_dict, weight_files
 from .core import ProgressFn, SamplingParams
 from .templates import fold_system
 
@@ -28,8 +27,6 @@ log = logging.getLogger(__name__)
 # (memory_required_bytes) -> context manager yielding the device to run on. The ComfyUI adapter
 # loads the model there through its model management and offloads it on exit.
 Session = Callable[[int], AbstractContextManager[torch.device]]
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 class LocalLM(nn.Module):
@@ -51,22 +48,6 @@ class LocalLM(nn.Module):
     @property
     def weight_dtype(self) -> torch.dtype:
         return next(self.lm.parameters()).dtype
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The weight files of an HF model folder (one file or the shards of an index)."""
-    for index_name in _INDEX_FILES:
-        index = folder / index_name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [folder / shard for shard in shards]
-    for name in _WEIGHT_FILES:
-        if (folder / name).is_file():
-            return [folder / name]
-    raise CheckpointError(
-        f"model folder {str(folder)!r} has no weights; expected model.safetensors, sharded "
-        "model-*.safetensors with model.safetensors.index.json, or pytorch_model.bin"
-    )
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

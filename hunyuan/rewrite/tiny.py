@@ -12,7 +12,6 @@ with transformers' ``save_pretrained``, so they are the same whichever transform
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..text.layouts import config_json, llama_layout
+from ..text.tiny import llama_tokenizer_dir
 
 TINY_NAME = "hyvid_tiny_rewrite_lm"
 
@@ -34,18 +34,6 @@ LLAMA3_STYLE_CHAT_TEMPLATE = (
 )
 
 _BOS, _EOS, _EOT = 128000, 128001, 128009
-
-
-def llama_tokenizer_dir() -> Path:
-    """ComfyUI's copy of the Llama-3 tokenizer (from $COMFYUI_PATH or the repo's .comfyui)."""
-    root = os.environ.get("COMFYUI_PATH") or Path(__file__).resolve().parents[2] / ".comfyui" / "ComfyUI"
-    folder = Path(root) / "comfy" / "text_encoders" / "llama_tokenizer"
-    if not (folder / "tokenizer.json").is_file():
-        raise FileNotFoundError(
-            f"Llama-3 tokenizer not found at {str(folder)!r}; set COMFYUI_PATH to a ComfyUI tree "
-            "(it ships comfy/text_encoders/llama_tokenizer/)"
-        )
-    return folder
 
 
 def _write_tokenizer(source: Path, target: Path) -> None:
@@ -92,8 +80,9 @@ def tiny_weights(seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
-    """Write the tiny LM folder under ``models_dir/LLM`` and return the files written."""
+def write_tiny(models_dir: Path, seed: int = 0, *, comfyui: Path) -> list[Path]:
+    """Write the tiny LM folder under ``models_dir/LLM`` (with the Llama-3 tokenizer of the ComfyUI
+    tree at ``comfyui``) and return the files written."""
     target = Path(models_dir) / "LLM" / TINY_NAME
     target.mkdir(parents=True, exist_ok=True)
     config = config_json("llama", "LlamaForCausalLM", CONFIG, "float32")
@@ -101,5 +90,5 @@ def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
     generation = {"bos_token_id": _BOS, "eos_token_id": [_EOS, _EOT]}
     (target / "generation_config.json").write_text(json.dumps(generation, indent=2))
     save_file(tiny_weights(seed), str(target / "model.safetensors"), metadata={"format": "pt"})
-    _write_tokenizer(llama_tokenizer_dir(), target)
+    _write_tokenizer(llama_tokenizer_dir(comfyui), target)
     return sorted(p for p in target.iterdir() if p.is_file())

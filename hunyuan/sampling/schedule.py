@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from ..vae.config import HUNYUAN_VIDEO_VAE
+
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_SHIFT = 7.0
 DEFAULT_STEPS = 50
-TEMPORAL_COMPRESSION = 4
-SPATIAL_COMPRESSION = 8
-SIZE_MULTIPLE = 16
+SPATIAL_COMPRESSION = HUNYUAN_VIDEO_VAE.spatial_ratio
+SIZE_MULTIPLE = 2 * SPATIAL_COMPRESSION  # 8x VAE downsampling, then the DiT's 2x2 patches
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -97,17 +98,14 @@ def check_video_size(width: int, height: int, frames: int) -> None:
             lo = max(SIZE_MULTIPLE, (int(value) // SIZE_MULTIPLE) * SIZE_MULTIPLE)
             near = _nearest(int(value), [lo, lo + SIZE_MULTIPLE])
             raise ValueError(f"{name}={value} is not a positive multiple of {SIZE_MULTIPLE}; nearest valid: {near}")
-    if not isinstance(frames, int) or frames < 1 or (frames - 1) % TEMPORAL_COMPRESSION:
-        lo = max(1, ((int(frames) - 1) // TEMPORAL_COMPRESSION) * TEMPORAL_COMPRESSION + 1)
-        near = _nearest(int(frames), [lo, lo + TEMPORAL_COMPRESSION])
-        raise ValueError(f"frames={frames} is not 4k+1; nearest valid: {near}")
+    HUNYUAN_VIDEO_VAE.check_frames(frames)
 
 
 def video_size(latent_shape: tuple[int, ...]) -> dict[str, int]:
     """The inverse of :func:`latent_shape`: ``width``, ``height`` and ``frames`` of a [B, C, T, H, W] latent."""
     t, h, w = latent_shape[-3:]
     return {"width": w * SPATIAL_COMPRESSION, "height": h * SPATIAL_COMPRESSION,
-            "frames": (t - 1) * TEMPORAL_COMPRESSION + 1}
+            "frames": HUNYUAN_VIDEO_VAE.frames_out(t)}
 
 
 def latent_shape(batch: int, width: int, height: int, frames: int, channels: int = 16) -> tuple[int, ...]:
@@ -116,7 +114,7 @@ def latent_shape(batch: int, width: int, height: int, frames: int, channels: int
     return (
         batch,
         channels,
-        (frames - 1) // TEMPORAL_COMPRESSION + 1,
+        HUNYUAN_VIDEO_VAE.latent_frames(frames),
         height // SPATIAL_COMPRESSION,
         width // SPATIAL_COMPRESSION,
     )

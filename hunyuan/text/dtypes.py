@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..dtypes import AUTO, FP8, PLAIN_DTYPES
 from ..ops import Linear
-
-FP8 = torch.float8_e4m3fn
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,8 @@ class DtypeChoice:
 
 
 DTYPE_CHOICES = {
-    "auto": DtypeChoice(None, None),
-    "bf16": DtypeChoice(torch.bfloat16, torch.bfloat16),
-    "fp16": DtypeChoice(torch.float16, torch.float16),
-    "fp32": DtypeChoice(torch.float32, torch.float32),
+    AUTO: DtypeChoice(None, None),
+    **{name: DtypeChoice(dtype, dtype) for name, dtype in PLAIN_DTYPES.items()},
     "fp8_e4m3fn (bf16 compute)": DtypeChoice(FP8, torch.bfloat16),
     "fp8_e4m3fn (fp16 compute)": DtypeChoice(FP8, torch.float16),
 }

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, open_state_dict, read_stored
+from ..checkpoint_io import CheckpointError, open_state_dict, read_stored, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ LLM_PREFIXES = ("language_model.model.", "model.language_model.", "model.", "")
 CLIP_PREFIXES = ("", "clip_l.transformer.", "cond_stage_model.transformer.", "transformer.", "te1.")
 LLM_SKIP = ("lm_head.", "language_model.lm_head.", "vision_tower.", "model.vision_tower.",
             "multi_modal_projector.", "model.multi_modal_projector.")
-WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + (".bin", ".pt", ".pth")
 
 
 Shapes = dict[str, tuple[int, ...]]
@@ -119,36 +118,6 @@ def config_json(model_type: str, architecture: str | None, fields: dict, dtype: 
 
 def is_llava_config(config: dict | None) -> bool:
     return bool(config) and (config.get("model_type") == "llava" or "text_config" in config)
-
-
-def weight_files(folder: Path, wanted=None) -> list[Path]:
-    """The weight files of an HF folder, via its index when there is one.
-
-    ``wanted(key) -> bool`` limits the result to shards that hold at least one wanted key.
-    A shard the index names but the folder lacks is an error naming both files.
-    """
-    indexes = sorted(folder.glob("*.safetensors.index.json")) + sorted(folder.glob("*.bin.index.json"))
-    if indexes:
-        index = indexes[0]
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"index {str(index)!r} has no readable 'weight_map': {exc}") from exc
-        names = sorted({shard for key, shard in weight_map.items() if wanted is None or wanted(key)})
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise CheckpointError(
-                f"shard {str(folder / missing[0])!r} is missing: the index {str(index)!r} lists "
-                f"{len(set(weight_map.values()))} shards and expects it to hold weights; "
-                "re-download or re-copy the checkpoint folder"
-            )
-        return [folder / n for n in names]
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SAFETENSORS_SUFFIXES)
-    if not files:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
-    if not files:
-        raise CheckpointError(f"folder {str(folder)!r} holds no weight files (expected *.safetensors shards)")
-    return files
 
 
 def _llm_prefix(keys, source: Path) -> str:

@@ -20,7 +20,6 @@ fp16 on disk, so every layout holds bit-identical values.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -41,18 +40,16 @@ TINY_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, nu
                    image_size=56, patch_size=14, projection_dim=16)
 
 
-def comfy_dir() -> Path:
-    """ComfyUI tree holding the tokenizer files: $COMFYUI_PATH, else the repo's .comfyui/ComfyUI."""
-    env = os.environ.get("COMFYUI_PATH")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".comfyui" / "ComfyUI"
+# The tokenizers the tiny encoders use are the ones a ComfyUI tree ships; its root is the caller's
+# setting (scripts and tests pass theirs), never a path of this library's.
+def llama_tokenizer_dir(comfyui: Path) -> Path:
+    """The Llama-3 tokenizer folder of the ComfyUI tree at ``comfyui``."""
+    return Path(comfyui) / "comfy" / "text_encoders" / "llama_tokenizer"
 
 
-def llama_tokenizer_dir() -> Path:
-    return comfy_dir() / "comfy" / "text_encoders" / "llama_tokenizer"
-
-
-def clip_tokenizer_dir() -> Path:
-    return comfy_dir() / "comfy" / "sd1_tokenizer"
+def clip_tokenizer_dir(comfyui: Path) -> Path:
+    """The CLIP-L tokenizer folder of the ComfyUI tree at ``comfyui``."""
+    return Path(comfyui) / "comfy" / "sd1_tokenizer"
 
 
 def _randomize(shapes: Shapes, seed: int) -> dict[str, torch.Tensor]:
@@ -138,14 +135,14 @@ def _write_config(folder: Path, config: dict) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def write_tiny_llama_folder(folder: Path, config: dict, sd: dict) -> Path:
+def write_tiny_llama_folder(folder: Path, config: dict, sd: dict, comfyui: Path) -> Path:
     _write_config(folder, config_json("llama", "LlamaForCausalLM", config))
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    _copy_tokenizer(llama_tokenizer_dir(), folder)
+    _copy_tokenizer(llama_tokenizer_dir(comfyui), folder)
     return folder
 
 
-def write_tiny_llava_folder(folder: Path, config: dict, sd: dict, seed: int) -> Path:
+def write_tiny_llava_folder(folder: Path, config: dict, sd: dict, seed: int, comfyui: Path) -> Path:
     """xtuner's on-disk LLaVA layout: ``language_model.model.*`` in 2 shards, vision tower + projector in a 3rd."""
     vision = {**TINY_VISION, "hidden_act": "quick_gelu"}
     llava = config_json("llava", "LlavaForConditionalGeneration", {
@@ -170,7 +167,7 @@ def write_tiny_llava_folder(folder: Path, config: dict, sd: dict, seed: int) -> 
     index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in renamed.values())},
              "weight_map": {k: name for name, part in shards.items() for k in part}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    _copy_tokenizer(llama_tokenizer_dir(), folder)
+    _copy_tokenizer(llama_tokenizer_dir(comfyui), folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(TINY_VISION["image_size"]), indent=2))
     return folder
 
@@ -187,14 +184,15 @@ def write_tiny_vision_file(path: Path, llava_folder: Path, seed: int) -> Path:
     return path
 
 
-def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
-    """Write every tiny text-encoder layout under ``models_dir``; returns the written paths."""
+def write_tiny(models_dir: Path, seed: int = 0, *, comfyui: Path) -> list[Path]:
+    """Write every tiny text-encoder layout under ``models_dir``, with the tokenizers of the ComfyUI
+    tree at ``comfyui``; returns the written paths."""
     models_dir = Path(models_dir)
     config, llama = tiny_llama_weights(seed)
     clip_config, clip = tiny_clip_weights(seed)
     written = [
-        write_tiny_llama_folder(models_dir / "LLM" / LLAMA_DIR, config, llama),
-        write_tiny_llava_folder(models_dir / "LLM" / LLAVA_DIR, config, llama, seed),
+        write_tiny_llama_folder(models_dir / "LLM" / LLAMA_DIR, config, llama, comfyui),
+        write_tiny_llava_folder(models_dir / "LLM" / LLAVA_DIR, config, llama, seed, comfyui),
     ]
     written.append(write_tiny_vision_file(models_dir / "clip_vision" / VISION_FILE, written[-1], seed))
     te_dir = models_dir / "text_encoders"
@@ -208,6 +206,6 @@ def write_tiny(models_dir: Path, seed: int = 0) -> list[Path]:
     clip_folder = models_dir / "clip" / CLIP_DIR
     _write_config(clip_folder, config_json("clip_text_model", "CLIPTextModel", clip_config))
     save_file(clip, str(clip_folder / "model.safetensors"), metadata={"format": "pt"})
-    _copy_tokenizer(clip_tokenizer_dir(), clip_folder)
+    _copy_tokenizer(clip_tokenizer_dir(comfyui), clip_folder)
     written.append(clip_folder)
     return written

@@ -1,11 +1,12 @@
 """Write deterministic tiny random-weight models in the real on-disk layouts.
 
-    python -m hunyuan.tools.make_tiny_models --out MODELS_DIR [--seed N]
+    python -m hunyuan.tools.make_tiny_models --out MODELS_DIR --comfyui COMFYUI_DIR [--seed N]
 
 MODELS_DIR is a ComfyUI ``models/`` folder: every stage writes into the sub-folder a user would
 put the real file in (``diffusion_models/``, ``loras/``, ``vae/``, ``LLM/``, ``text_encoders/``, ``clip/``).
 The weights are random: the demo's output is noise. They exist so that the whole graph, and every
-loader's real layout, runs in seconds on a CPU.
+loader's real layout, runs in seconds on a CPU. The text encoders and the rewrite LM get the real
+tokenizers that the ComfyUI tree at COMFYUI_DIR ships (default: $COMFYUI_PATH).
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
 # Each stage package that ships tiny weights has a ``tiny`` module with
-# ``write_tiny(models_dir: Path, seed: int) -> list[Path]``.
+# ``write_tiny(models_dir: Path, seed: int) -> list[Path]``; those in TOKENIZED also take the
+# ComfyUI tree whose tokenizers they copy (``comfyui=``).
 STAGES = ("text", "dit", "vae", "rewrite")
+TOKENIZED = ("text", "rewrite")
 
 # With ``real_names``, the tiny files are also linked under the names of the real weights, so the
-# example workflows in workflows/ (which name the real files) run unchanged on tiny weights.
+# example workflows in workflows/ (which name the real files) load them. Each runs on tiny weights
+# in this pack's tests, but t2v_native_text does so only with a test-only shim the tests add: in an
+# unmodified ComfyUI the native DualCLIPLoader builds the real-size text encoders and refuses the
+# tiny ones (a size mismatch).
 REAL_NAMES = {
     "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors": "diffusion_models/hyvid_tiny_dit.safetensors",
     "diffusion_models/hunyuan_video_v2_replace_image_to_video_720p_bf16.safetensors":
@@ -52,20 +57,17 @@ def link_real_names(models_dir: Path) -> list[Path]:
     return links
 
 
-def write_all(models_dir: Path, seed: int = 0, *, real_names: bool = False) -> list[Path]:
+def write_all(models_dir: Path, seed: int = 0, *, comfyui: Path, real_names: bool = False) -> list[Path]:
+    """Every stage's tiny weights under ``models_dir``; ``comfyui``: the ComfyUI tree whose tokenizers
+    the text stages copy."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     package = __package__.rsplit(".", 1)[0]  # "hunyuan", or "<pack>.hunyuan" inside ComfyUI
     for stage in STAGES:
-        try:
-            tiny = importlib.import_module(f"{package}.{stage}.tiny")
-        except ModuleNotFoundError as exc:
-            if exc.name not in (f"{package}.{stage}", f"{package}.{stage}.tiny"):
-                raise
-            log.info("stage %s has no tiny weights yet", stage)
-            continue
-        written.extend(tiny.write_tiny(models_dir, seed))
+        tiny = importlib.import_module(f"{package}.{stage}.tiny")
+        extra = {"comfyui": Path(comfyui)} if stage in TOKENIZED else {}
+        written.extend(tiny.write_tiny(models_dir, seed, **extra))
     if real_names:
         written.extend(link_real_names(models_dir))
     return written
@@ -74,13 +76,18 @@ def write_all(models_dir: Path, seed: int = 0, *, real_names: bool = False) -> l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="a ComfyUI models/ folder")
+    parser.add_argument("--comfyui", type=Path, default=os.environ.get("COMFYUI_PATH"),
+                        help="the ComfyUI tree whose tokenizers the text encoders get (default: $COMFYUI_PATH)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--real-names", action="store_true",
-                        help="also link the tiny files under the real weights' names (for the example workflows); "
-                        "never use this in a folder that holds real weights")
+                        help="also link the tiny files under the real weights' names, so the example workflows "
+                        "find them (t2v_native_text also needs this pack's test-only shim: native DualCLIPLoader "
+                        "refuses tiny encoders); never use this in a folder that holds real weights")
     args = parser.parse_args(argv)
+    if args.comfyui is None:
+        parser.error("--comfyui is required (or set COMFYUI_PATH): the ComfyUI tree whose tokenizers to copy")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for path in write_all(args.out, args.seed, real_names=args.real_names):
+    for path in write_all(args.out, args.seed, comfyui=args.comfyui, real_names=args.real_names):
         print(path)
     return 0
 

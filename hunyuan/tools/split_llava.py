@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import CheckpointError, load_state_dict
-from ..text.layouts import FoundWeights, config_json, is_llava_config, read_config, weight_files
+from ..checkpoint_io import CheckpointError, load_state_dict, weight_files
+from ..text.layouts import FoundWeights, config_json, is_llava_config, read_config
 from ..text.loader import llama_fields
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ class VAEConfig:
     spatial_ratio: int = 8
     temporal_ratio: int = 4
     mid_attention: bool = True
-    scaling_factor: float = SCALING_FACTOR
 
     def __post_init__(self) -> None:
         levels = len(self.block_channels)
@@ -58,9 +57,24 @@ class VAEConfig:
         """Pixel frames decoded from ``latent_frames`` latent frames: 4*(T-1)+1."""
         return self.temporal_ratio * (latent_frames - 1) + 1
 
+    def first_pixel_frame(self, latent_frame: int) -> int:
+        """Index of the first pixel frame that latent frame ``latent_frame`` decodes to: as many as
+        the latent frames before it decode to (0 -> 0, t -> 4t-3)."""
+        return self.frames_out(latent_frame) if latent_frame else 0
+
     def latent_frames(self, frames: int) -> int:
         """Latent frames for ``frames`` pixel frames, which must be 4k+1."""
         return (frames - 1) // self.temporal_ratio + 1
+
+    def check_frames(self, frames: int, name: str = "frames") -> None:
+        """Raise a ValueError naming ``name``, the value and the nearest valid counts unless
+        ``frames`` is 4k+1 (the VAE compresses time by 4 after the first frame)."""
+        ratio = self.temporal_ratio
+        if isinstance(frames, int) and frames >= 1 and (frames - 1) % ratio == 0:
+            return
+        low = max(1, (int(frames) - 1) // ratio * ratio + 1)
+        near = f"{low}" if int(frames) < low else f"{low} or {low + ratio}"
+        raise ValueError(f"{name}={frames} is not {ratio}k+1; nearest valid: {near}")
 
 
 def groups_for(channels: tuple[int, ...], limit: int = 32) -> int:

@@ -20,9 +20,57 @@ import torch
 
 DIFFUSERS_MARKER = "decoder.up_blocks.0.resnets.0.norm1.weight"
 COMFY_MARKER = "decoder.mid.block_1.norm1.weight"
-_ATTN_TO_COMFY = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-_ATTN_FROM_COMFY = {v: k for k, v in _ATTN_TO_COMFY.items()}
-_LINEAR_ATTN = ("to_q", "to_k", "to_v", "to_out.0")
+
+# The renames as (comfy, diffusers) templates: literal text, an optional "^" anchor and at most one
+# "{slot}" standing for a number. Every pair that matches is applied, in this order, and both
+# directions come from this one table. A slot's number is kept, except: {up} counts the decoder's
+# up levels from the other end, {mid} counts the mid-block resnets from 1 in ComfyUI, 0 in diffusers.
+_PAIRS: list[tuple[str, str]] = [
+    (".nin_shortcut.", ".conv_shortcut."),
+    (".norm_out.", ".conv_norm_out."),
+    ("^encoder.down.{n}.block.", "^encoder.down_blocks.{n}.resnets."),
+    ("^encoder.down.{n}.downsample.", "^encoder.down_blocks.{n}.downsamplers.0."),
+    ("^decoder.up.{up}.block.", "^decoder.up_blocks.{up}.resnets."),
+    ("^decoder.up.{up}.upsample.", "^decoder.up_blocks.{up}.upsamplers.0."),
+    (".mid.block_{mid}.", ".mid_block.resnets.{mid}."),
+    (".mid.attn_1.norm.", ".mid_block.attentions.0.group_norm."),
+    (".mid.attn_1.q.", ".mid_block.attentions.0.to_q."),
+    (".mid.attn_1.k.", ".mid_block.attentions.0.to_k."),
+    (".mid.attn_1.v.", ".mid_block.attentions.0.to_v."),
+    (".mid.attn_1.proj_out.", ".mid_block.attentions.0.to_out.0."),
+]
+# slot -> (ComfyUI number -> diffusers number, the inverse), given the number of up levels
+_NUMBERS = {
+    "n": (lambda n, levels: n, lambda n, levels: n),
+    "up": (lambda n, levels: levels - 1 - n, lambda n, levels: levels - 1 - n),
+    "mid": (lambda n, levels: n - 1, lambda n, levels: n + 1),
+}
+# the mid-block attention's q/k/v/out: Linear in diffusers, 1x1x1 Conv3d in ComfyUI
+_LINEAR_ATTN = re.compile(r"\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+
+
+def _rule(src: str, dst: str, to_diffusers: bool):
+    """(regex, replacement template, slot, number conversion) for one direction of a pair."""
+    slot = re.search(r"\{(\w+)\}", src)
+    name = slot.group(1) if slot else None
+    pattern = ("^" if src.startswith("^") else "") + re.escape(src.removeprefix("^"))
+    if name:
+        pattern = pattern.replace(re.escape("{" + name + "}"), r"(\d+)")
+    convert = _NUMBERS[name][0 if to_diffusers else 1] if name else None
+    return re.compile(pattern), dst.removeprefix("^"), name, convert
+
+
+_TO_DIFFUSERS = [_rule(c, d, True) for c, d in _PAIRS]
+_TO_COMFY = [_rule(d, c, False) for c, d in _PAIRS]
+
+
+def _rename(key: str, rules, levels: int) -> str:
+    for pattern, template, name, convert in rules:
+        found = pattern.search(key)
+        if found:
+            new = template.replace("{" + name + "}", str(convert(int(found.group(1)), levels))) if name else template
+            key = key[: found.start()] + new + key[found.end():]
+    return key
 
 
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str | None:
@@ -44,22 +92,9 @@ def comfy_to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     levels = _levels(sd, r"decoder\.up\.(\d+)\.")
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        new = key.replace("nin_shortcut", "conv_shortcut").replace("norm_out", "conv_norm_out")
-        new = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets.", new)
-        new = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", new)
-        new = re.sub(
-            r"^decoder\.up\.(\d+)\.(block|upsample)\.",
-            lambda m: f"decoder.up_blocks.{levels - 1 - int(m.group(1))}."
-            + ("resnets." if m.group(2) == "block" else "upsamplers.0."),
-            new,
-        )
-        new = re.sub(r"\.mid\.block_(\d)\.", lambda m: f".mid_block.resnets.{int(m.group(1)) - 1}.", new)
-        attn = re.match(r"^(encoder|decoder)\.mid\.attn_1\.(norm|q|k|v|proj_out)\.(weight|bias)$", new)
-        if attn:
-            part = _ATTN_FROM_COMFY[attn.group(2)]
-            new = f"{attn.group(1)}.mid_block.attentions.0.{part}.{attn.group(3)}"
-            if part in _LINEAR_ATTN and value.ndim > 2:
-                value = value.reshape(value.shape[0], value.shape[1])
+        new = _rename(key, _TO_DIFFUSERS, levels)
+        if _LINEAR_ATTN.search(new) and value.ndim > 2:
+            value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out
 
@@ -69,20 +104,7 @@ def diffusers_to_comfy(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     levels = _levels(sd, r"decoder\.up_blocks\.(\d+)\.")
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        new = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
-        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
-        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
-        new = re.sub(
-            r"^decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.",
-            lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}."
-            + ("block." if m.group(2) == "resnets" else "upsample."),
-            new,
-        )
-        new = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m.group(1)) + 1}.", new)
-        attn = re.match(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$", new)
-        if attn:
-            new = f"{attn.group(1)}.mid.attn_1.{_ATTN_TO_COMFY[attn.group(2)]}.{attn.group(3)}"
-            if attn.group(2) in _LINEAR_ATTN and attn.group(3) == "weight":
-                value = value.reshape(*value.shape, 1, 1, 1)
-        out[new] = value
+        if _LINEAR_ATTN.search(key):
+            value = value.reshape(*value.shape, 1, 1, 1)
+        out[_rename(key, _TO_COMFY, levels)] = value
     return out

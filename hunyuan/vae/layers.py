@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -162,8 +163,8 @@ class CausalFrameAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        tokens = self.group_norm(x).permute(0, 2, 3, 4, 1).reshape(b, 1, t * h * w, c)
+        t, h, w = x.shape[2:]
+        tokens = rearrange(self.group_norm(x), "b c t h w -> b 1 (t h w) c")  # one head
         q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
         out = torch.empty_like(q)
         per_frame = h * w
@@ -172,7 +173,7 @@ class CausalFrameAttention(nn.Module):
             out[:, :, f * per_frame : end] = F.scaled_dot_product_attention(
                 q[:, :, f * per_frame : end], k[:, :, :end], v[:, :, :end]
             )
-        out = self.to_out[0](out).view(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        out = rearrange(self.to_out[0](out), "b 1 (t h w) c -> b c t h w", t=t, h=h, w=w)
         return x + out
 
 

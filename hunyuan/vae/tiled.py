@@ -23,11 +23,6 @@ from .tiling import (
 Span = tuple[int, int]
 
 
-def pixel_frame(latent_frame: int) -> int:
-    """Index of the first pixel frame produced by latent frame ``latent_frame`` (0 -> 0, t -> 4t-3)."""
-    return 0 if latent_frame == 0 else 4 * latent_frame - 3
-
-
 def _sweep(
     fn: Callable[[torch.Tensor], torch.Tensor],
     take: Callable[[Span, Span, Span], torch.Tensor],
@@ -127,7 +122,7 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
     def sink(i: int, j: int, t: Span, video: torch.Tensor) -> None:
         (y0, y1), (x0, x1) = grid[0][i], grid[1][j]
         w = ramps_y[i][:, None] * ramps_x[j][None, :]
-        f0 = pixel_frame(t[0])
+        f0 = vae.config.first_pixel_frame(t[0])
         region = out[:, :, f0 : f0 + video.shape[2], y0 * s : y1 * s, x0 * s : x1 * s]
         region.add_(video.to(out_device, torch.float32) * w)
         if t[0] == 0:
@@ -135,13 +130,6 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
 
     _run_passes(vae, vae.decoder.head, vae.decoder.head_norms(), take, grid, spec, ticker_args, sink, (height, width))
     return out.div_(weight)
-
-
-def check_frames(frames: int) -> None:
-    """Raise a ValueError unless ``frames`` is 4k+1."""
-    if frames < 1 or (frames - 1) % 4:
-        low = max(1, (frames - 1) // 4 * 4 + 1)
-        raise ValueError(f"frames={frames} is not 4k+1; nearest valid: {low} or {low + 4}")
 
 
 @torch.no_grad()
@@ -154,7 +142,7 @@ def encode(
     interrupt: Interrupt | None = None,
 ) -> torch.Tensor:
     """Video [B, 3, 4k+1, H, W] in -1..1 (H, W multiples of 8) -> raw latent mean [B, 16, k+1, H/8, W/8]."""
-    check_frames(video.shape[2])
+    vae.config.check_frames(video.shape[2])
     s = vae.config.spatial_ratio
     if video.shape[-1] % s or video.shape[-2] % s:
         raise ValueError(f"video size {video.shape[-2]}x{video.shape[-1]} is not a multiple of {s}")
@@ -171,16 +159,17 @@ def encode(
 def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_args) -> torch.Tensor:
     b, _, frames, height, width = video.shape
     device = vae.weight_device_dtype()[0]
-    s, cfg = vae.config.spatial_ratio, vae.config
-    lat = (cfg.latent_frames(frames), height // s, width // s)
+    config = vae.config
+    s = config.spatial_ratio
+    lat = (config.latent_frames(frames), height // s, width // s)
     grid = (tile_spans(lat[1], spec.tile, spec.overlap), tile_spans(lat[2], spec.tile, spec.overlap), tile_chunks(lat[0], spec.chunk))
-    feats = torch.zeros(b, cfg.block_channels[-1], *lat, device=device)
+    feats = torch.zeros(b, config.block_channels[-1], *lat, device=device)
     weight = torch.zeros(lat[1], lat[2], device=device)
     ramps_y = [tile_ramp(grid[0], i, 1).to(device) for i in range(len(grid[0]))]
     ramps_x = [tile_ramp(grid[1], j, 1).to(device) for j in range(len(grid[1]))]
 
     def take(t: Span, y: Span, x: Span) -> torch.Tensor:
-        clip = video[:, :, pixel_frame(t[0]) : pixel_frame(t[1])]
+        clip = video[:, :, config.first_pixel_frame(t[0]) : config.first_pixel_frame(t[1])]
         return vae.prepare(clip[..., y[0] * s : y[1] * s, x[0] * s : x[1] * s])
 
     def sink(i: int, j: int, t: Span, h: torch.Tensor) -> None:
@@ -192,4 +181,4 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
 
     _run_passes(vae, vae.encoder.body, vae.encoder.body_norms(), take, grid, spec, ticker_args, sink, lat[1:])
     moments = vae.quant_conv(vae.encoder.tail(vae.prepare(feats.div_(weight))))
-    return moments[:, : cfg.latent_channels].contiguous()
+    return moments[:, : config.latent_channels].contiguous()

@@ -30,6 +30,7 @@ from hunyuan.text import (
 )
 from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
 from tests.checks import rel_err
+from tests.conftest import COMFYUI_DIR
 from tests.peers import diffusers_dit
 
 PROMPT, NEGATIVE = "A red fox runs through snow, cinematic.", "blurry, low quality"
@@ -40,8 +41,8 @@ TOL = 1e-5  # fp32, the team default (measured: ~1e-7)
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
-    write_tiny(models)
-    llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir()), load_clip_tokenizer(clip_tokenizer_dir())
+    write_tiny(models, comfyui=COMFYUI_DIR)
+    llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR)), load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR))
     fp32 = parse_dtype("fp32")
     ours_text = TextEncoders(load_llm(models / "LLM" / LLAMA_DIR, fp32), llm_tok,
                              load_clip(models / "clip" / CLIP_DIR, fp32), clip_tok)

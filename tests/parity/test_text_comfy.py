@@ -32,6 +32,7 @@ from hunyuan.text import (
 from hunyuan.text.encode import encode_llm
 from hunyuan.text.tiny import LLAMA_FILE, TINY_LLAMA, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
 from tests.checks import rel_err
+from tests.conftest import COMFYUI_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "A panda eats bamboo in the rain, cinematic lighting."
@@ -41,7 +42,7 @@ TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 @pytest.fixture(scope="module")
 def single_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    write_tiny(root)
+    write_tiny(root, comfyui=COMFYUI_DIR)
     return root / "text_encoders" / LLAMA_FILE
 
 
@@ -83,7 +84,7 @@ def native_hidden(single_file, tokenizer, prompts: list[str]) -> list[torch.Tens
 
 
 def test_single_file_hidden_states_match_comfyui(single_file):
-    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR))
     ids = torch.tensor([tokenizer(VIDEO.apply(PROMPT))["input_ids"]])
     peer = comfy_llama(load_file(single_file))
     with torch.no_grad():
@@ -100,11 +101,11 @@ def test_single_file_hidden_states_match_comfyui(single_file):
 def reference_ids(text: str) -> list[int]:
     """tokenizer.json run by the tokenizers library alone: the pipeline the reference (Tencent's
     AutoTokenizer under transformers 4.x, diffusers) applies, with no transformers class in between."""
-    return Tokenizer.from_file(str(llama_tokenizer_dir() / "tokenizer.json")).encode(text).ids
+    return Tokenizer.from_file(str(llama_tokenizer_dir(COMFYUI_DIR) / "tokenizer.json")).encode(text).ids
 
 
 def test_our_template_ids_are_the_references():
-    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR))
     for template in (VIDEO, IMAGE):
         text = template.apply(PROMPT)
         ours = tokenizer(text)["input_ids"]
@@ -117,7 +118,7 @@ def test_our_template_ids_are_the_references():
 
 def test_clip_ids_are_the_references():
     """CLIP-L's BPE: ids as transformers 4.57's CLIPTokenizer (the reference's) gives them, under 4.x and 5.x."""
-    tokenizer = load_clip_tokenizer(clip_tokenizer_dir())
+    tokenizer = load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR))
     ids = tokenizer("A cat walks on the grass, realistic style. Two dogs!")["input_ids"]
     assert ids == [49406, 320, 2368, 8192, 525, 518, 5922, 267, 16157, 1844, 269, 1237, 3255, 256, 49407]
     padded = tokenizer("a cat", max_length=6, padding="max_length", truncation=True)["input_ids"]
@@ -142,7 +143,7 @@ def test_comfyui_template_and_crop_match_ours():
     assert native.llama_template == VIDEO.text
     pairs = native.tokenize_with_weights(PROMPT)["llama"][0]
     native_ids = [int(p[0]) for p in pairs]
-    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR))
     text = VIDEO.apply(PROMPT)
     ours = tokenizer(text)["input_ids"]
     assert ours == reference_ids(text)
@@ -154,14 +155,14 @@ def test_comfyui_template_and_crop_match_ours():
     else:
         first = next(i for i, (a, b) in enumerate(zip(native_ids, ours, strict=False)) if a != b)
         assert first == 4 and ours[4] == 271
-        decoded = Tokenizer.from_file(str(llama_tokenizer_dir() / "tokenizer.json")).decode(
+        decoded = Tokenizer.from_file(str(llama_tokenizer_dir(COMFYUI_DIR) / "tokenizer.json")).decode(
             native_ids, skip_special_tokens=False)
         assert decoded == "<|begin_of_text|>" + re.sub(r"\s", "", text)
 
 
 def test_bridge_turns_native_conditioning_into_our_embeds(single_file):
     """Native CONDITIONING (unpadded, mask dropped when full) -> our TextEmbeds == our own encoding."""
-    tokenizer = load_llm_tokenizer(llama_tokenizer_dir())
+    tokenizer = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR))
     prompts = [PROMPT, "a dog"]
     native = native_hidden(single_file, tokenizer, prompts)
     pooled = torch.randn(2, 32)

@@ -31,6 +31,7 @@ from hunyuan.text import (
 )
 from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tokenizer_dir, write_tiny
 from tests.checks import rel_err
+from tests.conftest import COMFYUI_DIR
 
 PROMPTS = ["A cat walks on the grass, realistic style.", "Two dogs play with a red ball in slow motion"]
 
@@ -38,8 +39,8 @@ PROMPTS = ["A cat walks on the grass, realistic style.", "Two dogs play with a r
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
-    write_tiny(models)
-    llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir()), load_clip_tokenizer(clip_tokenizer_dir())
+    write_tiny(models, comfyui=COMFYUI_DIR)
+    llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR)), load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR))
     fp32 = parse_dtype("fp32")
     ours = TextEncoders(load_llm(models / "LLM" / LLAMA_DIR, fp32), llm_tok,
                         load_clip(models / "clip" / CLIP_DIR, fp32), clip_tok)

@@ -130,9 +130,9 @@ def test_comfyui_i2v_text_node_keeps_the_same_tokens_but_eot_for_the_blank_line(
 
     assert comfy_constant("comfy_extras/nodes_hunyuan.py", "PROMPT_TEMPLATE_ENCODE_VIDEO_I2V") == VIDEO_I2V.text
     encoders = TextEncoders(load_llm(models / "text_encoders" / LLAMA_FILE, parse_dtype("fp32")),
-                            load_llm_tokenizer(llama_tokenizer_dir()),
+                            load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR)),
                             load_clip(models / "text_encoders" / CLIP_FILE, parse_dtype("fp32")),
-                            load_clip_tokenizer(clip_tokenizer_dir()))
+                            load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR)))
     vision = load_vision(models / "clip_vision" / VISION_FILE, parse_dtype("fp32"))
     tower, projector = comfy_tower(models / "clip_vision" / VISION_FILE)
     model = comfy_text_model(models, monkeypatch)

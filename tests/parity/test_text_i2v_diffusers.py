@@ -41,6 +41,7 @@ from hunyuan.text.tiny import (
 )
 from hunyuan.text.vision import load_vision, to_pil
 from tests.checks import FP32_RTOL, rel_err
+from tests.conftest import COMFYUI_DIR
 
 PROMPT = "A red fox turns its head and trots towards the camera through the snow."
 TINY_TOKENS = 16
@@ -55,7 +56,7 @@ def _image(seed: int, height: int, width: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def setup(tiny_text_models):
     models = tiny_text_models
-    llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir()), load_clip_tokenizer(clip_tokenizer_dir())
+    llm_tok, clip_tok = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR)), load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR))
     fp32 = parse_dtype("fp32")
     clip = load_clip(models / "clip" / CLIP_DIR, fp32)
     folder = models / "LLM" / LLAVA_DIR

@@ -23,7 +23,7 @@ def test_loader_schema(comfy):
     info = comfy.object_info()["HunyuanVideoDiTLoader"]
     inputs = _inputs(info)
     assert TINY_DIT in _options(inputs["dit_name"])
-    assert {"default", "bf16", "fp16", "fp32", "fp8_e4m3fn"} <= set(_options(inputs["weight_dtype"]))
+    assert {"auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"} <= set(_options(inputs["weight_dtype"]))
     assert {"auto", "sdpa", "sage", "flash", "comfy"} <= set(_options(inputs["attention"]))
     assert info["output"] == ["HYVID_DIT"]
 

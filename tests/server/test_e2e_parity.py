@@ -28,6 +28,7 @@ from hunyuan.text.tiny import CLIP_DIR, LLAMA_DIR, clip_tokenizer_dir, llama_tok
 from hunyuan.vae.loader import infer_config as infer_vae_config
 from scripts.comfy_server import ROOT
 from scripts.smoke_size import shrink
+from tests.conftest import COMFYUI_DIR
 from tests.peers import diffusers_dit, diffusers_vae
 
 pytestmark = pytest.mark.server
@@ -57,10 +58,10 @@ def reference_pipeline(models) -> HunyuanVideoPipeline:
     vae = diffusers_vae(infer_vae_config(vae_sd), vae_sd)
     return HunyuanVideoPipeline(
         text_encoder=LlamaModel.from_pretrained(models / "LLM" / LLAMA_DIR, torch_dtype=torch.float32).eval(),
-        tokenizer=load_llm_tokenizer(llama_tokenizer_dir()), transformer=dit.eval(), vae=vae.eval(),
+        tokenizer=load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR)), transformer=dit.eval(), vae=vae.eval(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         text_encoder_2=CLIPTextModel.from_pretrained(models / "clip" / CLIP_DIR, torch_dtype=torch.float32).eval(),
-        tokenizer_2=load_clip_tokenizer(clip_tokenizer_dir()),
+        tokenizer_2=load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR)),
     )
 
 

@@ -68,4 +68,4 @@ def test_encode_rejects_frames_that_are_not_4k_plus_1(comfy):
             "temporal_chunk": 2, "shared_norm": True}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
-    assert "frames=6, which is not 4k+1; nearest valid: 5 or 9" in comfy.run_expect_error(prompt)
+    assert "pixels: frames=6 is not 4k+1; nearest valid: 5 or 9" in comfy.run_expect_error(prompt)

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from hunyuan.tools.make_tiny_models import REAL_NAMES
 from scripts.comfy_server import ROOT
+from tests.conftest import COMFYUI_DIR
 
 
 def content_hash(path) -> str:
@@ -34,7 +35,7 @@ def digest(folder):
 
 
 def generate(out, seed, *extra):
-    proc = subprocess.run([sys.executable, "-m", "hunyuan.tools.make_tiny_models", "--out", str(out), "--seed", str(seed), *extra],
+    proc = subprocess.run([sys.executable, "-m", "hunyuan.tools.make_tiny_models", "--comfyui", str(COMFYUI_DIR), "--out", str(out), "--seed", str(seed), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc

@@ -22,6 +22,7 @@ from hunyuan.rewrite.local import (
     stop_token_ids,
 )
 from hunyuan.rewrite.tiny import TINY_NAME, write_tiny
+from tests.conftest import COMFYUI_DIR
 
 TOKENS = 8  # enough to tell seeds apart, small enough for ~1 s per rewrite on a busy CPU
 
@@ -29,7 +30,7 @@ TOKENS = 8  # enough to tell seeds apart, small enough for ~1 s per rewrite on a
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
-    write_tiny(models, seed=0)
+    write_tiny(models, seed=0, comfyui=COMFYUI_DIR)
     return models / "LLM" / TINY_NAME
 
 
@@ -59,7 +60,7 @@ def test_tiny_layout(tiny_dir):
 
 
 def test_write_tiny_is_deterministic(tmp_path, tiny_dir):
-    write_tiny(tmp_path, seed=0)
+    write_tiny(tmp_path, seed=0, comfyui=COMFYUI_DIR)
     digest = [hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
               for d in (tmp_path / "LLM" / TINY_NAME, tiny_dir)]
     assert digest[0] == digest[1]

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from hunyuan.sampling.image import FirstFrame, resolve
+from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE as SCALE
 from tests.checks import rel_err
-
-SCALE = 0.476986
 
 
 def first_frame(mode="token_replace", stability=False, seed=0):

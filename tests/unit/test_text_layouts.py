@@ -23,6 +23,7 @@ from hunyuan.text.tiny import (
     write_tiny,
 )
 from hunyuan.tools.split_llava import split_llava
+from tests.conftest import COMFYUI_DIR
 
 FP32 = parse_dtype("fp32")
 
@@ -30,7 +31,7 @@ FP32 = parse_dtype("fp32")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    write_tiny(root)
+    write_tiny(root, comfyui=COMFYUI_DIR)
     return root
 
 
@@ -168,7 +169,7 @@ def test_unknown_dtype():
 
 def test_missing_tokenizer_file_is_named(tmp_path):
     folder = tmp_path / "tok"
-    shutil.copytree(llama_tokenizer_dir(), folder)
+    shutil.copytree(llama_tokenizer_dir(COMFYUI_DIR), folder)
     (folder / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match=r"tokenizer\.json.*is missing.*must contain tokenizer\.json"):
         load_llm_tokenizer(folder)

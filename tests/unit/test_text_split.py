@@ -15,6 +15,7 @@ from transformers import LlamaForCausalLM
 from hunyuan.checkpoint_io import CheckpointError
 from hunyuan.text.tiny import LLAMA_DIR, LLAVA_DIR, write_tiny
 from hunyuan.tools.split_llava import language_model_name, main, split_llava, write_safetensors
+from tests.conftest import COMFYUI_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    write_tiny(root)
+    write_tiny(root, comfyui=COMFYUI_DIR)
     return root
 
 

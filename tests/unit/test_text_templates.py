@@ -9,11 +9,12 @@ import pytest
 from hunyuan.text import IMAGE, VIDEO, VIDEO_I2V, crop_start, get_template, image_template, load_llm_tokenizer
 from hunyuan.text.encode import EncodeOptions, tokenize_llm
 from hunyuan.text.tiny import llama_tokenizer_dir
+from tests.conftest import COMFYUI_DIR
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_llm_tokenizer(llama_tokenizer_dir())
+    return load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR))
 
 
 def test_reference_crop_offsets(tokenizer):

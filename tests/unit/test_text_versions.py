@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from hunyuan.text.layouts import clip_text_layout, llama_layout
 from hunyuan.text.tiny import tiny_clip_config, tiny_clip_weights, tiny_llama_config, tiny_llama_weights
 from scripts.comfy_server import ROOT
+from tests.conftest import COMFYUI_DIR
 from tests.unit.test_make_tiny_models import digest
 
 ENVIRONMENTS = {"current": ROOT / ".venv" / "bin" / "python", "oldest": ROOT / ".venv-oldest" / "bin" / "python"}
@@ -32,11 +33,11 @@ from safetensors.torch import save_file
 sys.path.insert(0, sys.argv[1])
 from hunyuan.text import load_clip, load_clip_tokenizer, load_llm, load_llm_tokenizer, parse_dtype
 from hunyuan.text.tiny import clip_tokenizer_dir, llama_tokenizer_dir
-clip_file, llm_file, out, prompt = sys.argv[2:6]
+clip_file, llm_file, out, prompt, COMFYUI_DIR = sys.argv[2:7]
 fp32 = parse_dtype("fp32")
 clip, llm = load_clip(clip_file, fp32), load_llm(llm_file, fp32)
-clip_ids = load_clip_tokenizer(clip_tokenizer_dir())([prompt], return_tensors="pt")["input_ids"]
-llm_ids = load_llm_tokenizer(llama_tokenizer_dir())([prompt], return_tensors="pt")["input_ids"]
+clip_ids = load_clip_tokenizer(clip_tokenizer_dir(COMFYUI_DIR))([prompt], return_tensors="pt")["input_ids"]
+llm_ids = load_llm_tokenizer(llama_tokenizer_dir(COMFYUI_DIR))([prompt], return_tensors="pt")["input_ids"]
 with torch.no_grad():
     pooled = clip(input_ids=clip_ids).pooler_output
     hidden = llm(input_ids=llm_ids, output_hidden_states=True).hidden_states[-3]
@@ -68,7 +69,7 @@ def real_files(tmp_path_factory):
 
 def run_child(python: str, files, out) -> dict:
     out.mkdir()
-    proc = subprocess.run([python, "-c", CHILD, str(ROOT), *map(str, files), str(out), PROMPT],
+    proc = subprocess.run([python, "-c", CHILD, str(ROOT), *map(str, files), str(out), PROMPT, str(COMFYUI_DIR)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "version.json").read_text())
@@ -115,7 +116,7 @@ def test_same_weights_and_outputs_under_both_majors(real_files, tmp_path):
 
 def test_tiny_generator_writes_the_same_files_under_both_majors(tmp_path):
     for name, python in environments().items():
-        proc = subprocess.run([python, "-m", "hunyuan.tools.make_tiny_models", "--out", str(tmp_path / name),
+        proc = subprocess.run([python, "-m", "hunyuan.tools.make_tiny_models", "--comfyui", str(COMFYUI_DIR), "--out", str(tmp_path / name),
                                "--seed", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     current, oldest = digest(tmp_path / "current"), digest(tmp_path / "oldest")
