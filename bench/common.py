@@ -39,9 +39,10 @@ def rss_peak(pid: int | str = "self") -> int:
 
 
 
-def reset_peak() -> None:
-    """Reset VmHWM to the current RSS, so that earlier peaks (imports, set-up) are not counted."""
-    Path("/proc/self/clear_refs").write_text("5")
+def reset_peak(pid: int | str = "self") -> None:
+    """Reset a process's VmHWM to its current RSS, so that earlier peaks (imports, set-up) are not
+    counted (another process's: same user)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def spread(values: list[float]) -> dict:

@@ -1,8 +1,10 @@
 """Reading checkpoint files safely.
 
-Every loader in the pack goes through :func:`load_state_dict`: safetensors files are opened
-memory-mapped, and pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are only read with
-``torch.load(weights_only=True)``, which refuses to run code hidden in a pickle.
+Every loader in the pack reads through :func:`load_state_dict` or :func:`open_state_dict`:
+safetensors files are opened memory-mapped (:func:`open_state_dict` reads only their header, and
+:func:`read_stored` their tensors later, a group at a time), and pickle-based files (``.pt``,
+``.pth``, ``.bin``, ``.ckpt``) are only read with ``torch.load(weights_only=True)``, which refuses
+to run code hidden in a pickle.
 """
 
 from __future__ import annotations
@@ -127,7 +129,16 @@ class StoredTensor:
     path: Path
     key: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype_name: str  # the header's (F16, BF16, F8_E4M3, ...)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype; a dtype the pack does not read is refused here, when the tensor is used
+        (a file may bundle tensors of other kinds that the loader drops by name)."""
+        if self.dtype_name not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"checkpoint {str(self.path)!r}: tensor {self.key!r} has dtype {self.dtype_name}, "
+                                  f"which the pack does not read (expected one of {', '.join(SAFETENSORS_DTYPES)})")
+        return SAFETENSORS_DTYPES[self.dtype_name]
 
     def meta(self) -> torch.Tensor:
         """A stand-in with this shape and dtype on the meta device (no memory)."""
@@ -143,11 +154,7 @@ def index_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
             index = {}
             for key in f.keys():
                 part = f.get_slice(key)
-                name = part.get_dtype()
-                if name not in SAFETENSORS_DTYPES:
-                    raise CheckpointError(f"checkpoint {str(path)!r}: tensor {key!r} has dtype {name}, which "
-                                          f"the pack does not read (expected one of {', '.join(SAFETENSORS_DTYPES)})")
-                index[key] = StoredTensor(path, key, tuple(part.get_shape()), SAFETENSORS_DTYPES[name])
+                index[key] = StoredTensor(path, key, tuple(part.get_shape()), part.get_dtype())
             return index
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
@@ -164,12 +171,12 @@ def open_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.T
 def read_stored(items: Mapping[str, StoredTensor | torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of ``items`` (a name for each), read with one opening of each file.
 
-    The file's memory map is closed again before this returns, so a loader that reads a model
-    a group of tensors at a time (and converts each group) holds one group's pages, never the
-    whole file: the map's pages count in the process's memory for as long as it is open.
-    Values that are already tensors are passed through. A tensor read from a safetensors file is
-    a view of the map while it lives, and keeps the map (with every page read through it) alive:
-    copy what is kept from a group, or read a tensor kept as it is on its own.
+    Each opening maps the whole file; a returned tensor is a view of that map, and keeps the map
+    (with every page read through it) alive as long as it lives. So a loader that converts what
+    it reads lets each group's map go once the group is converted (its memory then holds the
+    converted model plus one group, never the file as well), and keeps unconverted tensors from
+    one opening, not one each (every opening of a file counts its whole size in the address
+    space). Values that are already tensors are passed through.
     """
     out: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, StoredTensor]]] = {}

@@ -24,18 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import reset_peak, rss_peak  # noqa: E402
 from scripts.comfy_server import ComfyServer  # noqa: E402
 from scripts.rehearse import FILES  # noqa: E402
 
 WORKFLOWS = ("t2v_basic", "t2v_low_vram")
 MODEL_MANAGEMENT = re.compile(r"Requested to load|loaded (completely|partially)|[Uu]nload|block swap|Model .* prepared")
-
-
-def _status(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 class NodeMeter:
@@ -45,6 +39,7 @@ class NodeMeter:
         self.server, self.pid = server, server.proc.pid
         self.rows: list[dict] = []
         self._current: tuple[str, float] | None = None
+        self.idle = threading.Event()  # set by the "executing: None" that ends a prompt
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         threading.Thread(target=self._loop.run_until_complete, args=(self._listen(),), daemon=True).start()
@@ -67,12 +62,18 @@ class NodeMeter:
         now = time.perf_counter()
         if self._current is not None:
             name, start = self._current
-            self.rows.append({"node": name, "seconds": now - start, "peak_rss_bytes": _status(self.pid, "VmHWM")})
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # the next node's peak starts from now
+            self.rows.append({"node": name, "seconds": now - start, "peak_rss_bytes": rss_peak(self.pid)})
+        reset_peak(self.pid)  # the next node's peak starts from now
         self._current = None if node is None else (node, now)
+        if node is None:
+            self.idle.set()
 
-    def take(self) -> list[dict]:
+    def take(self, timeout: float = 30.0) -> list[dict]:
+        """The rows of the prompt that just ended (after its closing "executing: None")."""
+        if not self.idle.wait(timeout) or not self.rows:
+            raise RuntimeError("the server's websocket did not report the prompt's nodes")
         rows, self.rows = self.rows, []
+        self.idle.clear()
         return rows
 
 
@@ -109,8 +110,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"rehearse_server: {', '.join(missing)} missing under {models}; run scripts/rehearse.py first")
     base = args.work / "server"
     base.mkdir(parents=True, exist_ok=True)
-    if not (base / "models").exists():
-        (base / "models").symlink_to(models.resolve(), target_is_directory=True)
+    link = base / "models"
+    if link.is_symlink():
+        link.unlink()  # re-pointed every run: --work may have moved
+    link.symlink_to(models.resolve(), target_is_directory=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "workflows": {}}
     for name in WORKFLOWS:  # a fresh server for each: nothing cached or loaded by the other
         with ComfyServer(base) as server:
@@ -119,7 +122,6 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             entry = server.run(_graph(name, args), timeout=3600)
             seconds = time.perf_counter() - start
-            time.sleep(0.5)  # the last "executing: None" message
             graph = _graph(name, args)
             nodes = [dict(row, class_type=graph[row["node"]]["class_type"]) for row in meter.take()]
             log = server.log_text()[log_start:].splitlines()

@@ -8,7 +8,10 @@ Linear module name, e.g. ``double_blocks.0.img_attn_qkv``, to its scale); ComfyU
 files carry ``<module>.scale_weight`` tensors. fp8 weights stay fp8 in memory and are upcast to
 the compute dtype one layer at a time.
 
-The model is built on the meta device and the tensors are assigned, not copied into it.
+The model is built on the meta device from the file's header (layout, config, key check on meta
+tensors); the weights are then read one block at a time and cast, as copies (never views of the
+file's memory map), so loading holds the model plus one block. A state dict given in memory is
+assigned, not copied, where no cast is needed.
 """
 
 from __future__ import annotations
@@ -264,7 +267,7 @@ def load_dit(
             f"{source} is not a HunyuanVideo DiT: none of img_in./double_blocks./txt_in. "
             f"(Tencent), x_embedder./transformer_blocks. (diffusers) found; first keys: {sorted(sd)[:5]}"
         )
-    scales = read_stored(_split_scales(sd))
+    scales = {k: v.clone() for k, v in read_stored(_split_scales(sd)).items()}  # tiny; no view of the file
     meta = to_tencent({k: _meta(v) for k, v in sd.items()}, layout)  # names and shapes, no data
     if any(t.dtype in FP8_DTYPES for t in meta.values()):
         scales.update(_read_scale_map(path, scale_map))

@@ -36,8 +36,8 @@ I2V_RESOLUTIONS = {"720p": 960, "540p": 720, "360p": 480}
 
 
 def size_buckets(base: int, grid: int = 32, max_ratio: float = 4.0) -> list[tuple[int, int]]:
-    """HunyuanVideo-I2V's (height, width) buckets for ``base``, in Tencent's order (the order
-    decides ties): multiples of ``grid``, about ``(base / grid)**2`` cells, sides at most
+    """HunyuanVideo-I2V's (height, width) buckets for ``base``, in Tencent's order (the first of
+    equally close buckets would win; no two share an aspect at the three resolutions): multiples of ``grid``, about ``(base / grid)**2`` cells, sides at most
     ``max_ratio`` apart. Walks from the tallest: widen while the area allows, else lower."""
     cells = round((base / grid) ** 2)
     rows, cols, out = cells, 1, []

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import CheckpointError, open_state_dict, read_stored, weight_files
+from ..checkpoint_io import CheckpointError, StoredTensor, open_state_dict, read_stored, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class FoundWeights:
     and per-weight fp8 scales (``{key: scale}``) from ComfyUI's fp8_scaled files."""
 
     source: Path
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor | StoredTensor]  # safetensors: header entries, read when assigned
     config: dict | None = None
     scales: dict[str, torch.Tensor] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -168,7 +168,7 @@ def find_llm(path: str | Path) -> FoundWeights:
     for file in files:
         raw.update({k: v for k, v in open_state_dict(file).items() if _is_llm_key(k)})
     raw, scales = _split_scales(raw)
-    scales = read_stored(scales)
+    scales = {k: v.clone() for k, v in read_stored(scales).items()}  # tiny; no view of the file
     prefix = _llm_prefix(raw.keys(), path)
     tensors = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
     scales = {k[len(prefix):]: v for k, v in scales.items() if k.startswith(prefix)}

@@ -4,11 +4,11 @@ The files' key names (see :mod:`.layouts`) are mapped onto whatever the installe
 (4.5x or 5.x) names the parameters; users never re-save weights for a transformers upgrade.
 
 Streaming load: the module is created with empty (meta) parameters; :mod:`.layouts` indexes a
-safetensors file's header, and each tensor is then read through its own memory map and assigned
-in place (``load_state_dict(assign=True)``). When the requested dtype equals the file's, the
-parameters ARE the file's pages, so peak RAM is about one copy of the weights. A dtype change
-converts tensor by tensor, and each map is let go once its tensor is converted, so peak RAM is
-the converted model plus one tensor (not the file as well).
+safetensors file's header, and the tensors are then read and assigned in place
+(``load_state_dict(assign=True)``). Those kept in the file's dtype come from one memory map of the
+file: the parameters ARE the file's pages, so peak RAM is about one copy of the weights. Each
+converted tensor is read through a map of its own, let go once it is converted, so a dtype change
+peaks at the converted model plus one tensor (not the file as well).
 """
 
 from __future__ import annotations
@@ -130,6 +130,11 @@ def _cast(tensor: torch.Tensor, scale: torch.Tensor | None, dtype: DtypeChoice) 
     return tensor if tensor.dtype == dtype.compute else tensor.to(dtype.compute)
 
 
+def _kept_as_is(stored: torch.dtype, fp8_storage: bool, dtype: DtypeChoice) -> bool:
+    """Whether :func:`_to_fp8` / :func:`_cast` keep a tensor of this file dtype unchanged."""
+    return stored == FP8 if fp8_storage else stored != FP8 and stored == dtype.compute
+
+
 def _model_prefix(model: torch.nn.Module, anchor: str, what: str) -> str:
     """Where the installed transformers puts the weights the files keep under one common prefix:
     the part of ``model.state_dict()``'s name before ``anchor`` (``text_model.`` for CLIP under
@@ -159,10 +164,12 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
         return file_prefix + name[len(model_prefix):] if name.startswith(model_prefix) else name
 
     state = {}
-    for name in list(found.tensors):  # dropping our reference as we go
-        # one tensor per opening of a safetensors file: a tensor kept as it is stays a view of its
-        # own map, whose only pages read are its own; a converted one lets its map go at once
-        tensor = read_stored({name: found.tensors.pop(name)})[name]
+    # Tensors kept as they are come from one opening of their file (they stay views of it);
+    # each converted one is read on its own, so its map goes once it is converted.
+    kept = read_stored({n: found.tensors.pop(n) for n in list(found.tensors)
+                        if _kept_as_is(found.tensors[n].dtype, to_model(n) in fp8_names, dtype)})
+    for name in list(kept) + list(found.tensors):  # dropping our reference as we go
+        tensor = kept.pop(name) if name in kept else read_stored({name: found.tensors.pop(name)})[name]
         scale = found.scales.get(name)
         name = to_model(name)
         if name in fp8_names:

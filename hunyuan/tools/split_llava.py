@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import CheckpointError, load_state_dict, weight_files
+from ..checkpoint_io import SAFETENSORS_DTYPES, CheckpointError, load_state_dict, weight_files
 from ..text.layouts import FoundWeights, config_json, is_llava_config, read_config
 from ..text.loader import llama_fields
 
@@ -32,9 +32,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # source prefix -> LlamaForCausalLM name (old xtuner/transformers<4.52 names and 4.52+ names)
 RENAMES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
            ("model.language_model.", "model."), ("lm_head.", "lm_head."))
-ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
-             torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64",
-             torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+ST_DTYPES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}  # torch dtype -> header name
 
 
 def language_model_name(key: str) -> str | None:

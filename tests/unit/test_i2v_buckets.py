@@ -1,5 +1,6 @@
 """HunyuanVideo-I2V's size buckets (Tencent's predict(): generate_crop_size_list(base, 32) and
-get_closest_ratio over aspects rounded to 5 decimals, the first closest bucket winning)."""
+get_closest_ratio over aspects rounded to 5 decimals). The expected sizes follow from those
+definitions (Tencent's code itself was read, not run)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,6 @@ def test_buckets_are_grid_sized_within_the_area_and_ratio(resolution):
 ])
 def test_bucket_for_an_image(image_hw, resolution, expected):
     assert bucket_for(*image_hw, resolution) == expected
-    buckets = size_buckets(I2V_RESOLUTIONS[resolution])
-    aspect = image_hw[0] / image_hw[1]
-    best = min(abs(round(h / w, 5) - aspect) for h, w in buckets)
-    assert abs(round(expected[0] / expected[1], 5) - aspect) == best
 
 
 def test_unknown_resolution_is_named():

@@ -105,7 +105,7 @@ def test_block_swap_on_the_workers_streams_patched_blocks(source, job):
         assert rel_err(out, reference) <= FP32_RTOL
         forwards = 2 * STEPS  # true CFG in two passes
         for stats in ray.get([a.swap_stats.remote() for a in pool.actors]):
-            assert stats["fetches"] >= 2 * forwards, stats  # two swapped blocks, each fetched per forward
+            assert stats["fetches"] >= 2 * forwards, stats  # two swapped blocks, each fetched at least once a forward
     finally:
         pool.shutdown()
 

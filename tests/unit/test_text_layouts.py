@@ -92,8 +92,8 @@ def _file_mappings(path) -> list[tuple[int, int]]:
     """Address ranges where this process maps ``path`` (from /proc/self/maps)."""
     ranges = []
     for line in open("/proc/self/maps"):
-        fields = line.split()
-        if len(fields) >= 6 and fields[5] == str(path.resolve()):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].rstrip("\n") == str(path.resolve()):
             start, end = (int(x, 16) for x in fields[0].split("-"))
             ranges.append((start, end))
     return ranges
