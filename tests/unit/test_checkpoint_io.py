@@ -9,7 +9,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hunyuan.checkpoint_io import CheckpointError, load_state_dict, strip_prefix, unwrap
+from hunyuan.checkpoint_io import (
+    CheckpointError,
+    load_state_dict,
+    open_state_dict,
+    read_stored,
+    strip_prefix,
+    unwrap,
+)
 
 
 def test_safetensors_round_trip(tmp_path):
@@ -99,3 +106,17 @@ def test_truncated_pt_is_called_damaged_not_unsafe(tmp_path, keep):
     message = str(info.value)
     assert "truncated or damaged" in message and f"({cut} bytes)" in message and str(path) in message
     assert "refused" not in message
+
+
+def test_index_reads_the_header_and_refuses_an_unread_dtype_only_when_used(tmp_path):
+    """open_state_dict indexes a safetensors file (shape and dtype, no data); read_stored reads
+    the tensors asked for. A bundled tensor of a dtype the pack does not read (here uint16) does
+    not stop the others; using it is refused by name."""
+    path = tmp_path / "mixed.safetensors"
+    weight = torch.randn(3, 4)
+    save_file({"model.w": weight, "other.ids": torch.zeros(5, dtype=torch.uint16)}, str(path))
+    index = open_state_dict(path)
+    assert index["model.w"].shape == (3, 4) and index["model.w"].dtype == torch.float32
+    assert torch.equal(read_stored({"w": index["model.w"]})["w"], weight)
+    with pytest.raises(CheckpointError, match=r"tensor 'other.ids' has dtype U16, which the pack does not read"):
+        index["other.ids"].meta()
