@@ -54,6 +54,8 @@ VARIANTS = {
     "ours_tiled_64_32": Variant("ours", 64, 32, refs=("ours_untiled",)),
     "ours_tiled_64_16": Variant("ours", 64, 16, refs=("ours_untiled",)),
     "ours_tiled_per_tile_norm": Variant("ours", TILE_PX, OVERLAP_PX, shared_norm=False, refs=("ours_untiled",)),
+    # ComfyUI's tiles exactly: spatial tiles over the whole video, each normalised on its own
+    "ours_tiled_whole_time": Variant("ours", TILE_PX, OVERLAP_PX, chunk=0, shared_norm=False, refs=("ours_untiled",)),
     "ours_tiled_chunk2": Variant("ours", TILE_PX, OVERLAP_PX, chunk=2, refs=("ours_untiled",)),
     "ours_tiled_passes4": Variant("ours", TILE_PX, OVERLAP_PX, norm_passes=4, refs=("ours_untiled",)),
     # whole frames, temporal chunks only: per-chunk statistics, one statistics pass, and exact (25 passes)
