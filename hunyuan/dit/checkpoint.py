@@ -80,14 +80,19 @@ def _meta(value: torch.Tensor | StoredTensor) -> torch.Tensor:
     return value.meta() if isinstance(value, StoredTensor) else torch.empty_like(value, device="meta")
 
 
-def _stream(model, sd: dict, layout: str, *, from_file: bool, **cast) -> dict[str, torch.Tensor]:
+def _stream(model, sd: dict, layout: str, **cast) -> dict[str, torch.Tensor]:
     """Read, rename and cast ``sd`` one block at a time (each tensor dropped from ``sd`` once
-    cast), so loading holds the finished model plus one block, not the file as well. Tensors
-    given in memory are assigned as they are where no cast is needed."""
+    cast), so loading holds the finished model plus one block, not the file as well.
+
+    A safetensors block is read through a map of its own, so what it keeps is copied and the map
+    goes with the block. Tensors already in memory, and a ``.pt`` file's tensors (views of the one
+    map ``torch.load(mmap=True)`` made of the whole file), are assigned as they are where no cast
+    is needed: Tencent's fp8 ``.pt`` loaded as fp8 stays in the page cache, not copied."""
     out = {}
     for keys in _by_block(list(sd)):
+        own_map = any(isinstance(sd[k], StoredTensor) for k in keys)
         part = to_tencent(read_stored({k: sd.pop(k) for k in keys}), layout)
-        out.update(_place(model, part, copy=from_file, **cast))
+        out.update(_place(model, part, copy=own_map, **cast))
     return out
 
 
@@ -279,8 +284,7 @@ def load_dit(
     scale_params: dict[str, torch.Tensor] = {}  # scales the chosen operations keep as parameters
     _scales_as_parameters(model, scale_params, scales, source)
     _check_keys(model, {**meta, **scale_params}, source, layout)
-    placed = _stream(model, sd, layout, from_file=path is not None, device=device, dtype=dtype,
-                     weight_dtype=weight_dtype)
+    placed = _stream(model, sd, layout, device=device, dtype=dtype, weight_dtype=weight_dtype)
     placed.update(_place(model, scale_params, device=device, dtype=dtype, weight_dtype=weight_dtype, copy=False))
     model.load_state_dict(placed, assign=True)
     _attach_scales(model, scales, device=device, source=source)

@@ -115,3 +115,47 @@ def test_llm_conversion_holds_the_model_plus_one_tensor(tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     # the model, one tensor read plus its cast copy, and 64 MiB for the interpreter's own growth
     assert got["peak"] <= got["model"] + 2 * largest + 64 * 2**20, (got, largest, path.stat().st_size)
+
+
+PT_CHILD = r"""
+import json, sys, torch
+from bench.common import _status
+from hunyuan.dit.checkpoint import load_dit
+torch.cat([torch.empty(2, device="meta")] * 2)
+anon = _status("RssAnon")
+model = load_dit(sys.argv[1], dtype=torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
+grown = _status("RssAnon") - anon
+fp8 = [t for t in model.state_dict().values() if t.dtype == torch.float8_e4m3fn]
+maps = [line.split() for line in open("/proc/self/maps") if line.rstrip().endswith(sys.argv[1])]
+spans = [tuple(int(x, 16) for x in m[0].split("-")) for m in maps]
+in_file = sum(any(lo <= t.data_ptr() < hi for lo, hi in spans) for t in fp8)
+print("PT", json.dumps({"anon": grown, "fp8_bytes": sum(t.numel() for t in fp8), "fp8": len(fp8), "in_file": in_file}))
+"""
+
+
+def test_tencent_fp8_pt_loaded_as_fp8_stays_in_the_file_map(tmp_path):
+    """Tencent's fp8 ``.pt`` (13 GB at the real size) loaded as fp8: ``torch.load(mmap=True)`` maps
+    the file once, and its fp8 weights are kept as views of that map (page cache, reclaimable),
+    not copied into the process's own memory next to it (which held the file's 13 GB twice:
+    the copies plus the mapped pages read)."""
+    sd = random_state_dict(CONFIG, seed=5)
+    q, scales = {}, {}
+    for k, v in sd.items():
+        if k.startswith(("double_blocks.", "single_blocks.")) and k.endswith(".weight") and v.ndim == 2:
+            scales[k[: -len(".weight")]] = v.abs().max().reshape(1) / 448.0
+            q[k] = (v / scales[k[: -len(".weight")]]).to(torch.float8_e4m3fn)
+        else:
+            q[k] = v.to(torch.bfloat16)
+    path = tmp_path / "mp_rank_00_model_states_fp8.pt"
+    torch.save({"module": q}, str(path))
+    torch.save(scales, str(tmp_path / "mp_rank_00_model_states_fp8_map.pt"))
+    del sd, q
+    proc = subprocess.run([sys.executable, "-c", PT_CHILD, str(path)], capture_output=True, text=True, timeout=600,
+                          cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1][3:])
+    assert got["fp8"] > 0, got
+    assert got["in_file"] == got["fp8"], got  # every fp8 weight is a view of the file's map
+    # the process's own memory grew by the non-fp8 rest (bf16 norms, biases, embedders), far
+    # less than the fp8 weights it would hold as copies (72 MB here)
+    assert got["anon"] < got["fp8_bytes"] / 4, got
