@@ -38,6 +38,11 @@ def rss_peak(pid: int | str = "self") -> int:
     return _status("VmHWM", pid)
 
 
+def rss_anon() -> int:
+    """This process's own (anonymous) resident bytes now (RssAnon): what the kernel cannot drop,
+    unlike the pages of a memory-mapped file, which VmRSS and VmHWM also count."""
+    return _status("RssAnon")
+
 
 def reset_peak(pid: int | str = "self") -> None:
     """Reset a process's VmHWM to its current RSS, so that earlier peaks (imports, set-up) are not

@@ -36,6 +36,7 @@ from bench.common import reset_peak, rss_now, rss_peak  # noqa: E402
 FILES = {"dit": "diffusion_models/hunyuan_video_t2v_720p_bf16.safetensors",
          "llm": "text_encoders/llava_llama3_fp8_scaled.safetensors",
          "clip": "text_encoders/clip_l.safetensors", "vae": "vae/hunyuan_video_vae_bf16.safetensors"}
+TENCENT_PT = "diffusion_models/mp_rank_00_model_states_fp8.pt"  # with --tencent-pt; its scales in ..._fp8_map.pt
 FP8 = torch.float8_e4m3fn
 PROMPT = "A cat walks on the grass, realistic style."
 
@@ -99,6 +100,55 @@ def write_files(args) -> dict:
     return out
 
 
+def write_tencent_pt(args) -> dict:
+    """Tencent's fp8 DiT as shipped: ``torch.save({"module": ...})`` with the block Linear weights in
+    e4m3fn, the rest bf16, and the per-layer scales in ``<name>_map.pt``. The tensors are written
+    to a scratch safetensors file first (streamed) and saved from views of its map, so neither step
+    holds the 13 GB in the process's own memory; the scratch file is deleted after."""
+    from safetensors import safe_open
+
+    from hunyuan.dit import HunyuanVideoDiT
+    from hunyuan.dit.checkpoint import fp8_map_path
+
+    path = args.work / "models" / TENCENT_PT
+    if path.is_file() and args.reuse:
+        return {"file": TENCENT_PT, "gb": path.stat().st_size / 1e9, "write_s": None}
+    with torch.device("meta"):
+        dit = HunyuanVideoDiT(_dit_config(args), dtype=torch.bfloat16)
+    fp8 = {k for k, v in dit.state_dict().items() if k.startswith(("double_blocks.", "single_blocks."))
+           and k.endswith(".weight") and v.ndim == 2}
+    shapes = {k: v.to(FP8) if k in fp8 else v for k, v in dit.state_dict().items()}
+    scratch = path.with_suffix(".scratch.safetensors")
+    seconds = _write(scratch, shapes)
+    start = time.perf_counter()
+    with safe_open(str(scratch), framework="pt") as f:
+        torch.save({"module": {k: f.get_tensor(k) for k in shapes}}, str(path))
+    torch.save({k[: -len(".weight")]: torch.tensor([1 / 8]) for k in fp8}, str(fp8_map_path(path)))
+    scratch.unlink()
+    row = {"file": TENCENT_PT, "gb": path.stat().st_size / 1e9, "write_s": seconds + time.perf_counter() - start}
+    print(f"rehearse: {TENCENT_PT} ({row['gb']:.2f} GB) written in {row['write_s']:.0f} s", flush=True)
+    return row
+
+
+def stage_dit_pt(args, models: Path) -> dict:
+    """Load only: Tencent's fp8 .pt as fp8 storage. Its fp8 weights stay views of the file's map
+    (page cache), so the process's own (anonymous) memory holds only the bf16 rest."""
+    from bench.common import rss_anon
+    from hunyuan.dit.checkpoint import load_dit
+
+    anon = rss_anon()
+    dit = load_dit(models / TENCENT_PT, dtype=torch.bfloat16, weight_dtype=FP8)
+    loaded, load_peak = time.perf_counter(), rss_peak()
+    weights = dit.state_dict().values()
+    # read every weight once (a step would): the file's pages come in, the process's own memory stays
+    checksum = sum(float(t.float().abs().sum()) for t in weights)
+    size = sum(t.numel() * t.element_size() for t in weights)
+    return {"loaded_at": loaded, "load_peak": load_peak, "predicted_bytes": size, "anon_grown_bytes": rss_anon() - anon,
+            "fp8_weight_bytes": sum(t.numel() for t in weights if t.dtype == FP8), "checksum": checksum,
+            "predicted": "the loaded model's tensors (fp8 weights as views of the file; VmHWM counts their pages)",
+            "files": ["dit_pt"]}
+
+
 def stage_text(args, models: Path) -> dict:
     from hunyuan import text as te
     from hunyuan.text.tiny import clip_tokenizer_dir, llama_tokenizer_dir
@@ -160,7 +210,7 @@ def stage_vae(args, models: Path) -> dict:
             "files": ["vae"]}
 
 
-STAGES = {"text": stage_text, "dit": stage_dit, "vae": stage_vae}
+STAGES = {"text": stage_text, "dit": stage_dit, "vae": stage_vae, "dit_pt": stage_dit_pt}
 
 
 def run_child(args) -> None:
@@ -178,7 +228,8 @@ def run_child(args) -> None:
     # a loader that reads a whole safetensors file through its memory map has the mapped pages
     # resident next to the converted weights (reclaimable, but counted in VmHWM); the DiT loader
     # reads one block at a time, so for it the file term is an upper bound
-    row["file_bytes"] = sum((args.work / "models" / FILES[k]).stat().st_size for k in row["files"])
+    row["file_bytes"] = sum((args.work / "models" / {**FILES, "dit_pt": TENCENT_PT}[k]).stat().st_size
+                            for k in row["files"])
     row["predicted_with_file_bytes"] = row["predicted_bytes"] + row["file_bytes"]
     row["measured_over_predicted_with_file"] = row["peak_rss_bytes"] / row["predicted_with_file_bytes"]
     print("REHEARSE " + json.dumps(row))
@@ -201,14 +252,22 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--reuse", action="store_true", help="keep weight files already in --work (same sizes!)")
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--tencent-pt", action="store_true",
+                        help="also write Tencent's fp8 .pt + _map.pt (13 GB at full depth) and load it as fp8")
+    parser.add_argument("--only-tencent-pt", action="store_true", help="just that (the other files may be gone)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rehearse.json")
     args = parser.parse_args(argv)
     if args.stage:
         run_child(args)
         return 0
     start = time.perf_counter()
-    report = {"args": {k: str(v) for k, v in vars(args).items()}, "files": write_files(args), "stages": {}}
-    for stage in ("text", "dit", "vae"):
+    only_pt = args.only_tencent_pt
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "files": {} if only_pt else write_files(args),
+              "stages": {}}
+    if args.tencent_pt or only_pt:
+        report["files"]["dit_pt"] = write_tencent_pt(args)
+    stages = [] if only_pt else ["text", "dit", "vae"]
+    for stage in stages + (["dit_pt"] if args.tencent_pt or only_pt else []):
         run = subprocess.run([sys.executable, __file__, "--stage", stage, *_argv(args)], capture_output=True, text=True)
         lines = [x for x in run.stdout.splitlines() if x.startswith("REHEARSE ")]
         if run.returncode or not lines:
@@ -224,6 +283,10 @@ def main(argv=None) -> int:
     report["wall_s"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    if "dit_pt" in report["stages"]:
+        row = report["stages"]["dit_pt"]
+        print(f"rehearse: dit_pt: the process's own memory grew {row['anon_grown_bytes'] / 2**30:.2f} GiB for "
+              f"{row['fp8_weight_bytes'] / 2**30:.2f} GiB of fp8 weights kept in the file's map", flush=True)
     print(f"rehearse: {report['wall_s']:.0f} s in all; wrote {args.out}")
     return 0
 

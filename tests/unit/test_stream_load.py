@@ -119,12 +119,12 @@ def test_llm_conversion_holds_the_model_plus_one_tensor(tmp_path):
 
 PT_CHILD = r"""
 import json, sys, torch
-from bench.common import _status
+from bench.common import rss_anon
 from hunyuan.dit.checkpoint import load_dit
 torch.cat([torch.empty(2, device="meta")] * 2)
-anon = _status("RssAnon")
+anon = rss_anon()
 model = load_dit(sys.argv[1], dtype=torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
-grown = _status("RssAnon") - anon
+grown = rss_anon() - anon
 fp8 = [t for t in model.state_dict().values() if t.dtype == torch.float8_e4m3fn]
 maps = [line.split() for line in open("/proc/self/maps") if line.rstrip().endswith(sys.argv[1])]
 spans = [tuple(int(x, 16) for x in m[0].split("-")) for m in maps]
