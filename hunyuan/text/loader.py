@@ -14,6 +14,7 @@ peaks at the converted model plus one tensor (not the file as well).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +131,22 @@ def _cast(tensor: torch.Tensor, scale: torch.Tensor | None, dtype: DtypeChoice) 
     return tensor if tensor.dtype == dtype.compute else tensor.to(dtype.compute)
 
 
-def _kept_as_is(stored: torch.dtype, fp8_storage: bool, dtype: DtypeChoice) -> bool:
-    """Whether :func:`_to_fp8` / :func:`_cast` keep a tensor of this file dtype unchanged."""
-    return stored == FP8 if fp8_storage else stored != FP8 and stored == dtype.compute
+def _storage_dtype(fp8_storage: bool, dtype: DtypeChoice) -> torch.dtype:
+    """What a tensor is stored as in the model: :func:`_to_fp8` and :func:`_cast` return a file's
+    tensor unchanged exactly when it already is this."""
+    return FP8 if fp8_storage else dtype.compute
+
+
+LAYER = re.compile(r"^(?:.*\.)?layers\.\d+\.")
+
+
+def _by_layer(names) -> list[list[str]]:
+    """``names`` grouped by transformer layer (``...layers.N.``), every other tensor on its own."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        match = LAYER.match(name)
+        groups.setdefault(match.group(0) if match else name, []).append(name)
+    return list(groups.values())
 
 
 def _model_prefix(model: torch.nn.Module, anchor: str, what: str) -> str:
@@ -164,18 +178,25 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
         return file_prefix + name[len(model_prefix):] if name.startswith(model_prefix) else name
 
     state = {}
-    # Tensors kept as they are come from one opening of their file (they stay views of it);
-    # each converted one is read on its own, so its map goes once it is converted.
-    kept = read_stored({n: found.tensors.pop(n) for n in list(found.tensors)
-                        if _kept_as_is(found.tensors[n].dtype, to_model(n) in fp8_names, dtype)})
-    for name in list(kept) + list(found.tensors):  # dropping our reference as we go
-        tensor = kept.pop(name) if name in kept else read_stored({name: found.tensors.pop(name)})[name]
+
+    def put(name: str, tensor: torch.Tensor) -> None:
         scale = found.scales.get(name)
         name = to_model(name)
         if name in fp8_names:
             state[name], state[name[: -len("weight")] + "weight_scale"] = _to_fp8(tensor, scale)
         else:
             state[name] = _cast(tensor, scale, dtype)
+
+    # Tensors kept as they are come from one opening of their file (they stay views of it); the
+    # converted ones are read a layer at a time, so each layer's map goes once it is converted.
+    kept = read_stored({n: found.tensors.pop(n) for n in list(found.tensors)
+                        if found.tensors[n].dtype == _storage_dtype(to_model(n) in fp8_names, dtype)})
+    for name in list(kept):  # dropping our reference as we go
+        put(name, kept.pop(name))
+    for names in _by_layer(list(found.tensors)):
+        layer = read_stored({n: found.tensors.pop(n) for n in names})
+        for name in names:
+            put(name, layer.pop(name))
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
