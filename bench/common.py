@@ -38,10 +38,10 @@ def rss_peak(pid: int | str = "self") -> int:
     return _status("VmHWM", pid)
 
 
-def rss_anon() -> int:
-    """This process's own (anonymous) resident bytes now (RssAnon): what the kernel cannot drop,
+def rss_anon(pid: int | str = "self") -> int:
+    """A process's own (anonymous) resident bytes now (RssAnon): what the kernel cannot drop,
     unlike the pages of a memory-mapped file, which VmRSS and VmHWM also count."""
-    return _status("RssAnon")
+    return _status("RssAnon", pid)
 
 
 def reset_peak(pid: int | str = "self") -> None:

@@ -6,7 +6,8 @@ the rehearsal, the LLM file ``llava_llama3_fp8_scaled.safetensors`` (the rehears
 of ComfyUI's two), and the bf16 DiT loaded as fp8 storage in both. For every node it records the
 time and the server process's peak RSS while the node ran (``VmHWM``, reset through
 ``/proc/PID/clear_refs`` as each node starts, nodes told apart by ComfyUI's websocket ``executing``
-messages), and for each graph the log lines in which ComfyUI's model management loads and unloads
+messages) and its peak anonymous memory (``RssAnon`` sampled every 0.1 s: VmHWM also counts the
+pages of memory-mapped weight files, which the kernel can drop under pressure), and for each graph the log lines in which ComfyUI's model management loads and unloads
 models. Results: ``bench/results/rehearse_server.json``.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import reset_peak, rss_peak  # noqa: E402
+from bench.common import reset_peak, rss_anon, rss_peak  # noqa: E402
 from scripts.comfy_server import ComfyServer  # noqa: E402
 from scripts.rehearse import FILES  # noqa: E402
 
@@ -33,11 +34,15 @@ MODEL_MANAGEMENT = re.compile(r"Requested to load|loaded (completely|partially)|
 
 
 class NodeMeter:
-    """Per node of the running prompt: seconds and the server's peak RSS (from its websocket)."""
+    """Per node of the running prompt: seconds, the server's peak RSS and its peak anonymous memory
+    (nodes from its websocket)."""
 
     def __init__(self, server: ComfyServer):
         self.server, self.pid = server, server.proc.pid
         self.rows: list[dict] = []
+        self._anon = rss_anon(self.pid)  # the largest RssAnon seen since the current node started
+        self._lock = threading.Lock()
+        threading.Thread(target=self._sample_anon, daemon=True).start()
         self._current: tuple[str, float] | None = None
         self.idle = threading.Event()  # set by the "executing: None" that ends a prompt
         self._loop = asyncio.new_event_loop()
@@ -58,11 +63,20 @@ class NodeMeter:
                     if event.get("type") == "executing":
                         self._switch(event["data"].get("node"))
 
+    def _sample_anon(self) -> None:
+        while self.server.proc.poll() is None:
+            with self._lock:
+                self._anon = max(self._anon, rss_anon(self.pid))
+            time.sleep(0.1)
+
     def _switch(self, node: str | None) -> None:
         now = time.perf_counter()
+        with self._lock:
+            anon, self._anon = max(self._anon, rss_anon(self.pid)), rss_anon(self.pid)
         if self._current is not None:
             name, start = self._current
-            self.rows.append({"node": name, "seconds": now - start, "peak_rss_bytes": rss_peak(self.pid)})
+            self.rows.append({"node": name, "seconds": now - start, "peak_rss_bytes": rss_peak(self.pid),
+                              "peak_anon_bytes": anon})
         reset_peak(self.pid)  # the next node's peak starts from now
         self._current = None if node is None else (node, now)
         if node is None:
@@ -129,10 +143,12 @@ def main(argv=None) -> int:
                 "seconds": seconds, "nodes": nodes, "outputs": [str(p) for p in server.output_files(entry)],
                 "model_management": [line for line in log if MODEL_MANAGEMENT.search(line)],
                 "server_peak_rss_bytes": max(row["peak_rss_bytes"] for row in nodes),
+                "server_peak_anon_bytes": max(row["peak_anon_bytes"] for row in nodes),
             }
             for row in nodes:
                 print(f"rehearse_server: {name}: node {row['node']} {row['class_type']}: {row['seconds']:.1f} s, "
-                      f"peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+                      f"peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB, anonymous "
+                      f"{row['peak_anon_bytes'] / 2**30:.2f} GiB", flush=True)
             print(f"rehearse_server: {name}: {seconds:.0f} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
