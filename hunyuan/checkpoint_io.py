@@ -1,10 +1,10 @@
 """Reading checkpoint files safely.
 
 Every loader in the pack reads through :func:`load_state_dict` or :func:`open_state_dict`:
-safetensors files are opened memory-mapped (:func:`open_state_dict` reads only their header, and
-:func:`read_stored` their tensors later, a group at a time), and pickle-based files (``.pt``,
-``.pth``, ``.bin``, ``.ckpt``) are only read with ``torch.load(weights_only=True)``, which refuses
-to run code hidden in a pickle.
+:func:`open_state_dict` reads only a safetensors file's header, and :func:`read_stored` its
+tensors later, a group at a time (as views of the file's memory map, or as copies read with plain
+reads, which map nothing); pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are only
+read with ``torch.load(weights_only=True)``, which refuses to run code hidden in a pickle.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,8 @@ class StoredTensor:
     key: str
     shape: tuple[int, ...]
     dtype_name: str  # the header's (F16, BF16, F8_E4M3, ...)
+    start: int = 0  # where its bytes begin in the file
+    nbytes: int = 0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -145,19 +148,48 @@ class StoredTensor:
         return torch.empty(self.shape, dtype=self.dtype, device="meta")
 
 
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
+
+
 def index_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
-    """Every tensor of a safetensors file as a :class:`StoredTensor`, from its header alone."""
+    """Every tensor of a safetensors file as a :class:`StoredTensor`, from its header alone (read
+    with plain reads: mapping a file larger than the machine's memory can be refused)."""
     path = Path(path)
     _check_file(path)
+    size = path.stat().st_size
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {why}")
+
     try:
-        with safe_open(str(path), framework="pt") as f:
-            index = {}
-            for key in f.keys():
-                part = f.get_slice(key)
-                index[key] = StoredTensor(path, key, tuple(part.get_shape()), part.get_dtype())
-            return index
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
+            if not 2 <= length <= min(MAX_HEADER, size - 8):
+                raise bad(f"its header length {length} does not fit the file ({size} bytes)")
+            header = json.loads(f.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad(f"{exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    index = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype_name, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            ok = all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)) and begin <= end
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise bad(f"tensor {key!r} has a malformed header entry {str(entry)[:200]}")
+        if 8 + length + end > size:
+            raise bad(f"tensor {key!r} ends at byte {8 + length + end}, past the file's end ({size} bytes); "
+                      "the file looks truncated (a partial download?)")
+        item = StoredTensor(path, key, shape, dtype_name, 8 + length + begin, end - begin)
+        if dtype_name in SAFETENSORS_DTYPES and item.nbytes != item.meta().numel() * item.meta().element_size():
+            raise bad(f"tensor {key!r} has {item.nbytes} bytes for shape {list(shape)} of {dtype_name}")
+        index[key] = item
+    return index
 
 
 def open_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.Tensor]:
@@ -168,15 +200,16 @@ def open_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.T
     return index_safetensors(path) if path.suffix.lower() in SAFETENSORS_SUFFIXES else load_state_dict(path)
 
 
-def read_stored(items: Mapping[str, StoredTensor | torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of ``items`` (a name for each), read with one opening of each file.
+def read_stored(items: Mapping[str, StoredTensor | torch.Tensor], *, copy: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of ``items`` (a name for each); values that are already tensors pass through.
 
-    Each opening maps the whole file; a returned tensor is a view of that map, and keeps the map
-    (with every page read through it) alive as long as it lives. So a loader that converts what
-    it reads lets each group's map go once the group is converted (its memory then holds the
-    converted model plus one group, never the file as well), and keeps unconverted tensors from
-    one opening, not one each (every opening of a file counts its whole size in the address
-    space). Values that are already tensors are passed through.
+    ``copy=False``: views of one memory map of each file (no copy). A view keeps its map, with
+    every page read through it, alive as long as it lives, and each opening counts the whole file
+    in the address space: for tensors kept as they are, read together.
+
+    ``copy=True``: tensors of their own, read with plain reads, no map at all: for a loader that
+    converts what it reads (its memory then holds the converted model plus one group, never the
+    file as well), and for files larger than the machine's memory, whose mapping can be refused.
     """
     out: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, StoredTensor]]] = {}
@@ -187,12 +220,26 @@ def read_stored(items: Mapping[str, StoredTensor | torch.Tensor]) -> dict[str, t
             out[name] = item
     for path, group in by_file.items():
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for name, item in group:
-                    out[name] = f.get_tensor(item.key)
+            if copy:
+                with open(path, "rb") as f:
+                    for name, item in group:
+                        out[name] = _read_into(f, item)
+            else:
+                with safe_open(str(path), framework="pt") as f:
+                    for name, item in group:
+                        out[name] = f.get_tensor(item.key)
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
     return out
+
+
+def _read_into(f, item: StoredTensor) -> torch.Tensor:
+    """One tensor's bytes read from the open file into memory of its own (little-endian, as stored)."""
+    data = torch.empty(item.nbytes, dtype=torch.uint8)
+    f.seek(item.start)
+    if item.nbytes and f.readinto(memoryview(data.numpy())) != item.nbytes:
+        raise OSError(f"tensor {item.key!r}: the file ended before its {item.nbytes} bytes")
+    return data.view(item.dtype).reshape(item.shape)
 
 
 def _load_pickle(path: Path, device) -> dict[str, torch.Tensor]:

@@ -84,15 +84,14 @@ def _stream(model, sd: dict, layout: str, **cast) -> dict[str, torch.Tensor]:
     """Read, rename and cast ``sd`` one block at a time (each tensor dropped from ``sd`` once
     cast), so loading holds the finished model plus one block, not the file as well.
 
-    A safetensors block is read through a map of its own, so what it keeps is copied and the map
-    goes with the block. Tensors already in memory, and a ``.pt`` file's tensors (views of the one
-    map ``torch.load(mmap=True)`` made of the whole file), are assigned as they are where no cast
-    is needed: Tencent's fp8 ``.pt`` loaded as fp8 stays in the page cache, not copied."""
+    A safetensors block is read into memory of its own (no map of the file, which a machine with
+    less memory than the 25.6 GB bf16 file refuses). Tensors already in memory, and a ``.pt``
+    file's tensors (views of the one map ``torch.load(mmap=True)`` makes of it), are assigned as
+    they are where no cast is needed: Tencent's fp8 ``.pt`` loaded as fp8 stays in the page cache."""
     out = {}
     for keys in _by_block(list(sd)):
-        own_map = any(isinstance(sd[k], StoredTensor) for k in keys)
-        part = to_tencent(read_stored({k: sd.pop(k) for k in keys}), layout)
-        out.update(_place(model, part, copy=own_map, **cast))
+        part = to_tencent(read_stored({k: sd.pop(k) for k in keys}, copy=True), layout)
+        out.update(_place(model, part, **cast))
     return out
 
 
@@ -129,10 +128,9 @@ def _is_block_linear_weight(model: HunyuanVideoDiT, key: str) -> bool:
     )
 
 
-def _place(model, sd, *, device, dtype, weight_dtype, copy: bool) -> dict[str, torch.Tensor]:
-    """Cast each tensor to what it should be stored as, one at a time, onto ``device``. ``copy``:
-    tensors read from a file are copied even where the dtype stays, never left as views of the
-    file's memory map (which would keep the map, and every page read through it, resident)."""
+def _place(model, sd, *, device, dtype, weight_dtype) -> dict[str, torch.Tensor]:
+    """Cast each tensor to what it should be stored as, one at a time, onto ``device`` (no copy
+    where it already is)."""
     out = {}
     for key in list(sd):
         t = sd.pop(key)
@@ -144,7 +142,7 @@ def _place(model, sd, *, device, dtype, weight_dtype, copy: bool) -> dict[str, t
             target = weight_dtype
         else:
             target = dtype
-        out[key] = t.to(device=device, dtype=target, copy=copy)
+        out[key] = t.to(device=device, dtype=target)
     return out
 
 
@@ -272,7 +270,7 @@ def load_dit(
             f"{source} is not a HunyuanVideo DiT: none of img_in./double_blocks./txt_in. "
             f"(Tencent), x_embedder./transformer_blocks. (diffusers) found; first keys: {sorted(sd)[:5]}"
         )
-    scales = {k: v.clone() for k, v in read_stored(_split_scales(sd)).items()}  # tiny; no view of the file
+    scales = read_stored(_split_scales(sd), copy=True)
     meta = to_tencent({k: _meta(v) for k, v in sd.items()}, layout)  # names and shapes, no data
     if any(t.dtype in FP8_DTYPES for t in meta.values()):
         scales.update(_read_scale_map(path, scale_map))
@@ -285,7 +283,7 @@ def load_dit(
     _scales_as_parameters(model, scale_params, scales, source)
     _check_keys(model, {**meta, **scale_params}, source, layout)
     placed = _stream(model, sd, layout, device=device, dtype=dtype, weight_dtype=weight_dtype)
-    placed.update(_place(model, scale_params, device=device, dtype=dtype, weight_dtype=weight_dtype, copy=False))
+    placed.update(_place(model, scale_params, device=device, dtype=dtype, weight_dtype=weight_dtype))
     model.load_state_dict(placed, assign=True)
     _attach_scales(model, scales, device=device, source=source)
     model.compute_dtype = dtype

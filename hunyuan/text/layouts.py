@@ -168,7 +168,7 @@ def find_llm(path: str | Path) -> FoundWeights:
     for file in files:
         raw.update({k: v for k, v in open_state_dict(file).items() if _is_llm_key(k)})
     raw, scales = _split_scales(raw)
-    scales = {k: v.clone() for k, v in read_stored(scales).items()}  # tiny; no view of the file
+    scales = read_stored(scales, copy=True)
     prefix = _llm_prefix(raw.keys(), path)
     tensors = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
     scales = {k[len(prefix):]: v for k, v in scales.items() if k.startswith(prefix)}

@@ -187,14 +187,14 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
         else:
             state[name] = _cast(tensor, scale, dtype)
 
-    # Tensors kept as they are come from one opening of their file (they stay views of it); the
-    # converted ones are read a layer at a time, so each layer's map goes once it is converted.
+    # Tensors kept as they are come from one map of their file (they stay views of it); the
+    # converted ones are read into memory of their own, a layer at a time.
     kept = read_stored({n: found.tensors.pop(n) for n in list(found.tensors)
                         if found.tensors[n].dtype == _storage_dtype(to_model(n) in fp8_names, dtype)})
     for name in list(kept):  # dropping our reference as we go
         put(name, kept.pop(name))
     for names in _by_layer(list(found.tensors)):
-        layer = read_stored({n: found.tensors.pop(n) for n in names})
+        layer = read_stored({n: found.tensors.pop(n) for n in names}, copy=True)
         for name in names:
             put(name, layer.pop(name))
     expected = set(model.state_dict())

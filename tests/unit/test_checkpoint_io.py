@@ -120,3 +120,31 @@ def test_index_reads_the_header_and_refuses_an_unread_dtype_only_when_used(tmp_p
     assert torch.equal(read_stored({"w": index["model.w"]})["w"], weight)
     with pytest.raises(CheckpointError, match=r"tensor 'other.ids' has dtype U16, which the pack does not read"):
         index["other.ids"].meta()
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_read_stored_as_views_or_copies_gives_the_same_tensors(tmp_path, copy):
+    """copy=True reads with plain reads (no map of the file); every dtype the pack reads, a scalar
+    and an empty tensor come back equal to what was saved."""
+    sd = {"f32": torch.randn(3, 4), "bf16": torch.randn(5).bfloat16(), "fp8": torch.randn(2, 3).to(torch.float8_e4m3fn),
+          "i64": torch.arange(4), "scalar": torch.tensor(0.125), "empty": torch.zeros(0), "flag": torch.tensor([True])}
+    save_file(sd, str(tmp_path / "m.safetensors"), metadata={"format": "pt"})
+    got = read_stored(open_state_dict(tmp_path / "m.safetensors"), copy=copy)
+    for k, v in sd.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert torch.equal(got[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+
+
+def test_a_damaged_safetensors_header_is_refused_by_name(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.randn(64, 64)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])  # a partial download
+    with pytest.raises(CheckpointError, match=r"tensor 'w' ends at byte \d+, past the file's end .* truncated"):
+        open_state_dict(path)
+    path.write_bytes(b"\xff" * 8 + data[8:])  # a header length larger than the file
+    with pytest.raises(CheckpointError, match="header length .* does not fit the file"):
+        open_state_dict(path)
+    path.write_bytes(data[:8] + b"{" * (len(data) - 8))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file: JSONDecodeError"):
+        open_state_dict(path)
