@@ -34,6 +34,9 @@ compared computation is made the same in a stated way and the difference is show
 * concat (v1): ComfyUI keeps latent frame 0, Tencent drops it: ComfyUI returns one frame more,
   and its frames 1.. are ours. The image here is larger than the video and of another aspect:
   both scale it to cover and center-crop it the same way (``comfy.utils.common_upscale``).
+* true CFG (concat v1, SkyReels): diffusers and we give the unconditional pass the image too;
+  natively the negative gets it only through a HunyuanImageToVideo of its own (parity), not when
+  wired straight to KSampler.
 * SkyReels: ComfyUI conditions on the VAE posterior's mode, Tencent (and we) on a sample. A copy
   of the VAE whose posterior std is exp(-15) (the log-variance output's weights zeroed, its bias
   -30) makes the sample the mode: parity. With the VAE as drawn, the latents differ.
@@ -62,6 +65,7 @@ pytestmark = pytest.mark.server
 SEED, STEPS, SHIFT, GUIDANCE, TOL = 3, 4, 7.0, 6.0, 1e-4
 WIDTH, HEIGHT, FRAMES = 64, 48, 9
 PROMPT = "A red fox trots through fresh snow in a birch forest."
+NEGATIVE = "Blurry, low quality, static."
 REPLACE, CONCAT, SKYREELS = (name for name in TINY_I2V_FILES)  # hidden size 64: the shim's tiny widths
 NO_GUIDANCE_DIT = "hyvid_native_i2v_replace_guidance_zero.safetensors"
 MODE_VAE = "hyvid_realwidth_vae_comfy_std0.safetensors"
@@ -138,6 +142,29 @@ def both_graphs(dit: str, guidance_type: str, tag: str, *, vae: str = NATIVE_NAM
     return graph
 
 
+def with_true_cfg(graph: dict, tag: str, cfg: float) -> dict:
+    """True CFG with a negative prompt in both graphs. ComfyUI's negative reaches a KSampler three
+    ways: with FluxGuidance and its own HunyuanImageToVideo (latents/<tag>_native), with FluxGuidance
+    only (<tag>_native_plain), with its own HunyuanImageToVideo only (<tag>_native_default_guidance)."""
+    graph["4"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": NEGATIVE}}
+    graph["5"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["4", 0], "guidance": GUIDANCE}}
+    graph["12"]["inputs"]["negative"] = ["4", 0]
+    for node in graph.values():
+        if node["class_type"] in ("HunyuanVideoSampler", "KSampler"):
+            node["inputs"]["cfg"] = cfg
+    graph["27"] = {"class_type": "HunyuanImageToVideo", "inputs": {**graph["24"]["inputs"], "positive": ["5", 0]}}
+    graph["28"] = {"class_type": "KSampler", "inputs": {**graph["25"]["inputs"], "negative": ["5", 0]}}
+    graph["25"]["inputs"]["negative"] = ["27", 0]
+    graph["29"] = {"class_type": "SaveLatent", "inputs": {"samples": ["28", 0],
+                                                          "filename_prefix": f"latents/{tag}_native_plain"}}
+    # and with the image but without FluxGuidance (latents/<tag>_native_default_guidance)
+    graph["40"] = {"class_type": "HunyuanImageToVideo", "inputs": {**graph["27"]["inputs"], "positive": ["4", 0]}}
+    graph["41"] = {"class_type": "KSampler", "inputs": {**graph["25"]["inputs"], "negative": ["40", 0]}}
+    graph["42"] = {"class_type": "SaveLatent", "inputs": {
+        "samples": ["41", 0], "filename_prefix": f"latents/{tag}_native_default_guidance"}}
+    return graph
+
+
 def run_latents(comfy, graph: dict) -> dict[str, torch.Tensor]:
     """SaveLatent prefix (after latents/) -> its latent, for every SaveLatent of the prompt."""
     files = comfy.output_files(comfy.run(graph, timeout=900))
@@ -194,6 +221,37 @@ def test_concat_v1_matches_native_frames_after_the_first_which_native_keeps(comf
     err = rel_err(ours, native[:, :, 1:])
     print(f"concat (v1) vs native HunyuanImageToVideo v1 (concat), frames 1..: latent max rel. error {err:.2e}")
     assert err <= TOL
+
+
+@pytest.mark.parametrize("variant", ["concat", "skyreels"])
+def test_true_cfg_matches_native_when_the_negative_gets_the_image_too(comfy, files, variant):
+    """True CFG (v1 has no guidance embedding; SkyReels' reference runs cfg 6 with embedded guidance 1).
+    diffusers gives the unconditional pass the image too, and so do we; HunyuanImageToVideo adds it
+    only to the CONDITIONING it is given, so natively the negative must pass through a
+    HunyuanImageToVideo of its own: wired straight to KSampler, its pass sees a zero image (and mask)."""
+    tag = f"nat_cfg_{variant}"
+    if variant == "concat":
+        graph, keep = both_graphs(CONCAT, "v1 (concat)", tag), slice(1, None)  # ComfyUI keeps frame 0
+    else:
+        graph, keep = both_graphs(SKYREELS, "v1 (concat)", tag, vae=MODE_VAE), slice(None)
+    graph = with_true_cfg(graph, tag, 4.0 if variant == "concat" else 6.0)
+    if variant == "skyreels":  # SkyReels' reference embedded guidance
+        for node in ("5", "23"):
+            graph[node]["inputs"]["guidance"] = 1.0
+        graph["31"]["inputs"]["embedded_guidance"] = 1.0
+    got = run_latents(comfy, graph)
+    ours, native, plain = got[f"{tag}_ours"], got[f"{tag}_native"], got[f"{tag}_native_plain"]
+    err = rel_err(ours, native[:, :, keep])
+    apart = rel_err(ours, plain[:, :, keep])
+    print(f"{variant}, true CFG vs native: {err:.2e}; native negative without the image: {apart:.2e}")
+    assert err <= TOL
+    # the tiny DiTs' weights (std 0.02) let the image move the latent little (measured 2.7e-4 for v1)
+    assert apart > TOL and apart > 100 * err
+    # Without FluxGuidance the negative's pass takes ComfyUI's default guidance 6: no matter for v1
+    # (no guidance embedding), not SkyReels' 1.
+    default = rel_err(ours, got[f"{tag}_native_default_guidance"][:, :, keep])
+    print(f"{variant}: native negative without FluxGuidance: {default:.2e}")
+    assert default <= TOL if variant == "concat" else default > TOL
 
 
 def test_skyreels_matches_native_when_the_posterior_sample_is_its_mode(comfy, files):
