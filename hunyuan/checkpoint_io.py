@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import struct
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +133,8 @@ class StoredTensor:
     key: str
     shape: tuple[int, ...]
     dtype_name: str  # the header's (F16, BF16, F8_E4M3, ...)
-    start: int = 0  # where its bytes begin in the file
-    nbytes: int = 0
+    start: int  # where its bytes begin in the file
+    nbytes: int
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,12 +150,29 @@ class StoredTensor:
         return torch.empty(self.shape, dtype=self.dtype, device="meta")
 
 
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header's size
+MAX_HEADER = 100_000_000  # the safetensors library's limit on a header's size
+MAX_DIMS = 64
+# bytes per element of each dtype name a safetensors header may carry (the pack reads fewer)
+ITEM_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _count(value) -> bool:
+    return type(value) is int and 0 <= value < 2**63
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate names in the header: {sorted({k for k in keys if keys.count(k) > 1})[:5]}")
+    return dict(pairs)
 
 
 def index_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
-    """Every tensor of a safetensors file as a :class:`StoredTensor`, from its header alone (read
-    with plain reads: mapping a file larger than the machine's memory can be refused)."""
+    """Every tensor of a safetensors file as a :class:`StoredTensor`, from its header alone, read
+    with plain reads (a machine can refuse to map a file larger than its memory) and checked as
+    strictly as the safetensors library checks it: the tensors must tile the data exactly, so
+    no header can make a small file claim more bytes than it holds."""
     path = Path(path)
     _check_file(path)
     size = path.stat().st_size
@@ -163,32 +182,48 @@ def index_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
 
     try:
         with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
-            if not 2 <= length <= min(MAX_HEADER, size - 8):
-                raise bad(f"its header length {length} does not fit the file ({size} bytes)")
-            header = json.loads(f.read(length))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            head = f.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            text = f.read(length) if 2 <= length <= min(MAX_HEADER, size - 8) else None
+    except OSError as exc:
         raise bad(f"{exc.__class__.__name__}: {exc}") from exc
+    if text is None:
+        raise bad(f"its header length {length} does not fit the file ({size} bytes)")
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique)
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, JSONDecodeError
+        raise bad(f"its header is not JSON: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object")
-    index = {}
+    data_size = size - 8 - length
+    index, spans = {}, []
     for key, entry in header.items():
         if key == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise bad("its __metadata__ is not a map of strings")
             continue
-        try:
-            dtype_name, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            ok = all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)) and begin <= end
-        except (TypeError, KeyError, ValueError):
-            ok = False
-        if not ok:
+        entry = entry if isinstance(entry, dict) else {}
+        dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not (isinstance(dtype_name, str) and isinstance(shape, list) and len(shape) <= MAX_DIMS
+                and all(map(_count, shape)) and isinstance(offsets, list) and len(offsets) == 2
+                and all(map(_count, offsets)) and offsets[0] <= offsets[1]):
             raise bad(f"tensor {key!r} has a malformed header entry {str(entry)[:200]}")
-        if 8 + length + end > size:
+        begin, end = offsets
+        if end > data_size:
             raise bad(f"tensor {key!r} ends at byte {8 + length + end}, past the file's end ({size} bytes); "
                       "the file looks truncated (a partial download?)")
-        item = StoredTensor(path, key, shape, dtype_name, 8 + length + begin, end - begin)
-        if dtype_name in SAFETENSORS_DTYPES and item.nbytes != item.meta().numel() * item.meta().element_size():
-            raise bad(f"tensor {key!r} has {item.nbytes} bytes for shape {list(shape)} of {dtype_name}")
-        index[key] = item
+        if dtype_name in ITEM_SIZE and end - begin != math.prod(shape) * ITEM_SIZE[dtype_name]:
+            raise bad(f"tensor {key!r} has {end - begin} bytes for shape {shape} of {dtype_name}")
+        spans.append((begin, end, key))
+        index[key] = StoredTensor(path, key, tuple(shape), dtype_name, 8 + length + begin, end - begin)
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            raise bad(f"tensor {key!r} starts at data byte {begin}, expected {position} (tensors overlap or leave "
+                      "a gap)")
+        position = end
+    if position != data_size:
+        raise bad(f"its tensors end at data byte {position}, but it holds {data_size} data bytes")
     return index
 
 
@@ -201,7 +236,8 @@ def open_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.T
 
 
 def read_stored(items: Mapping[str, StoredTensor | torch.Tensor], *, copy: bool = False) -> dict[str, torch.Tensor]:
-    """The tensors of ``items`` (a name for each); values that are already tensors pass through.
+    """The tensors of ``items`` (a name for each); values that are already tensors (a ``.pt``
+    file's, views of its map) pass through as they are, whatever ``copy`` says.
 
     ``copy=False``: views of one memory map of each file (no copy). A view keeps its map, with
     every page read through it, alive as long as it lives, and each opening counts the whole file
@@ -234,34 +270,29 @@ def read_stored(items: Mapping[str, StoredTensor | torch.Tensor], *, copy: bool 
 
 
 def _read_into(f, item: StoredTensor) -> torch.Tensor:
-    """One tensor's bytes read from the open file into memory of its own (little-endian, as stored)."""
+    """One tensor's bytes read from the open file into memory of its own (the file's byte order,
+    little-endian, taken as it is: torch runs on little-endian machines)."""
+    dtype = item.dtype  # an unreadable dtype is refused before anything is allocated
     data = torch.empty(item.nbytes, dtype=torch.uint8)
     f.seek(item.start)
     if item.nbytes and f.readinto(memoryview(data.numpy())) != item.nbytes:
         raise OSError(f"tensor {item.key!r}: the file ended before its {item.nbytes} bytes")
-    return data.view(item.dtype).reshape(item.shape)
+    return data.view(dtype).reshape(item.shape)
 
 
 def _load_pickle(path: Path, device) -> dict[str, torch.Tensor]:
+    """A zip-format ``.pt`` (what torch has written since 1.6) is memory-mapped; an older one
+    cannot be and is read whole. A map refused for its size is an error, never a whole read."""
     try:
-        obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise _read_error(path, exc) from exc
-        obj = _torch_load_plain(path, device)
+        if zipfile.is_zipfile(path):
+            obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
+        else:
+            obj = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:  # never retried unsafely
         raise _read_error(path, exc) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)
-
-
-def _torch_load_plain(path: Path, device):
-    """Old (non-zip) .pt files cannot be memory-mapped; read them fully, still weights-only."""
-    try:
-        return torch.load(str(path), map_location=device, weights_only=True)
-    except Exception as exc:
-        raise _read_error(path, exc) from exc
 
 
 def _read_error(path: Path, exc: Exception) -> CheckpointError:
@@ -272,6 +303,12 @@ def _read_error(path: Path, exc: Exception) -> CheckpointError:
             "Only plain tensors are accepted; convert the file to .safetensors."
         )
     size = path.stat().st_size
+    if "Cannot allocate memory" in str(exc):
+        return CheckpointError(
+            f"checkpoint {str(path)!r} ({size} bytes) cannot be memory-mapped: this machine refuses a map that "
+            "large (less memory plus swap than the file). Convert it to .safetensors, which the pack reads a "
+            "block at a time, or add swap."
+        )
     return CheckpointError(
         f"checkpoint {str(path)!r} ({size} bytes) cannot be read; it looks truncated or damaged "
         f"(a partial download?): {exc.__class__.__name__}: {str(exc)[:300]}"

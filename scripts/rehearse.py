@@ -111,7 +111,7 @@ def write_tencent_pt(args) -> dict:
     from hunyuan.dit.checkpoint import fp8_map_path
 
     path = args.work / "models" / TENCENT_PT
-    if path.is_file() and args.reuse:
+    if path.is_file() and fp8_map_path(path).is_file() and args.reuse:
         return {"file": TENCENT_PT, "gb": path.stat().st_size / 1e9, "write_s": None}
     with torch.device("meta"):
         dit = HunyuanVideoDiT(_dit_config(args), dtype=torch.bfloat16)

@@ -65,14 +65,19 @@ class NodeMeter:
 
     def _sample_anon(self) -> None:
         while self.server.proc.poll() is None:
+            try:
+                now = rss_anon(self.pid)
+            except (OSError, RuntimeError):  # the server is gone
+                return
             with self._lock:
-                self._anon = max(self._anon, rss_anon(self.pid))
+                self._anon = max(self._anon, now)
             time.sleep(0.1)
 
     def _switch(self, node: str | None) -> None:
         now = time.perf_counter()
+        now_anon = rss_anon(self.pid)
         with self._lock:
-            anon, self._anon = max(self._anon, rss_anon(self.pid)), rss_anon(self.pid)
+            anon, self._anon = max(self._anon, now_anon), now_anon
         if self._current is not None:
             name, start = self._current
             self.rows.append({"node": name, "seconds": now - start, "peak_rss_bytes": rss_peak(self.pid),

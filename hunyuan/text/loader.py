@@ -6,9 +6,9 @@ The files' key names (see :mod:`.layouts`) are mapped onto whatever the installe
 Streaming load: the module is created with empty (meta) parameters; :mod:`.layouts` indexes a
 safetensors file's header, and the tensors are then read and assigned in place
 (``load_state_dict(assign=True)``). Those kept in the file's dtype come from one memory map of the
-file: the parameters ARE the file's pages, so peak RAM is about one copy of the weights. Each
-converted tensor is read through a map of its own, let go once it is converted, so a dtype change
-peaks at the converted model plus one tensor (not the file as well).
+file: the parameters ARE the file's pages, so peak RAM is about one copy of the weights. The
+converted ones are read with plain reads (no map), a layer at a time, so a dtype change peaks at
+the converted model plus one layer or the embedding, whichever is larger (not the file as well).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _storage_dtype(fp8_storage: bool, dtype: DtypeChoice) -> torch.dtype:
     return FP8 if fp8_storage else dtype.compute
 
 
-LAYER = re.compile(r"^(?:.*\.)?layers\.\d+\.")
+LAYER = re.compile(r"^(?:.*?\.)?layers\.\d+\.")
 
 
 def _by_layer(names) -> list[list[str]]:

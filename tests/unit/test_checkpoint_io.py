@@ -146,5 +146,57 @@ def test_a_damaged_safetensors_header_is_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="header length .* does not fit the file"):
         open_state_dict(path)
     path.write_bytes(data[:8] + b"{" * (len(data) - 8))
-    with pytest.raises(CheckpointError, match="not a readable safetensors file: JSONDecodeError"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file: its header is not JSON: JSONDecodeError"):
         open_state_dict(path)
+
+
+def _with_header(path, header: dict, data: bytes) -> None:
+    import json
+    import struct
+
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+
+
+@pytest.mark.parametrize(("header", "data", "match"), [
+    # two names on the same bytes: a small file claiming a model many times its size
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+      "b": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 16, "starts at data byte 0, expected 16"),
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, 24, "starts at data byte 8, expected 0"),
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, 24, "end at data byte 16, but it holds 24"),
+    ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, 4, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 4]}}, 4, "malformed header entry"),
+    ({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, 4, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}, 4, "malformed header entry"),
+    ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}, 4, "has 4 bytes for shape"),
+    ({"a": [1, 2]}, 4, "malformed header entry"),
+    ({"__metadata__": {"format": 1}}, 0, "__metadata__ is not a map of strings"),
+])
+def test_a_hostile_safetensors_header_is_refused_as_the_library_refuses_it(tmp_path, header, data, match):
+    """The pack parses safetensors headers itself (so it never maps a file to index it); it must be
+    as strict as the safetensors library, whose own check refuses each of these."""
+    path = tmp_path / "m.safetensors"
+    _with_header(path, header, bytes(data))
+    with pytest.raises(CheckpointError, match=match):
+        open_state_dict(path)
+
+
+def test_duplicate_names_and_non_json_headers_are_refused(tmp_path):
+    import struct
+
+    path = tmp_path / "m.safetensors"
+    entry = b'{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+    for blob, match in ((b'{"a": ' + entry + b', "a": ' + entry + b"}", "duplicate names"),
+                        (b"[" * 5000, "not JSON"), (b'{"a": 1' + b"0" * 5000 + b"}", "not JSON"),
+                        ("\ufeff{}".encode(), "not JSON"), ("{}".encode("utf-16"), "not JSON")):
+        path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(4))
+        with pytest.raises(CheckpointError, match=match):
+            open_state_dict(path)
+
+
+def test_a_legacy_pt_is_read_whole_and_a_zip_pt_mapped(tmp_path):
+    sd = {"w": torch.randn(3)}
+    torch.save(sd, tmp_path / "zip.pt")
+    torch.save(sd, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("zip.pt", "legacy.pt"):
+        assert torch.equal(load_state_dict(tmp_path / name)["w"], sd["w"])
