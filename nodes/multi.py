@@ -71,8 +71,8 @@ class HunyuanVideoMultiDevice(CheckedNode):
             category=CATEGORY,
             description="Samples one video on several devices: worker processes (Ray), each holding the whole DiT, "
             "split the video tokens between them (Ulysses sequence parallel) and, with true CFG, the two passes. "
-            "LoRAs, Block Swap (auto: each worker for its own device), Step Cache and image-to-video run on the "
-            "workers; a Compile node does not yet.",
+            "LoRAs, Block Swap (auto: each worker for its own device), Step Cache, Compile and image-to-video run "
+            "on the workers.",
             inputs=[
                 DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader (each worker loads the same file)."),
                 io.Int.Input("processes", default=2, min=2, max=16,
@@ -150,10 +150,9 @@ def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tens
     worker keeps its own states) and ``image`` an ImageInput."""
     from .dit import COMPILE_KEY  # (nodes/dit.py imports this module)
 
-    if option(dit, COMPILE_KEY) is not None:
-        raise ValueError("a Compile node does not act on multi-device workers yet; remove one of the two nodes")
     cache = options.pop("step_cache", None)
     options["step_cache"] = cache.settings if cache is not None else None
+    options["compile"] = option(dit, COMPILE_KEY)
     workers = workers_module()
     processes, device, cfg_parallel = option(dit, MULTI_KEY)
     pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ..conditioning import RefinedConditioning, RefinedText
 from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit, read_config
+from ..dit.compile import CompileSettings, compiled_blocks, usable
 from ..dit.step_cache import StepCacheRun, StepCacheSettings
 from ..memory import auto_swap, device_free_bytes, estimate_sampling_memory
 from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
@@ -75,9 +76,9 @@ class PoolSettings:
 class SampleJob:
     """The arguments of :func:`~hunyuan.sampling.pipeline.sample_video` that travel to the workers.
 
-    The refined texts, the image (an :class:`~hunyuan.sampling.image.ImageInput`) and the step
-    cache settings travel as plain dicts of their fields, so a job made by a caller that imported
-    this package under another name still unpickles in the workers.
+    The refined texts, the image (an :class:`~hunyuan.sampling.image.ImageInput`), the step
+    cache settings and the compile settings travel as plain dicts of their fields, so a job made
+    by a caller that imported this package under another name still unpickles in the workers.
     """
 
     positive: dict
@@ -91,16 +92,17 @@ class SampleJob:
     solver: str = "euler"
     image: dict | None = None
     step_cache: dict | None = None
+    compile: dict | None = None  # CompileSettings: the DiT's blocks compiled on each worker
 
     @classmethod
-    def of(cls, conditioning, sigmas, noise, *, image=None, step_cache=None, **options) -> SampleJob:
-        """From a RefinedConditioning, an ImageInput and StepCacheSettings (of any import of this
-        package) and sample_video's other options."""
+    def of(cls, conditioning, sigmas, noise, *, image=None, step_cache=None, compile=None, **options) -> SampleJob:
+        """From a RefinedConditioning, an ImageInput, StepCacheSettings and CompileSettings (of any
+        import of this package) and sample_video's other options."""
         def plain(value):
             return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
 
         return cls(plain(conditioning.positive), plain(conditioning.negative), sigmas, noise, **options,
-                   image=plain(image), step_cache=plain(step_cache))
+                   image=plain(image), step_cache=plain(step_cache), compile=plain(compile))
 
     def conditioning(self) -> RefinedConditioning:
         negative = RefinedText(**self.negative) if self.negative is not None else None
@@ -281,7 +283,8 @@ class DiTWorker:
             if flag.item() > 0:
                 raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
 
-        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()):
+        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
+                self._compiled(job.compile):
             out = sample_video(
                 ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise, latent=job.latent,
                 denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,
@@ -291,6 +294,17 @@ class DiTWorker:
         if self.rank != 0:
             return None
         return out.cpu(), cache.summary() if cache is not None else None
+
+    def _compiled(self, settings: dict | None):
+        """The Compile node's regional compile for this run (:mod:`hunyuan.dit.compile`); where this
+        worker's device cannot compile, its ``eager_fallback`` decides (run eagerly, or fail)."""
+        if settings is None or not usable(compile_settings := CompileSettings(**settings), self.device):
+            return contextlib.nullcontext()
+        return compiled_blocks(self.model, compile_settings)
+
+    def compiled_graphs(self) -> int:
+        """Graphs torch.compile has made in this worker so far (0: nothing compiled)."""
+        return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
     def cache_history(self) -> dict[str, list[tuple]] | None:
         """The last run's step cache decisions on this rank, per pass: (step, metric, accumulated,

@@ -1,7 +1,7 @@
 """The Multi-Device node through a real ComfyUI server: two CPU worker processes (Ray + gloo) give
 the single-device latent (fp32 weights, max rel. error <= 1e-5: heads split across processes sum
 attention in another order), through the API and comfy-cli, with a LoRA, Block Swap (set counts
-and auto), image-to-video and a Step Cache; an interrupt and a killed worker each fail only their
+and auto), image-to-video, a Step Cache and Compile; an interrupt and a killed worker each fail only their
 job, and the next run is right again.
 
 These tests use their own server (its Ray workers end with it), reading the session server's
@@ -56,9 +56,6 @@ def graph(prefix: str, *, multi: bool, cfg: float = 1.0, cfg_parallel: bool = Fa
         g["23"]["inputs"]["width"] = 80
     for node in ("8", "9", "10") if "23" in g else ("7", "8", "9", "10"):
         del g[node]
-    if "21" in g:  # t2v_fast's Compile node, which the workers do not take yet
-        del g["21"]
-        g["20"]["inputs"]["dit"] = ["3", 0]
     g["40"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}}
     if multi:
         g[MULTI] = {"class_type": "HunyuanVideoMultiDevice",
@@ -176,9 +173,9 @@ def test_image_to_video_on_the_workers(server, example):
     assert rel_err(latent_of(server, server.run(two, timeout=600)), reference) <= FP32_RTOL
 
 
-def test_a_step_cache_on_the_workers(server):
-    """t2v_fast's Step Cache (TeaCache) on two workers: the same steps skipped as on one device
-    (the summary each logs) and the same latent."""
+def test_a_step_cache_and_compile_on_the_workers(server):
+    """t2v_fast (Step Cache: TeaCache, and Compile) on two workers: the same steps skipped as on
+    one device (the summary each logs) and the same latent, each compiling its DiT blocks."""
     summary = re.compile(r"HunyuanVideo step cache (?:\(rank 0 of the workers\) )?(teacache .*)")
     one, two = (graph(f"cache_{multi}", multi=multi, example="t2v_fast", steps=6) for multi in (False, True))
     mark = server.log_size()

@@ -18,6 +18,7 @@ import torch
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit, read_config
+from hunyuan.dit.compile import CompileSettings
 from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings
 from hunyuan.dit.tiny import write_tiny
 from hunyuan.memory import auto_swap, estimate_sampling_memory
@@ -199,6 +200,22 @@ def test_step_caches_on_two_workers_decide_as_one_process(source):
                         assert (metric is None) == (d.metric is None), (kind, rank)
                         if metric is not None:
                             assert abs(metric - d.metric) <= 1e-4 * abs(d.metric), (kind, rank, which, metric)
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_compile_on_two_workers_equals_one_eager_process(source, job, reference):
+    """The Compile node's settings reach the workers: each compiles its blocks (inductor on the
+    CPU, around the Ulysses all-to-alls) and the latent equals one eager process (fp32: inductor's
+    fused kernels sum in another order, as in tests/unit/test_compile.py)."""
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    try:
+        settings = dataclasses.asdict(CompileSettings(eager_fallback=False))
+        out = pool.run(source, dataclasses.replace(job, compile=settings))
+        assert rel_err(out, reference) <= FP32_RTOL
+        assert all(n > 0 for n in ray.get([a.compiled_graphs.remote() for a in pool.actors]))
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL, "and a run without Compile after it"
     finally:
         pool.shutdown()
 
