@@ -153,6 +153,8 @@ def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tens
     cache = options.pop("step_cache", None)
     options["step_cache"] = cache.settings if cache is not None else None
     options["compile"] = option(dit, COMPILE_KEY)
+    if options.get("image") is not None:  # travels like the noise: from host memory
+        options["image"] = dataclasses.replace(options["image"], raw=options["image"].raw.cpu())
     workers = workers_module()
     processes, device, cfg_parallel = option(dit, MULTI_KEY)
     pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))

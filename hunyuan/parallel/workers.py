@@ -391,8 +391,10 @@ class WorkerPool:
             raise stop.original from None
         except Exception as exc:
             self.shutdown()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise WorkerFailed(f"a multi-device worker failed ({type(exc).__name__}: {first}); "
+            cause = getattr(exc, "cause", None)  # what a worker raised (Ray wraps it in a RayTaskError)
+            shown = cause if isinstance(cause, Exception) else exc
+            first = (str(shown).strip().splitlines() or [""])[0][:300]
+            raise WorkerFailed(f"a multi-device worker failed ({type(shown).__name__}: {first}); "
                                "the workers are restarted on the next run") from None
 
     def _wait(self, refs: list, interrupted, progress) -> list:

@@ -148,6 +148,20 @@ def test_block_swap_auto_picks_counts_for_each_workers_memory(source, job, refer
         pool.shutdown()
 
 
+def test_block_swap_auto_that_cannot_fit_names_the_worker_and_the_memory(source, job, reference):
+    """A worker whose memory holds the tiny DiT's job even with every block swapped fails the job
+    with the planner's reason and that worker's name; the next run (other settings) is right."""
+    pool = WorkerPool(PoolSettings(2, "cpu", False, memory_caps=(None, 2**20)), heads=4)
+    try:
+        auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+        with pytest.raises(WorkerFailed, match=r"worker 1 \(cpu\): block swap auto: sampling needs about .* even "
+                           r"with every block swapped, but only 0.0 GiB is free"):
+            pool.run(auto, job)
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL
+    finally:
+        pool.shutdown()
+
+
 def test_pool_settings_name_a_wrong_number_of_memory_caps():
     with pytest.raises(ValueError, match=r"memory_caps has 1 entries; expected one per process \(2\)"):
         PoolSettings(2, "cpu", False, memory_caps=(1,))
