@@ -194,6 +194,22 @@ def auto_swap(config: DiTConfig, free_bytes: int, base: SwapSettings | None = No
     return base.with_counts(best[1], best[2])
 
 
+def device_free_bytes(device: torch.device | str) -> int:
+    """Bytes this process could use on ``device`` now, as ComfyUI counts them for its own: on a
+    GPU the driver's free memory plus what this process's caching allocator holds (its blocks are
+    reused), on the CPU the system's available memory. For a process that does not import
+    ComfyUI (a multi-device worker) planning block swap "auto" on its own device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device))
+    if device.type == "cpu":
+        import psutil  # ComfyUI's own dependency, so present wherever the pack runs
+
+        return int(psutil.virtual_memory().available)
+    raise ValueError(f"device {device} has no free-memory query here; expected cuda or cpu")
+
+
 _REQUEST_INTS = {
     "width": 1280, "height": 720, "frames": 129, "double_blocks": 0, "single_blocks": 0,
     "prefetch": 1, "text_tokens": 256, "batch": 1, "steps": 50,

@@ -173,7 +173,8 @@ class HunyuanVideoBlockSwap(CheckedNode):
                                  tooltip="Keep the patch embedding (tiny, ~0.4 MB) in system memory too."),
                 io.Combo.Input("mode", options=["manual", "auto"], default="manual",
                                tooltip="manual: swap the counts above. auto: at sampling time pick the fewest "
-                               "swapped bytes that fit the free VRAM for that video size (counts ignored)."),
+                               "swapped bytes that fit the free VRAM for that video size (counts ignored); on "
+                               "multi-device workers each worker picks for its own GPU and its share of the video."),
             ],
             outputs=[DiT.Output(display_name="dit", tooltip="A clone of the DiT carrying the swap settings.")],
         )

@@ -70,7 +70,9 @@ class HunyuanVideoMultiDevice(CheckedNode):
             display_name="HunyuanVideo Multi-Device",
             category=CATEGORY,
             description="Samples one video on several devices: worker processes (Ray), each holding the whole DiT, "
-            "split the video tokens between them (Ulysses sequence parallel) and, with true CFG, the two passes.",
+            "split the video tokens between them (Ulysses sequence parallel) and, with true CFG, the two passes. "
+            "LoRAs, Block Swap (auto: each worker for its own device), Step Cache, Compile and image-to-video run "
+            "on the workers.",
             inputs=[
                 DiT.Input("dit", tooltip="The DiT from HunyuanVideo DiT Loader (each worker loads the same file)."),
                 io.Int.Input("processes", default=2, min=2, max=16,
@@ -80,7 +82,8 @@ class HunyuanVideoMultiDevice(CheckedNode):
                                tooltip="cuda: one GPU per worker (NCCL). cpu: CPU processes (gloo), for tests."),
                 io.Boolean.Input("cfg_parallel", default=False,
                                  tooltip="With true CFG (cfg > 1): the prompt and the negative prompt run on different "
-                                 "halves of the workers. Without true CFG, each half repeats the other's work."),
+                                 "halves of the workers. Without true CFG, or with a Step Cache (which runs the "
+                                 "two passes one after the other), each half repeats the other's work."),
             ],
             outputs=[DiT.Output(display_name="dit", tooltip="The DiT, marked to be sampled by the workers.")],
         )
@@ -123,14 +126,11 @@ def plain_patches(dit, patch_class) -> list:
 
 def worker_swap(dit, settings_class):
     """The Block Swap node's settings as the workers' own class (they import the library under
-    its top-level name), or None. "auto" picks counts from this process's GPU, which need not be
-    a worker's, so the workers take set counts only."""
+    its top-level name), or None. Each worker resolves "auto" itself, for its own device's free
+    memory and its share of the video tokens."""
     settings = option(dit, SWAP_KEY)
     if settings is None or not settings.swaps_anything and settings.mode == "manual":
         return None
-    if settings.mode == "auto":
-        raise ValueError("block swap mode 'auto' does not run on multi-device workers yet; set the block counts "
-                         "in HunyuanVideo Block Swap with mode 'manual'")
     return settings_class(**dataclasses.asdict(settings))
 
 
@@ -145,16 +145,16 @@ def _pool_for(dit, settings):
 
 
 def sample_on_workers(dit, conditioning, sigmas, noise, **options) -> torch.Tensor:
-    """The sampler's run on the worker pool: the latent [B,16,T,H,W] float32 (raw VAE space)."""
-    if options.pop("step_cache", None) is not None:
-        raise ValueError("a Step Cache does not run on multi-device workers yet; remove one of the two nodes")
+    """The sampler's run on the worker pool: the latent [B,16,T,H,W] float32 (raw VAE space).
+    ``options``: sample_video's, with ``step_cache`` a StepCacheRun (its settings travel; each
+    worker keeps its own states) and ``image`` an ImageInput."""
     from .dit import COMPILE_KEY  # (nodes/dit.py imports this module)
 
-    if option(dit, COMPILE_KEY) is not None:
-        raise ValueError("a Compile node does not act on multi-device workers yet; remove one of the two nodes")
-    if options.pop("image", None) is not None:
-        raise ValueError("image-to-video does not run on multi-device workers yet; remove the image_latent input "
-                         "or the Multi-Device node")
+    cache = options.pop("step_cache", None)
+    options["step_cache"] = cache.settings if cache is not None else None
+    options["compile"] = option(dit, COMPILE_KEY)
+    if options.get("image") is not None:  # travels like the noise: from host memory
+        options["image"] = dataclasses.replace(options["image"], raw=options["image"].raw.cpu())
     workers = workers_module()
     processes, device, cfg_parallel = option(dit, MULTI_KEY)
     pool = _pool_for(dit, workers.PoolSettings(processes, device, cfg_parallel, os.environ.get(ADDRESS_ENV)))

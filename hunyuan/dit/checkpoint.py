@@ -244,6 +244,34 @@ def _stored(sd, scales, dtype, weight_dtype) -> StoredWeights:
     return StoredWeights(fp8 if fp8 in FP8_DTYPES else dtype, dtype, kind)
 
 
+def _open(src) -> tuple[Path | None, str, dict, str]:
+    """(path or None, how to name it in errors, its tensors by name, its layout)."""
+    path = None if isinstance(src, Mapping) else Path(src)
+    source = "state dict" if path is None else f"checkpoint {str(path)!r}"
+    sd = _read(src, source)
+    layout = detect_layout(sd)
+    if layout == "unknown":
+        raise CheckpointError(
+            f"{source} is not a HunyuanVideo DiT: none of img_in./double_blocks./txt_in. "
+            f"(Tencent), x_embedder./transformer_blocks. (diffusers) found; first keys: {sorted(sd)[:5]}"
+        )
+    return path, source, sd, layout
+
+
+def _meta_config(sd: dict, layout: str, path: Path | None, source: str) -> tuple[dict, DiTConfig]:
+    """The tensors (scales already split off) as meta tensors under Tencent's names, and the config."""
+    meta = to_tencent({k: _meta(v) for k, v in sd.items()}, layout)  # names and shapes, no data
+    return meta, _with_rope_split(infer_config(meta, source=source), path, source)
+
+
+def read_config(src: str | os.PathLike | Mapping[str, torch.Tensor]) -> DiTConfig:
+    """The config of the DiT in ``src`` (a file or a state dict) from its names and shapes alone:
+    no weight is read (e.g. to plan block swap before loading)."""
+    path, source, sd, layout = _open(src)
+    _split_scales(sd)
+    return _meta_config(sd, layout, path, source)[1]
+
+
 def load_dit(
     src: str | os.PathLike | Mapping[str, torch.Tensor],
     *,
@@ -261,20 +289,11 @@ def load_dit(
     operations: the layer classes (default :class:`~hunyuan.ops.DefaultOps`), or a function that
     picks them from the :class:`StoredWeights` found (None from it = the defaults).
     """
-    path = None if isinstance(src, Mapping) else Path(src)
-    source = "state dict" if path is None else f"checkpoint {str(path)!r}"
-    sd = _read(src, source)
-    layout = detect_layout(sd)
-    if layout == "unknown":
-        raise CheckpointError(
-            f"{source} is not a HunyuanVideo DiT: none of img_in./double_blocks./txt_in. "
-            f"(Tencent), x_embedder./transformer_blocks. (diffusers) found; first keys: {sorted(sd)[:5]}"
-        )
+    path, source, sd, layout = _open(src)
     scales = read_stored(_split_scales(sd), copy=True)
-    meta = to_tencent({k: _meta(v) for k, v in sd.items()}, layout)  # names and shapes, no data
+    meta, config = _meta_config(sd, layout, path, source)
     if any(t.dtype in FP8_DTYPES for t in meta.values()):
         scales.update(_read_scale_map(path, scale_map))
-    config = _with_rope_split(infer_config(meta, source=source), path, source)
     if operations is not None and not hasattr(operations, "Linear"):
         operations = operations(_stored(meta, scales, dtype, weight_dtype))
     with torch.device("meta"):

@@ -127,8 +127,6 @@ class HunyuanVideoDiT(nn.Module):
         Returns [B, 16, T, H, W] in x's dtype.
         """
         grid = self._check_input(x)
-        if token_replace and sequence_parallel is not None:
-            raise ValueError("token replace (image-to-video) does not run with sequence parallelism yet")
         dtype = self.compute_dtype or self.img_in.proj.weight.dtype
         _, attn = resolve_backend(self.attention_backend, x.device)
         text_mask = text_mask.to(device=x.device, dtype=torch.bool)
@@ -154,9 +152,10 @@ class HunyuanVideoDiT(nn.Module):
         key_mask = None
         if shard is not None:
             img, rope, key_mask, attn = shard.split(img, rope, mask, attn)
+            vec = shard.local_vec(vec)
         elif not bool(mask.all()):
             key_mask = torch.cat((mask.new_ones(mask.shape[0], img.shape[1]), mask), dim=1)
-        blocks = BlockRunner(self, vec, rope, key_mask, attn, img.shape[1])
+        blocks = BlockRunner(self, vec, rope, key_mask, attn, img.shape[1], shard)
         img = blocks.rest(0, img, txt) if step_cache is None else step_cache.blocks(self, img, txt, vec, blocks)
         out = self.final_layer(img, vec)
         if shard is not None:
@@ -174,6 +173,7 @@ class BlockRunner:
     key_mask: torch.Tensor | None
     attn: object
     n_img: int
+    shard: object | None = None  # a SequenceShard when img is one rank's share of the video tokens
 
     def double(self, i: int, img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.double_blocks[i](img, txt, self.vec, self.rope, self.key_mask, self.attn)

@@ -22,6 +22,11 @@ Every rule has its own state for each pass (conditional / unconditional) and for
 the sampler makes fresh states (:meth:`StepCacheSettings.new_state`) per run, so nothing
 survives an interrupt. ``start``/``end`` are fractions of the schedule: outside them every step
 is computed. A state records each decision (``history``) so tests can check the rule.
+
+With sequence parallelism (:mod:`hunyuan.parallel`) each process holds a share of the video
+tokens: TeaCache's and First Block Cache's metric is then summed over every process's share
+(:func:`rel_l1`), and EasyCache's inputs and outputs are whole on every process, so every
+process takes each decision as one process would.
 """
 
 from __future__ import annotations
@@ -41,10 +46,16 @@ KINDS = ("teacache", "first_block", "easycache")
 DEFAULTS = {"teacache": (0.15, 0.0), "first_block": (0.06, 0.0), "easycache": (0.025, 0.1)}
 
 
-def rel_l1(now: torch.Tensor, before: torch.Tensor) -> float:
-    """``mean|now - before| / mean|before|`` in fp32."""
+def rel_l1(now: torch.Tensor, before: torch.Tensor, shard=None) -> float:
+    """``mean|now - before| / mean|before|`` in fp32. ``shard``: a
+    :class:`~hunyuan.parallel.sequence.SequenceShard` when the tensors [B, N, ...] hold one rank's
+    share of the video tokens; the means are then over every rank's tokens (summed across the
+    ranks), so every rank takes the decision one process would."""
     now, before = now.float(), before.float()
-    return float((now - before).abs().mean() / before.abs().mean())
+    if shard is None:
+        return float((now - before).abs().mean() / before.abs().mean())
+    change, size = shard.sums((now - before).abs(), before.abs())  # equal counts: a ratio of sums
+    return float(change / size)
 
 
 def teacache_rescale(x: float) -> float:
@@ -148,7 +159,7 @@ class TeaCache(StepCacheState):
         first = model.double_blocks[0]
         attn_mod = first.img_mod(vec)[0]
         probe = modulate(layer_norm(img), attn_mod.shift, attn_mod.scale)
-        metric = None if self.previous_probe is None else rel_l1(probe, self.previous_probe)
+        metric = None if self.previous_probe is None else rel_l1(probe, self.previous_probe, run.shard)
         self.previous_probe = probe
         compute = True
         if self.in_window() and metric is not None and self.residual is not None:
@@ -173,7 +184,7 @@ class FirstBlockCache(StepCacheState):
         before = img.clone()
         img, txt = run.double(0, img, txt)
         residual = img - before
-        metric = None if self.first_residual is None else rel_l1(residual, self.first_residual)
+        metric = None if self.first_residual is None else rel_l1(residual, self.first_residual, run.shard)
         compute = not (self.in_window() and metric is not None and self.rest_residual is not None
                        and metric < self.settings.threshold)
         if not self._note(metric, None, compute):

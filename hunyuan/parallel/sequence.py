@@ -21,12 +21,15 @@ uses, wraps the same call and would add flash-attn as a dependency.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from einops import rearrange
+
+from ..dit.token_replace import FirstFrameVec
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,7 @@ class SequenceShard:
 
     def __init__(self, groups: ParallelGroups):
         self.groups = groups
-        self.n_video = 0
+        self.n_video = self.local = 0
 
     def split(self, img: torch.Tensor, rope: torch.Tensor, text_mask: torch.Tensor, attn):
         """img [B, N, C], rope [N, D/2], text_mask [B, Nt] -> this rank's (img, rope, key_mask, attn)."""
@@ -131,10 +134,28 @@ class SequenceShard:
         rope = torch.cat((rope, rope.new_ones(pad, rope.shape[1])))  # identity rotation for padding
         valid = torch.arange(n + pad, device=img.device) < n
         key_mask = torch.cat((valid.expand(b, -1), text_mask), dim=1)
-        local = (n + pad) // p
+        local = self.local = (n + pad) // p
         mine = slice(index * local, (index + 1) * local)
         attention = UlyssesAttention(attn, self.groups, local) if p > 1 else attn
         return img[:, mine].contiguous(), rope[mine], None if bool(key_mask.all()) else key_mask, attention
+
+    def _mine(self, n: int) -> int:
+        """How many of the first ``n`` video tokens are in this rank's shard (a prefix of it)."""
+        return max(0, min(self.local, n - self.groups.ulysses_index * self.local))
+
+    def local_vec(self, vec):
+        """Token replace's :class:`FirstFrameVec` counts the first frame's tokens of the whole
+        sequence; a shard holds those of them that fall in its range (all, some or none)."""
+        return dataclasses.replace(vec, n=self._mine(vec.n)) if isinstance(vec, FirstFrameVec) else vec
+
+    def sums(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The sums over every rank's video tokens (padding left out) of ``tensors``, each
+        [B, n_local, ...] on this rank: a [len(tensors)] fp32 tensor, the same on every rank."""
+        valid = self._mine(self.n_video)
+        out = torch.stack([t[:, :valid].float().sum() for t in tensors])
+        if self.groups.ulysses_degree > 1:
+            dist.all_reduce(out, group=self.groups.ulysses_group)
+        return out
 
     def join(self, out: torch.Tensor) -> torch.Tensor:
         """This rank's final-layer output [B, n_local, C] -> every rank's, unpadded: [B, N, C]."""
@@ -159,9 +180,7 @@ class ParallelDiT:
         self._warned = False
 
     def __call__(self, x, timestep, text_mask, text_pooled, guidance=None, *, text_states=None, refined_text=None,
-                 step_cache=None):
-        if step_cache is not None:
-            raise ValueError("step caches do not run with several processes yet; remove the Step Cache node")
+                 step_cache=None, token_replace=False):
         g = self.groups
         args = [x, timestep, text_mask, text_pooled, guidance, text_states, refined_text]
         split = g.cfg_degree > 1 and x.shape[0] % g.cfg_degree == 0
@@ -173,7 +192,8 @@ class ParallelDiT:
         if split:
             args = [None if a is None else a.chunk(g.cfg_degree)[g.cfg_index] for a in args]
         *positional, states, refined = args
-        out = self.model(*positional, text_states=states, refined_text=refined, sequence_parallel=SequenceShard(g))
+        out = self.model(*positional, text_states=states, refined_text=refined, step_cache=step_cache,
+                         sequence_parallel=SequenceShard(g), token_replace=token_replace)
         if not split:
             return out
         parts = [torch.empty_like(out) for _ in range(g.cfg_degree)]

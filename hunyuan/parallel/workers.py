@@ -27,9 +27,14 @@ import torch.distributed as dist
 
 from ..conditioning import RefinedConditioning, RefinedText
 from ..dit.attention import available_backends
-from ..dit.checkpoint import load_dit
+from ..dit.checkpoint import load_dit, read_config
+from ..dit.compile import CompileSettings, compiled_blocks, usable
+from ..dit.step_cache import StepCacheRun, StepCacheSettings
+from ..memory import auto_swap, device_free_bytes, estimate_sampling_memory
 from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
+from ..sampling.image import ImageInput
 from ..sampling.pipeline import sample_video
+from ..sampling.schedule import video_size
 from .sequence import ParallelDiT, check_degrees, make_groups
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,7 @@ class DiTSource:
     dtype: str
     weight_dtype: str | None
     attention: str
-    swap: SwapSettings | None = None  # the Block Swap node's counts ("manual"), the same on every worker
+    swap: SwapSettings | None = None  # the Block Swap node's settings; "auto" is resolved by each worker
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,14 @@ class PoolSettings:
     device: str  # "cpu" or "cuda"
     cfg_parallel: bool
     address: str | None = None  # an existing Ray cluster (the server owner's setting), or None: local
+    # per rank, the most bytes block swap "auto" may plan with on that worker's device (None: all
+    # that the device has free), e.g. for a GPU shared with other work
+    memory_caps: tuple[int | None, ...] | None = None
+
+    def __post_init__(self):
+        if self.memory_caps is not None and len(self.memory_caps) != self.processes:
+            raise ValueError(f"memory_caps has {len(self.memory_caps)} entries; expected one per process "
+                             f"({self.processes})")
 
     @property
     def cfg_degree(self) -> int:
@@ -63,7 +76,8 @@ class PoolSettings:
 class SampleJob:
     """The arguments of :func:`~hunyuan.sampling.pipeline.sample_video` that travel to the workers.
 
-    The refined texts travel as plain dicts of tensors (the fields of RefinedText), so a job made
+    The refined texts, the image (an :class:`~hunyuan.sampling.image.ImageInput`), the step
+    cache settings and the compile settings travel as plain dicts of their fields, so a job made
     by a caller that imported this package under another name still unpickles in the workers.
     """
 
@@ -76,18 +90,29 @@ class SampleJob:
     cfg: float = 1.0
     embedded_guidance: float | None = 6.0
     solver: str = "euler"
+    image: dict | None = None
+    step_cache: dict | None = None
+    compile: dict | None = None  # CompileSettings: the DiT's blocks compiled on each worker
 
     @classmethod
-    def of(cls, conditioning, sigmas, noise, **options) -> SampleJob:
-        """From a RefinedConditioning (of any import of this package) and sample_video's options."""
-        def plain(text):
-            return None if text is None else {f.name: getattr(text, f.name) for f in fields(text)}
+    def of(cls, conditioning, sigmas, noise, *, image=None, step_cache=None, compile=None, **options) -> SampleJob:
+        """From a RefinedConditioning, an ImageInput, StepCacheSettings and CompileSettings (of any
+        import of this package) and sample_video's other options."""
+        def plain(value):
+            return None if value is None else {f.name: getattr(value, f.name) for f in fields(value)}
 
-        return cls(plain(conditioning.positive), plain(conditioning.negative), sigmas, noise, **options)
+        return cls(plain(conditioning.positive), plain(conditioning.negative), sigmas, noise, **options,
+                   image=plain(image), step_cache=plain(step_cache), compile=plain(compile))
 
     def conditioning(self) -> RefinedConditioning:
         negative = RefinedText(**self.negative) if self.negative is not None else None
         return RefinedConditioning(RefinedText(**self.positive), negative)
+
+    def plan(self) -> dict:
+        """This job's size as :func:`hunyuan.memory.estimate_sampling_memory` takes it."""
+        return {**video_size(self.noise.shape), "batch": self.noise.shape[0],
+                "text_tokens": self.positive["tokens"].shape[2], "steps": len(self.sigmas) - 1,
+                "cfg": self.cfg != 1.0 and self.negative is not None}
 
 
 @dataclass(frozen=True)
@@ -160,11 +185,13 @@ class DiTWorker:
     """One rank. Ray runs it as an actor with two threads, so ``interrupt`` and ``progress`` are
     answered while ``sample`` runs."""
 
-    def __init__(self, rank: int, world: int, cfg_degree: int, device: str):
-        self.rank, self.world, self.cfg_degree = rank, world, cfg_degree
+    def __init__(self, rank: int, world: int, cfg_degree: int, device: str, memory_cap: int | None = None):
+        self.rank, self.world, self.cfg_degree, self.memory_cap = rank, world, cfg_degree, memory_cap
         # an accelerator: the one Ray made visible to this process (index 0); "cpu": the CPU
         self.device = torch.device(device) if device == "cpu" else torch.device(device, 0)
         self.model = self.loaded = self.groups = self.engine = None
+        self.patches, self.patches_for = (), None  # the weight patches last sent, and for which (source, id)
+        self.cache: StepCacheRun | None = None  # the last run's step cache states
         self._stop = threading.Event()
         self._progress = (0, 0)
 
@@ -182,23 +209,55 @@ class DiTWorker:
         dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
                                 world_size=self.world, timeout=COLLECTIVE_TIMEOUT)
 
-    def load(self, source: DiTSource, patches=(), patches_id: str | None = None) -> None:
-        """The DiT from ``source`` with ``patches`` applied; reloaded when either changes."""
-        if (source, patches_id) == self.loaded:
-            return
-        self.model = self.engine = None
+    def load(self, source: DiTSource, patches=(), patches_id: str | None = None, plan: dict | None = None):
+        """The DiT from ``source`` with ``patches`` applied; reloaded when either changes, or when
+        block swap "auto" picks other counts for this job (``plan``: :meth:`SampleJob.plan`).
+        Returns what "auto" chose on this worker and why (a log line), or None."""
+        if (source, patches_id) != self.patches_for:  # the pool sends patches only when these change
+            self.patches, self.patches_for = patches, (source, patches_id)
+        swap, why = self._swap_for(source, plan)
+        if (source, patches_id, swap) == self.loaded:
+            return why
+        self.model = self.engine = self.loaded = None
         fp8 = getattr(torch, source.weight_dtype) if source.weight_dtype else None
-        swap = source.swap is not None and source.swap.swaps_anything
-        model = load_dit(source.path, device="cpu" if swap else self.device, dtype=getattr(torch, source.dtype),
+        swapping = swap is not None and swap.swaps_anything
+        model = load_dit(source.path, device="cpu" if swapping else self.device, dtype=getattr(torch, source.dtype),
                          weight_dtype=fp8)
         model.detach_refiner()  # the refined text comes with each run; nothing keeps the refiner
         model.attention_backend = source.attention if source.attention in available_backends() else "auto"
-        apply_patches(model, patches)  # in host memory, before the engine places anything: swapped blocks too
-        if swap:
-            self.engine = self._engine(model, source.swap).place()
+        apply_patches(model, self.patches)  # in host memory, before the engine places anything: swapped blocks too
+        if swapping:
+            self.engine = self._engine(model, swap).place()
         if self.groups is None:  # collective: every rank loads the same DiT at the same time
             self.groups = make_groups(self.cfg_degree, model.config.num_heads)
-        self.model, self.loaded = model.eval(), (source, patches_id)
+        self.model, self.loaded = model.eval(), (source, patches_id, swap)
+        return why
+
+    def _swap_for(self, source: DiTSource, plan: dict | None) -> tuple[SwapSettings | None, str | None]:
+        """The swap settings this worker loads with: the node's counts, or for "auto" the counts
+        :func:`hunyuan.memory.auto_swap` picks for this job's per-rank size (1/P of the video
+        tokens) in this worker's own free memory (capped by ``memory_cap``)."""
+        settings = source.swap
+        if settings is None or settings.mode != "auto":
+            return settings, None
+        if plan is None:
+            raise ValueError("block swap 'auto' needs the job's size to pick counts; none was given")
+        config = read_config(source.path)
+        free = device_free_bytes(self.device)  # on a GPU it counts this worker's own DiT as free (reloads free it)
+        if self.memory_cap is not None:
+            free = min(free, self.memory_cap)
+        dtype = getattr(torch, source.dtype)
+        sizes = {**plan, "weight_dtype": getattr(torch, source.weight_dtype) if source.weight_dtype else dtype,
+                 "compute_dtype": dtype, "sequence_parallel": self.world // self.cfg_degree}
+        try:
+            chosen = auto_swap(config, free, base=settings, **sizes)
+        except ValueError as exc:
+            raise ValueError(f"worker {self.rank} ({self.device}): block swap auto: {exc}") from None
+        peak = estimate_sampling_memory(config, swap=chosen, **sizes).peak_bytes
+        return chosen, (f"worker {self.rank} ({self.device}): block swap auto: {chosen.double_blocks} double + "
+                        f"{chosen.single_blocks} single blocks; predicted peak {peak / 2**30:.3f} GiB for "
+                        f"{plan['width']}x{plan['height']}x{plan['frames']} over {sizes['sequence_parallel']} "
+                        f"sequence shards, {free / 2**30:.3f} GiB free")
 
     def _engine(self, model, settings: SwapSettings) -> BlockSwapEngine:
         """The Block Swap engine for this worker's device. CPU workers (the test configuration)
@@ -211,8 +270,10 @@ class DiTWorker:
         """The engine's counters (blocks fetched, loads that waited), or None without block swap."""
         return None if self.engine is None else dict(self.engine.stats)
 
-    def sample(self, job: SampleJob) -> torch.Tensor | None:
+    def sample(self, job: SampleJob) -> tuple[torch.Tensor, str | None] | None:
+        """Rank 0: the latent and the step cache's summary (or None); other ranks: None."""
         self._stop.clear()
+        cache = self.cache = StepCacheRun(StepCacheSettings(**job.step_cache)) if job.step_cache is not None else None
         self._progress = (0, len(job.sigmas) - 1)
 
         def after_step(info) -> None:
@@ -222,13 +283,36 @@ class DiTWorker:
             if flag.item() > 0:
                 raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
 
-        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()):
+        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
+                self._compiled(job.compile):
             out = sample_video(
                 ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise, latent=job.latent,
                 denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,
-                device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1,
+                device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1, step_cache=cache,
+                image=ImageInput(**job.image) if job.image is not None else None,
             )
-        return out.cpu() if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        return out.cpu(), cache.summary() if cache is not None else None
+
+    def _compiled(self, settings: dict | None):
+        """The Compile node's regional compile for this run (:mod:`hunyuan.dit.compile`); where this
+        worker's device cannot compile, its ``eager_fallback`` decides (run eagerly, or fail)."""
+        if settings is None or not usable(compile_settings := CompileSettings(**settings), self.device):
+            return contextlib.nullcontext()
+        return compiled_blocks(self.model, compile_settings)
+
+    def compiled_graphs(self) -> int:
+        """Graphs torch.compile has made in this worker so far (0: nothing compiled)."""
+        return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+    def cache_history(self) -> dict[str, list[tuple]] | None:
+        """The last run's step cache decisions on this rank, per pass: (step, metric, accumulated,
+        computed) each; None without a step cache."""
+        if self.cache is None:
+            return None
+        return {which: [(d.step, d.metric, d.accumulated, d.computed) for d in state.history]
+                for which, state in self.cache.states.items()}
 
     def interrupt(self) -> None:
         self._stop.set()
@@ -263,7 +347,9 @@ class WorkerPool:
             actor_env = {"env_vars": {"PYTHONPATH": os.path.dirname(package)}}  # Ray started by someone else
         resources = {"num_gpus": 1, "num_cpus": 0} if s.device == "cuda" else {"num_cpus": 0}
         actor = ray.remote(DiTWorker).options(max_concurrency=2, runtime_env=actor_env, **resources)
-        self.actors = [actor.remote(rank, s.processes, s.cfg_degree, s.device) for rank in range(s.processes)]
+        caps = s.memory_caps or (None,) * s.processes
+        self.actors = [actor.remote(rank, s.processes, s.cfg_degree, s.device, caps[rank])
+                       for rank in range(s.processes)]
         self.pids = ray.get([a.pid.remote() for a in self.actors])
         host, port = ray.get(self.actors[0].rendezvous.remote())
         ray.get([a.connect.remote(host, port) for a in self.actors])
@@ -289,17 +375,26 @@ class WorkerPool:
         try:
             wanted = (source, patches_id)
             payload = ray_put_once(patches if wanted != self._loaded else ())  # unchanged: the workers skip
-            self._wait([a.load.remote(source, payload, patches_id) for a in self.actors], interrupted, None)
+            plan = job.plan()
+            chosen = self._wait([a.load.remote(source, payload, patches_id, plan) for a in self.actors],
+                                interrupted, None)
             self._loaded = wanted
-            return self._wait([a.sample.remote(job) for a in self.actors], interrupted, progress)[0]
+            for line in filter(None, chosen):
+                log.info("HunyuanVideo multi-device %s", line)
+            latent, cache = self._wait([a.sample.remote(job) for a in self.actors], interrupted, progress)[0]
+            if cache is not None:
+                log.info("HunyuanVideo step cache (rank 0 of the workers) %s", cache)
+            return latent
         except WorkerInterrupted:
             raise
         except _CallerStopped as stop:  # every worker stopped cleanly; the caller's own exception goes on
             raise stop.original from None
         except Exception as exc:
             self.shutdown()
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise WorkerFailed(f"a multi-device worker failed ({type(exc).__name__}: {first}); "
+            cause = getattr(exc, "cause", None)  # what a worker raised (Ray wraps it in a RayTaskError)
+            shown = cause if isinstance(cause, Exception) else exc
+            first = (str(shown).strip().splitlines() or [""])[0][:300]
+            raise WorkerFailed(f"a multi-device worker failed ({type(shown).__name__}: {first}); "
                                "the workers are restarted on the next run") from None
 
     def _wait(self, refs: list, interrupted, progress) -> list:

@@ -1,10 +1,11 @@
 """The Multi-Device node through a real ComfyUI server: two CPU worker processes (Ray + gloo) give
 the single-device latent (fp32 weights, max rel. error <= 1e-5: heads split across processes sum
-attention in another order), through the API and comfy-cli; an interrupt and a killed worker each
-fail only their job, and the next run is right again.
+attention in another order), through the API and comfy-cli, with a LoRA, Block Swap (set counts
+and auto), image-to-video, a Step Cache and Compile; an interrupt and a killed worker each fail only their
+job, and the next run is right again.
 
 These tests use their own server (its Ray workers end with it), reading the session server's
-tiny models."""
+tiny models and input image."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ MULTI = "30"
 @pytest.fixture(scope="module")
 def server(comfy, tmp_path_factory):
     base = tmp_path_factory.mktemp("multi-device")
-    (base / "models").symlink_to(comfy.base_dir / "models", target_is_directory=True)
+    for shared in ("models", "input"):  # the tiny models and the image-to-video input image
+        (base / shared).symlink_to(comfy.base_dir / shared, target_is_directory=True)
     srv = TestServer(base, env=SERVER_SECRETS).start()
     started = srv.log_size()  # (start-up tracebacks are ComfyUI's optional nodes, checked by the comfy fixture)
     try:
@@ -50,9 +52,11 @@ def graph(prefix: str, *, multi: bool, cfg: float = 1.0, cfg_parallel: bool = Fa
     g["3"]["inputs"].update(weight_dtype="fp32", attention="sdpa")
     g["4"]["inputs"]["steps"] = steps
     g["6"]["inputs"].update(width=80, cfg=cfg)
-    for node in ("7", "8", "9", "10"):
+    if "23" in g:  # image-to-video: the image is encoded at the video's size (with the VAE)
+        g["23"]["inputs"]["width"] = 80
+    for node in ("8", "9", "10") if "23" in g else ("7", "8", "9", "10"):
         del g[node]
-    g["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}}
+    g["40"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/{prefix}"}}
     if multi:
         g[MULTI] = {"class_type": "HunyuanVideoMultiDevice",
                     "inputs": {"dit": g["6"]["inputs"]["dit"], "processes": 2, "device": "cpu",
@@ -145,14 +149,40 @@ def test_heads_that_do_not_divide_are_a_clear_error(server):
     assert "Ulysses degree 3 (3 processes / cfg_degree 1) must divide the DiT's 4 attention heads" in message
 
 
-def test_block_swap_counts_reach_the_workers_and_auto_is_refused(server):
+def test_block_swap_counts_and_auto_on_the_workers(server):
     """t2v_low_vram (Block Swap) on two workers: set counts equal one device (tests/unit shows the
-    workers stream those blocks); "auto" names what to set instead."""
+    workers stream those blocks); "auto" is resolved by each worker for its own memory (a CPU with
+    room for the tiny DiT: nothing swapped), logged in the server's log, and equals one device too."""
     one, two = (graph(f"swap_{multi}", multi=multi, example="t2v_low_vram") for multi in (False, True))
     for g in (one, two):
         g["11"]["inputs"].update(mode="manual", double_blocks=1, single_blocks=1)
     reference = latent_of(server, server.run(one, timeout=600))
     assert rel_err(latent_of(server, server.run(two, timeout=600)), reference) <= FP32_RTOL
     auto = graph("swap_auto", multi=True, example="t2v_low_vram")
-    message = server.run_expect_error(auto)
-    assert "block swap mode 'auto' does not run on multi-device workers yet" in message
+    assert rel_err(latent_of(server, server.run(auto, timeout=600)), reference) <= FP32_RTOL
+    for rank in (0, 1):
+        assert f"worker {rank} (cpu): block swap auto: 0 double + 0 single blocks" in server.log_text()
+
+
+@pytest.mark.parametrize("example", ["i2v_token_replace", "i2v_skyreels"])
+def test_image_to_video_on_the_workers(server, example):
+    """Token replace (the first frame's 15 tokens modulated as at t=0, on rank 0's shard) and
+    SkyReels' 32-channel concat with true CFG: two workers equal one device."""
+    one, two = (graph(f"{example}_{multi}", multi=multi, example=example) for multi in (False, True))
+    reference = latent_of(server, server.run(one, timeout=600))
+    assert rel_err(latent_of(server, server.run(two, timeout=600)), reference) <= FP32_RTOL
+
+
+def test_a_step_cache_and_compile_on_the_workers(server):
+    """t2v_fast (Step Cache: TeaCache, and Compile) on two workers: the same steps skipped as on
+    one device (the summary each logs) and the same latent, each compiling its DiT blocks."""
+    summary = re.compile(r"HunyuanVideo step cache (?:\(rank 0 of the workers\) )?(teacache .*)")
+    one, two = (graph(f"cache_{multi}", multi=multi, example="t2v_fast", steps=6) for multi in (False, True))
+    mark = server.log_size()
+    reference = latent_of(server, server.run(one, timeout=600))
+    single = summary.findall(server.log_path.read_bytes()[mark:].decode(errors="replace"))
+    mark = server.log_size()
+    assert rel_err(latent_of(server, server.run(two, timeout=600)), reference) <= FP32_RTOL
+    workers = summary.findall(server.log_path.read_bytes()[mark:].decode(errors="replace"))
+    assert len(single) == len(workers) == 1 and workers == single
+    assert " 0 skipped" not in single[0], single

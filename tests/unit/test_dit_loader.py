@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from hunyuan.checkpoint_io import CheckpointError
 from hunyuan.dit import TINY
-from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.checkpoint import load_dit, read_config
 from hunyuan.dit.keymap import to_comfy, to_diffusers
 from hunyuan.dit.tiny import TINY_DIT_FILE, random_state_dict, write_tiny
 from tests.checks import FP32_RTOL, assert_same_weights, rel_err
@@ -224,3 +224,13 @@ def test_any_shard_of_a_sharded_diffusers_dit_reads_them_all(three_heads, tmp_pa
     shards[1].unlink()
     with pytest.raises(CheckpointError, match=rf"is shard 1 of {len(shards)}, but {shards[1].name} is missing"):
         load_dit(shards[0], dtype=torch.float32)
+
+
+def test_read_config_is_the_loaders_config(tmp_path, sd):
+    """read_config (no weight read) gives the config load_dit builds, for the text-to-video and the
+    image-to-video tiny files (other input widths, with and without guidance) and a state dict."""
+    for path in write_tiny(tmp_path)[:4]:
+        assert read_config(path) == load_dit(path, dtype=torch.float32).config, path.name
+    assert read_config(sd) == load_dit(sd, dtype=torch.float32).config
+    with pytest.raises(CheckpointError, match="is not a HunyuanVideo DiT"):
+        read_config({"something.weight": torch.zeros(2)})

@@ -8,7 +8,13 @@ import torch
 
 from bench.bench_planner import measure_forward_peak, predicted_forward_peak
 from hunyuan.dit import REAL, TINY, HunyuanVideoDiT
-from hunyuan.memory import auto_swap, estimate_for_request, estimate_sampling_memory, weight_bytes
+from hunyuan.memory import (
+    auto_swap,
+    device_free_bytes,
+    estimate_for_request,
+    estimate_sampling_memory,
+    weight_bytes,
+)
 from hunyuan.offload import SwapSettings, module_bytes, resident_bytes
 
 MID = dict(hidden_size=512, num_heads=4, depth_double=1, depth_single=1)
@@ -115,3 +121,14 @@ def test_sequence_parallel_estimates_one_rank():
     assert ranks[2].activation_bytes > ranks[4].activation_bytes > ranks[8].activation_bytes
     with pytest.raises(ValueError, match="sequence_parallel=5 must divide the DiT's 24 heads"):
         estimate_sampling_memory(**size, sequence_parallel=5)
+
+
+def test_device_free_bytes_on_the_cpu_is_the_available_memory():
+    """What a multi-device worker plans block swap auto with on a CPU: the system's available memory
+    (ComfyUI's own figure for a CPU)."""
+    import psutil
+
+    free, available = device_free_bytes("cpu"), psutil.virtual_memory().available
+    assert 0 < free and abs(free - available) <= 0.05 * available
+    with pytest.raises(ValueError, match="device meta has no free-memory query here"):
+        device_free_bytes("meta")

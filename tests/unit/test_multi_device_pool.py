@@ -1,11 +1,13 @@
 """The multi-device worker pool (Ray actors, gloo on the CPU): the same latent as one process,
-CFG parallel, an interrupt that stops every rank, a killed worker that fails the run and is
-replaced on the next. fp32 tiny DiT; max rel. error <= 1e-5 (heads split across processes sum
-attention in another order)."""
+CFG parallel, block swap (set counts, and "auto" per worker), image-to-video in each mode, step
+caches, an interrupt that stops every rank, a killed worker that fails the run and is replaced on
+the next. fp32 tiny DiTs; max rel. error <= 1e-5 (heads split across processes sum attention in
+another order)."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 
@@ -15,8 +17,11 @@ import torch
 
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import precompute_refined_text
-from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.checkpoint import load_dit, read_config
+from hunyuan.dit.compile import CompileSettings
+from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings
 from hunyuan.dit.tiny import write_tiny
+from hunyuan.memory import auto_swap, estimate_sampling_memory
 from hunyuan.offload import SwapSettings
 from hunyuan.parallel.workers import (
     DiTSource,
@@ -29,7 +34,8 @@ from hunyuan.parallel.workers import (
     apply_patches,
 )
 from hunyuan.sampling import flow_sigmas, seeded_noise
-from hunyuan.sampling.pipeline import sample_video
+from hunyuan.sampling.image import ImageInput
+from hunyuan.sampling.pipeline import MODEL_LATENT_SCALE, sample_video
 from tests.checks import FP32_RTOL, rel_err
 
 SHAPE = (1, 16, 3, 6, 10)  # 45 video tokens: padded for 2 ranks
@@ -37,9 +43,14 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory) -> DiTSource:
-    path = write_tiny(tmp_path_factory.mktemp("models"))[0]
-    return DiTSource(str(path), "float32", None, "sdpa")
+def tiny_files(tmp_path_factory) -> list:
+    """The text-to-video DiT, the three image-to-video ones (token replace, concat_mask, concat), a LoRA."""
+    return write_tiny(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def source(tiny_files) -> DiTSource:
+    return DiTSource(str(tiny_files[0]), "float32", None, "sdpa")
 
 
 def _job(source: DiTSource, steps: int) -> SampleJob:
@@ -57,11 +68,12 @@ def job(source) -> SampleJob:
     return _job(source, STEPS)
 
 
-def _one_process(source: DiTSource, job: SampleJob) -> torch.Tensor:
+def _one_process(source: DiTSource, job: SampleJob, step_cache: StepCacheRun | None = None) -> torch.Tensor:
     model = load_dit(source.path, dtype=torch.float32)
+    image = ImageInput(**job.image) if job.image is not None else None
     with torch.inference_mode():
         return sample_video(model, job.conditioning(), job.sigmas, job.noise, cfg=job.cfg,
-                            embedded_guidance=job.embedded_guidance)
+                            embedded_guidance=job.embedded_guidance, image=image, step_cache=step_cache)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,118 @@ def test_block_swap_on_the_workers_streams_patched_blocks(source, job):
         forwards = 2 * STEPS  # true CFG in two passes
         for stats in ray.get([a.swap_stats.remote() for a in pool.actors]):
             assert stats["fetches"] >= 2 * forwards, stats  # two swapped blocks, each fetched at least once a forward
+    finally:
+        pool.shutdown()
+
+
+def test_block_swap_auto_picks_counts_for_each_workers_memory(source, job, reference, caplog):
+    """"auto" is resolved by each worker for its own free memory and its share of the video (1/P of
+    the tokens): a worker told it has less memory swaps blocks, the other none, and the result is
+    the single-process latent. The cap fits the per-rank size with 2 double + 1 single blocks
+    swapped, where a one-process plan would need every block swapped."""
+    config = read_config(source.path)
+    sizes = {**job.plan(), "weight_dtype": torch.float32, "compute_dtype": torch.float32}
+    cap = estimate_sampling_memory(config, swap=SwapSettings(2, 1), **sizes, sequence_parallel=2).peak_bytes
+    auto = SwapSettings(mode="auto")
+    chosen = auto_swap(config, cap, base=auto, **sizes, sequence_parallel=2)
+    assert (chosen.double_blocks, chosen.single_blocks) == (2, 1)
+    assert auto_swap(config, cap, base=auto, **sizes) != chosen, "the per-rank size is what makes it fit"
+    pool = WorkerPool(PoolSettings(2, "cpu", False, memory_caps=(None, cap)), heads=4)
+    try:
+        with caplog.at_level(logging.INFO, logger="hunyuan.parallel.workers"):
+            out = pool.run(dataclasses.replace(source, swap=auto), job)
+        assert rel_err(out, reference) <= FP32_RTOL
+        assert "worker 0 (cpu): block swap auto: 0 double + 0 single blocks" in caplog.text
+        assert "worker 1 (cpu): block swap auto: 2 double + 1 single blocks" in caplog.text
+        assert "over 2 sequence shards" in caplog.text
+        stats = ray.get([a.swap_stats.remote() for a in pool.actors])
+        assert stats[0] is None and stats[1]["fetches"] >= 3 * 2 * STEPS, stats  # 3 blocks, 2 passes a step
+    finally:
+        pool.shutdown()
+
+
+def test_block_swap_auto_that_cannot_fit_names_the_worker_and_the_memory(source, job, reference):
+    """A worker whose memory holds the tiny DiT's job even with every block swapped fails the job
+    with the planner's reason and that worker's name; the next run (other settings) is right."""
+    pool = WorkerPool(PoolSettings(2, "cpu", False, memory_caps=(None, 2**20)), heads=4)
+    try:
+        auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+        with pytest.raises(WorkerFailed, match=r"worker 1 \(cpu\): block swap auto: sampling needs about .* even "
+                           r"with every block swapped, but only 0.0 GiB is free"):
+            pool.run(auto, job)
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL
+    finally:
+        pool.shutdown()
+
+
+def test_pool_settings_name_a_wrong_number_of_memory_caps():
+    with pytest.raises(ValueError, match=r"memory_caps has 1 entries; expected one per process \(2\)"):
+        PoolSettings(2, "cpu", False, memory_caps=(1,))
+
+
+def test_image_to_video_on_four_workers_equals_one_process(tiny_files, job):
+    """Each image-to-video mode on 4 workers (Ulysses degree 4: 45 video tokens in shards of 12,
+    the last padded) equals one process. Token replace's first frame (15 tokens, modulated as at
+    t=0) spans ranks 0 and 1 and is absent from 2 and 3."""
+    raw = torch.randn(1, 16, 1, *job.noise.shape[-2:], generator=torch.Generator().manual_seed(5))
+    modes = {"token_replace": tiny_files[1], "concat_mask": tiny_files[2], "concat": tiny_files[3]}
+    pool = WorkerPool(PoolSettings(4, "cpu", False), heads=4)
+    try:
+        for how, path in modes.items():
+            image = ImageInput(how, raw, stability=how == "concat", scale=MODEL_LATENT_SCALE)
+            source = DiTSource(str(path), "float32", None, "sdpa")
+            i2v = dataclasses.replace(job, image={f.name: getattr(image, f.name) for f in dataclasses.fields(image)})
+            reference = _one_process(source, i2v)
+            out = pool.run(source, i2v)
+            assert out.shape == reference.shape, how
+            assert rel_err(out, reference) <= FP32_RTOL, how
+    finally:
+        pool.shutdown()
+
+
+CACHES = [("teacache", 0.15), ("first_block", 0.07), ("easycache", 0.025)]  # each skips some steps, not all
+
+
+def test_step_caches_on_two_workers_decide_as_one_process(source):
+    """Every rank takes each step cache decision one process takes, from the same metric: TeaCache
+    and First Block Cache sum theirs over every rank's tokens, EasyCache's is whole on every rank.
+    Metrics within 1e-4 relative: each is a small difference of two fp32 means, so the 1e-6 the
+    split attention moves the activations by is amplified by the ratio of the two."""
+    job = _job(source, 8)
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    try:
+        for kind, threshold in CACHES:
+            settings = StepCacheSettings(kind, threshold)
+            run = StepCacheRun(settings)
+            reference = _one_process(source, job, step_cache=run)
+            out = pool.run(source, dataclasses.replace(job, step_cache=dataclasses.asdict(settings)))
+            assert rel_err(out, reference) <= FP32_RTOL, kind
+            decisions = [d.computed for state in run.states.values() for d in state.history]
+            assert not all(decisions), f"{kind} skipped no step at threshold {threshold}"
+            for rank, history in enumerate(ray.get([a.cache_history.remote() for a in pool.actors])):
+                assert set(history) == set(run.states), (kind, rank)
+                for which, state in run.states.items():
+                    assert [h[3] for h in history[which]] == [d.computed for d in state.history], (kind, rank)
+                    for (_, metric, _, _), d in zip(history[which], state.history):
+                        assert (metric is None) == (d.metric is None), (kind, rank)
+                        if metric is not None:
+                            assert abs(metric - d.metric) <= 1e-4 * abs(d.metric), (kind, rank, which, metric)
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_compile_on_two_workers_equals_one_eager_process(source, job, reference):
+    """The Compile node's settings reach the workers: each compiles its blocks (inductor on the
+    CPU, around the Ulysses all-to-alls) and the latent equals one eager process (fp32: inductor's
+    fused kernels sum in another order, as in tests/unit/test_compile.py)."""
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    try:
+        settings = dataclasses.asdict(CompileSettings(eager_fallback=False))
+        out = pool.run(source, dataclasses.replace(job, compile=settings))
+        assert rel_err(out, reference) <= FP32_RTOL
+        assert all(n > 0 for n in ray.get([a.compiled_graphs.remote() for a in pool.actors]))
+        assert rel_err(pool.run(source, job), reference) <= FP32_RTOL, "and a run without Compile after it"
     finally:
         pool.shutdown()
 

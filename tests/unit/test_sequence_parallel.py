@@ -44,16 +44,17 @@ def _conditioning(model) -> RefinedConditioning:
 @torch.no_grad()
 def _results(model, dit: HunyuanVideoDiT) -> dict[str, torch.Tensor]:
     """What ``model`` (the DiT or a ParallelDiT of it) computes: one forward of a [cond; uncond]
-    batch, and sampled latents with and without true CFG."""
+    batch, plain and with token replace (the first frame's 15 tokens modulated as at t=0: with 4
+    ranks in shards of 12, they span ranks 0 and 1), and sampled latents with and without true CFG."""
     cond, sigmas, noise = _conditioning(dit), flow_sigmas(STEPS, 7.0), seeded_noise(5, SHAPE)
     pos, neg = cond.positive, cond.negative
     n = pos.tokens.shape[2]
     tokens = torch.cat((pos.tokens[0], neg.tokens[0, :, :n]))
     mask = torch.cat((pos.mask, neg.mask[:, :n]))
     x = torch.cat((noise, noise * 0.5))
-    forward = model(x, torch.tensor([900.0, 900.0]), mask, torch.cat((pos.pooled, neg.pooled)),
-                    torch.tensor([6.0, 6.0]), refined_text=tokens)
-    return {"forward": forward,
+    args = (x, torch.tensor([900.0, 900.0]), mask, torch.cat((pos.pooled, neg.pooled)), torch.tensor([6.0, 6.0]))
+    return {"forward": model(*args, refined_text=tokens),
+            "token_replace": model(*args, refined_text=tokens, token_replace=True),
             "cfg": sample_video(model, cond, sigmas, noise, cfg=4.0, batched_cfg=True),
             "no_cfg": sample_video(model, RefinedConditioning(pos), sigmas, noise, cfg=1.0)}
 
@@ -81,7 +82,7 @@ def test_every_rank_equals_one_process(tmp_path, single_process, world, cfg_degr
     mp.spawn(_worker, args=(world, cfg_degree, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world)
     for rank in range(world):
         got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
-        assert set(got) == {"forward", "cfg", "no_cfg"}
+        assert set(got) == {"forward", "token_replace", "cfg", "no_cfg"}
         for name, value in got.items():
             assert rel_err(value, single_process[name]) <= FP32_RTOL, (rank, name)
 
@@ -103,7 +104,7 @@ def test_degrees_that_do_not_divide_are_named(world, cfg_degree, heads, message)
     assert str(caught.value).startswith(message)
 
 
-def test_step_cache_is_refused_by_name():
-    with pytest.raises(ValueError, match="step caches do not run with several processes"):
-        ParallelDiT(_dit(), None)(torch.zeros(SHAPE), torch.zeros(1), torch.ones(1, 3, dtype=torch.bool),
-                                  torch.zeros(1, TINY.text_states_dim_2), step_cache=object())
+
+def test_token_replace_changes_the_forward(single_process):
+    """(So the parity above sees where each rank's first-frame tokens are.)"""
+    assert rel_err(single_process["token_replace"], single_process["forward"]) > 1e-3

@@ -75,6 +75,8 @@ def test_a_high_threshold_skips_steps_and_stays_close(model, conditioning, kind)
 class FakeRun:
     """Stands in for the DiT's BlockRunner: block outputs the test chooses, and what ran."""
 
+    shard = None  # one process: the tensors hold every video token
+
     def __init__(self, first_scale: float, rest_scale: float):
         self.first_scale, self.rest_scale, self.calls = first_scale, rest_scale, []
 
