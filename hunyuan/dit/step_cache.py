@@ -25,7 +25,8 @@ is computed. A state records each decision (``history``) so tests can check the 
 
 With sequence parallelism (:mod:`hunyuan.parallel`) each process holds a share of the video
 tokens: TeaCache's and First Block Cache's metric is then summed over every process's share
-(:func:`rel_l1`), and EasyCache's inputs and outputs are whole on every process, so every
+(:func:`rel_l1`; when CFG parallel splits the batch between two groups of processes, over both
+groups' batch elements), and EasyCache's inputs and outputs are whole on every process, so every
 process takes each decision as one process would.
 """
 

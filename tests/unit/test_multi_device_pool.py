@@ -187,18 +187,25 @@ def test_image_to_video_on_four_workers_equals_one_process(tiny_files, job):
         pool.shutdown()
 
 
-CACHES = [("teacache", 0.15), ("first_block", 0.07), ("easycache", 0.025)]  # each skips some steps, not all
+# Each skips some steps, not all. With CFG parallel and a batch of 2, each CFG group runs one
+# batch element, whose own metric differs from the whole batch's by ~1e-3: First Block Cache's
+# 0.095 lies between them at step 6 (one process computes, one group alone would skip).
+CACHES = {(False, 1): [("teacache", 0.15), ("first_block", 0.07), ("easycache", 0.025)],
+          (True, 2): [("teacache", 0.15), ("first_block", 0.095), ("easycache", 0.025)]}
 
 
-def test_step_caches_on_two_workers_decide_as_one_process(source):
+@pytest.mark.parametrize("cfg_parallel, batch", list(CACHES))
+def test_step_caches_on_two_workers_decide_as_one_process(source, cfg_parallel, batch):
     """Every rank takes each step cache decision one process takes, from the same metric: TeaCache
-    and First Block Cache sum theirs over every rank's tokens, EasyCache's is whole on every rank.
+    and First Block Cache sum theirs over every rank's tokens (and, when CFG parallel splits the
+    batch, over both CFG groups' batch elements), EasyCache's is whole on every rank.
     Metrics within 1e-4 relative: each is a small difference of two fp32 means, so the 1e-6 the
     split attention moves the activations by is amplified by the ratio of the two."""
     job = _job(source, 8)
-    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    job = dataclasses.replace(job, noise=seeded_noise(11, (batch, *SHAPE[1:])))
+    pool = WorkerPool(PoolSettings(2, "cpu", cfg_parallel), heads=4)
     try:
-        for kind, threshold in CACHES:
+        for kind, threshold in CACHES[cfg_parallel, batch]:
             settings = StepCacheSettings(kind, threshold)
             run = StepCacheRun(settings)
             reference = _one_process(source, job, step_cache=run)
