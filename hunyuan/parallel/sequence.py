@@ -117,6 +117,14 @@ class UlyssesAttention:
         return torch.cat((self._scatter_sequence(out[:, :n_video]), self._gather_heads(out[:, n_video:])), dim=1)
 
 
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is true on any rank of the world (an all-reduce MAX of a
+    0/1 tensor on ``device``): one decision every rank takes together, whatever each computed."""
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
 class SequenceShard:
     """What :class:`~hunyuan.dit.model.HunyuanVideoDiT` calls to split and re-join its video tokens.
 

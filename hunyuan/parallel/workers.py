@@ -35,7 +35,7 @@ from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
 from ..sampling.image import ImageInput
 from ..sampling.pipeline import sample_video
 from ..sampling.schedule import video_size
-from .sequence import ParallelDiT, check_degrees, make_groups
+from .sequence import ParallelDiT, any_rank, check_degrees, make_groups
 
 log = logging.getLogger(__name__)
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
@@ -273,14 +273,13 @@ class DiTWorker:
     def sample(self, job: SampleJob) -> tuple[torch.Tensor, str | None] | None:
         """Rank 0: the latent and the step cache's summary (or None); other ranks: None."""
         self._stop.clear()
-        cache = self.cache = StepCacheRun(StepCacheSettings(**job.step_cache)) if job.step_cache is not None else None
+        cache = self.cache = (StepCacheRun(StepCacheSettings(**job.step_cache), agree=self._any_rank)
+                              if job.step_cache is not None else None)
         self._progress = (0, len(job.sigmas) - 1)
 
         def after_step(info) -> None:
             self._progress = (info.index + 1, info.total)
-            flag = torch.tensor([1.0 if self._stop.is_set() else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0:
+            if self._any_rank(self._stop.is_set()):
                 raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
 
         with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
@@ -294,6 +293,9 @@ class DiTWorker:
         if self.rank != 0:
             return None
         return out.cpu(), cache.summary() if cache is not None else None
+
+    def _any_rank(self, flag: bool) -> bool:
+        return any_rank(flag, self.device)
 
     def _compiled(self, settings: dict | None):
         """The Compile node's regional compile for this run (:mod:`hunyuan.dit.compile`); where this

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import TINY, HunyuanVideoDiT, precompute_refined_text
-from hunyuan.parallel.sequence import ParallelDiT, check_degrees, make_groups
+from hunyuan.parallel.sequence import ParallelDiT, any_rank, check_degrees, make_groups
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.pipeline import sample_video
 from tests.checks import FP32_RTOL, rel_err
@@ -85,6 +85,23 @@ def test_every_rank_equals_one_process(tmp_path, single_process, world, cfg_degr
         assert set(got) == {"forward", "token_replace", "cfg", "no_cfg"}
         for name, value in got.items():
             assert rel_err(value, single_process[name]) <= FP32_RTOL, (rank, name)
+
+
+def _vote(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        votes = [any_rank(rank == world - 1, "cpu"), any_rank(False, "cpu"), any_rank(rank == 0, "cpu")]
+        save_file({"votes": torch.tensor(votes)}, f"{out_dir}/votes{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_any_rank_is_true_on_every_rank_when_one_says_so(tmp_path):
+    """What a step cache's decisions are agreed with: one rank's "compute" is every rank's."""
+    world = 3
+    mp.spawn(_vote, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world)
+    for rank in range(world):
+        assert load_file(str(tmp_path / f"votes{rank}.safetensors"))["votes"].tolist() == [True, False, True], rank
 
 
 def test_the_token_count_needs_padding():
