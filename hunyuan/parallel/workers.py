@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -191,7 +192,9 @@ class DiTWorker:
         self.device = torch.device(device) if device == "cpu" else torch.device(device, 0)
         self.model = self.loaded = self.groups = self.engine = None
         self.patches, self.patches_for = (), None  # the weight patches last sent, and for which (source, id)
-        self.cache: StepCacheRun | None = None  # the last run's step cache states
+        # the last run's step cache decisions in plain values (cache_history); its tensors (residuals,
+        # probes: on a GPU ~1.5 GB at 720p) go with the run
+        self.decisions: dict[str, list[tuple]] | None = None
         self._stop = threading.Event()
         self._progress = (0, 0)
 
@@ -273,26 +276,37 @@ class DiTWorker:
     def sample(self, job: SampleJob) -> tuple[torch.Tensor, str | None] | None:
         """Rank 0: the latent and the step cache's summary (or None); other ranks: None."""
         self._stop.clear()
-        cache = self.cache = (StepCacheRun(StepCacheSettings(**job.step_cache), agree=self._any_rank)
-                              if job.step_cache is not None else None)
+        self.decisions = None
+        cache = (StepCacheRun(StepCacheSettings(**job.step_cache), agree=self._any_rank)
+                 if job.step_cache is not None else None)
         self._progress = (0, len(job.sigmas) - 1)
+        summary = None
 
         def after_step(info) -> None:
             self._progress = (info.index + 1, info.total)
             if self._any_rank(self._stop.is_set()):
                 raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
 
-        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
-                self._compiled(job.compile):
-            out = sample_video(
-                ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise, latent=job.latent,
-                denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,
-                device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1, step_cache=cache,
-                image=ImageInput(**job.image) if job.image is not None else None,
-            )
+        try:
+            with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
+                    self._compiled(job.compile):
+                out = sample_video(
+                    ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise,
+                    latent=job.latent, denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance,
+                    solver=job.solver, device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1,
+                    step_cache=cache, image=ImageInput(**job.image) if job.image is not None else None,
+                )
+        except BaseException as exc:  # the frames the exception carries would keep the cache's tensors
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            if cache is not None:
+                self.decisions = {which: [(d.step, d.metric, d.accumulated, d.computed) for d in state.history]
+                                  for which, state in cache.states.items()}
+                summary, cache = cache.summary(), None
         if self.rank != 0:
             return None
-        return out.cpu(), cache.summary() if cache is not None else None
+        return out.cpu(), summary
 
     def _any_rank(self, flag: bool) -> bool:
         return any_rank(flag, self.device)
@@ -311,10 +325,7 @@ class DiTWorker:
     def cache_history(self) -> dict[str, list[tuple]] | None:
         """The last run's step cache decisions on this rank, per pass: (step, metric, accumulated,
         computed) each; None without a step cache."""
-        if self.cache is None:
-            return None
-        return {which: [(d.step, d.metric, d.accumulated, d.computed) for d in state.history]
-                for which, state in self.cache.states.items()}
+        return self.decisions
 
     def interrupt(self) -> None:
         self._stop.set()

@@ -7,30 +7,37 @@ another order)."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import json
 import logging
 import os
 import signal
+import threading
 
 import pytest
 import ray  # a test tool (requirements/dev.txt); users install it for multi-device runs
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit, read_config
 from hunyuan.dit.compile import CompileSettings
-from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings
+from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings, StepCacheState
 from hunyuan.dit.tiny import write_tiny
 from hunyuan.memory import auto_swap, estimate_sampling_memory
 from hunyuan.offload import SwapSettings
 from hunyuan.parallel.workers import (
     DiTSource,
+    DiTWorker,
     PoolSettings,
     SampleJob,
     WeightPatch,
     WorkerFailed,
     WorkerInterrupted,
     WorkerPool,
+    _free_port,
     apply_patches,
 )
 from hunyuan.sampling import flow_sigmas, seeded_noise
@@ -223,6 +230,52 @@ def test_step_caches_on_two_workers_decide_as_one_process(source, cfg_parallel, 
                             assert abs(metric - d.metric) <= 1e-4 * abs(d.metric), (kind, rank, which, metric)
     finally:
         pool.shutdown()
+
+
+class _StopAtOnce(threading.Event):
+    """A stop flag that is always set: the run stops after its first step."""
+
+    def is_set(self) -> bool:
+        return True
+
+
+def _cache_left_after_runs(rank: int, path: str, port: int, out: str) -> None:
+    """A one-rank worker (gloo, in a child process) samples with a step cache, once to the end and
+    once interrupted (the exception kept); after each, which step cache states are still alive."""
+    worker = DiTWorker(0, 1, 1, "cpu")
+    worker.connect("127.0.0.1", port)
+    try:
+        source = DiTSource(path, "float32", None, "sdpa")
+        job = dataclasses.replace(_job(source, 8), step_cache=dataclasses.asdict(StepCacheSettings("first_block", 0.07)))
+        worker.load(source)
+        worker.sample(job)
+        gc.collect()
+        found = {"after a run": sum(issubclass(type(o), StepCacheState) for o in gc.get_objects()),
+                 "history": worker.cache_history()}
+        worker._stop = _StopAtOnce()
+        try:
+            worker.sample(job)
+        except WorkerInterrupted as exc:
+            kept = exc  # noqa: F841 (held, as Ray holds what a method raised while it reports it)
+        gc.collect()
+        found["after an interrupt"] = sum(issubclass(type(o), StepCacheState) for o in gc.get_objects())
+        found["interrupted history"] = worker.cache_history()
+        with open(out, "w") as f:
+            json.dump(found, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_worker_keeps_the_step_cache_decisions_not_its_tensors(source, tmp_path):
+    """Between runs a worker holds the last run's decisions (plain values, for cache_history) and
+    none of the step cache's residuals and probes, also when the run was interrupted."""
+    out = tmp_path / "found.json"
+    mp.spawn(_cache_left_after_runs, args=(source.path, _free_port(), str(out)), nprocs=1)
+    found = json.loads(out.read_text())
+    assert found["after a run"] == 0 and found["after an interrupt"] == 0, found
+    history = found["history"]["cond"]
+    assert len(history) == 8 and not all(computed for *_, computed in history)
+    assert [step for step, *_ in found["interrupted history"]["cond"]] == [0]  # stopped after the first
 
 
 @pytest.mark.slow
