@@ -31,7 +31,7 @@ from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit, read_config
 from ..dit.compile import CompileSettings, compiled_blocks, usable
 from ..dit.step_cache import StepCacheRun, StepCacheSettings
-from ..memory import auto_swap, device_free_bytes, estimate_sampling_memory
+from ..memory import auto_swap, estimate_sampling_memory, worker_plan_bytes
 from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
 from ..sampling.image import ImageInput
 from ..sampling.pipeline import sample_video
@@ -59,8 +59,9 @@ class PoolSettings:
     device: str  # "cpu" or "cuda"
     cfg_parallel: bool
     address: str | None = None  # an existing Ray cluster (the server owner's setting), or None: local
-    # per rank, the most bytes block swap "auto" may plan with on that worker's device (None: all
-    # that the device has free), e.g. for a GPU shared with other work
+    # per rank, the most bytes block swap "auto" may plan with on that worker's device (None: what
+    # the device has free less the reserve, hunyuan.memory.worker_plan_bytes), e.g. for a GPU
+    # shared with other work
     memory_caps: tuple[int | None, ...] | None = None
 
     def __post_init__(self):
@@ -239,14 +240,15 @@ class DiTWorker:
     def _swap_for(self, source: DiTSource, plan: dict | None) -> tuple[SwapSettings | None, str | None]:
         """The swap settings this worker loads with: the node's counts, or for "auto" the counts
         :func:`hunyuan.memory.auto_swap` picks for this job's per-rank size (1/P of the video
-        tokens) in this worker's own free memory (capped by ``memory_cap``)."""
+        tokens) in this worker's own free memory less a reserve
+        (:func:`hunyuan.memory.worker_plan_bytes`), capped by ``memory_cap``."""
         settings = source.swap
         if settings is None or settings.mode != "auto":
             return settings, None
         if plan is None:
             raise ValueError("block swap 'auto' needs the job's size to pick counts; none was given")
         config = read_config(source.path)
-        free = device_free_bytes(self.device)  # on a GPU it counts this worker's own DiT as free (reloads free it)
+        free = worker_plan_bytes(self.device)  # less a reserve; this worker's own DiT counts as free
         if self.memory_cap is not None:
             free = min(free, self.memory_cap)
         dtype = getattr(torch, source.dtype)
@@ -260,7 +262,7 @@ class DiTWorker:
         return chosen, (f"worker {self.rank} ({self.device}): block swap auto: {chosen.double_blocks} double + "
                         f"{chosen.single_blocks} single blocks; predicted peak {peak / 2**30:.3f} GiB for "
                         f"{plan['width']}x{plan['height']}x{plan['frames']} over {sizes['sequence_parallel']} "
-                        f"sequence shards, {free / 2**30:.3f} GiB free")
+                        f"sequence shards, {free / 2**30:.3f} GiB to plan with")
 
     def _engine(self, model, settings: SwapSettings) -> BlockSwapEngine:
         """The Block Swap engine for this worker's device. CPU workers (the test configuration)

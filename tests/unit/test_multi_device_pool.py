@@ -20,13 +20,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hunyuan import memory
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit, read_config
 from hunyuan.dit.compile import CompileSettings
 from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings, StepCacheState
 from hunyuan.dit.tiny import write_tiny
-from hunyuan.memory import auto_swap, estimate_sampling_memory
+from hunyuan.memory import WORKER_RESERVE_BYTES, auto_swap, estimate_sampling_memory
 from hunyuan.offload import SwapSettings
 from hunyuan.parallel.workers import (
     DiTSource,
@@ -153,6 +154,21 @@ def test_block_swap_auto_picks_counts_for_each_workers_memory(source, job, refer
         assert stats[0] is None and stats[1]["fetches"] >= 3 * 2 * STEPS, stats  # 3 blocks, 2 passes a step
     finally:
         pool.shutdown()
+
+
+def test_block_swap_auto_on_a_worker_keeps_the_reserve_back(source, job, monkeypatch):
+    """A worker plans with its device's free memory less the reserve: free memory that would hold
+    the job with nothing swapped, but not once the reserve is kept back, makes it swap blocks."""
+    config = read_config(source.path)
+    sizes = {**job.plan(), "weight_dtype": torch.float32, "compute_dtype": torch.float32, "sequence_parallel": 2}
+    whole = estimate_sampling_memory(config, swap=SwapSettings(), **sizes).peak_bytes
+    free = whole + WORKER_RESERVE_BYTES - 1
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: free)
+    auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+    chosen, why = DiTWorker(1, 2, 1, "cpu")._swap_for(auto, job.plan())
+    assert chosen == auto_swap(config, free - WORKER_RESERVE_BYTES, base=auto.swap, **sizes)
+    assert chosen.swaps_anything and auto_swap(config, free, base=auto.swap, **sizes).swaps_anything is False
+    assert f"{(free - WORKER_RESERVE_BYTES) / 2**30:.3f} GiB to plan with" in why
 
 
 def test_block_swap_auto_that_cannot_fit_names_the_worker_and_the_memory(source, job, reference):
