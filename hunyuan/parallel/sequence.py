@@ -156,8 +156,12 @@ class SequenceShard:
 
     def local_vec(self, vec):
         """Token replace's :class:`FirstFrameVec` counts the first frame's tokens of the whole
-        sequence; a shard holds those of them that fall in its range (all, some or none)."""
-        return dataclasses.replace(vec, n=self._mine(vec.n)) if isinstance(vec, FirstFrameVec) else vec
+        sequence; a shard holds those of them that fall in its range (all or some), or none: then
+        the plain vec, so its blocks do no first-frame modulation work."""
+        if not isinstance(vec, FirstFrameVec):
+            return vec
+        mine = self._mine(vec.n)
+        return dataclasses.replace(vec, n=mine) if mine else vec.vec
 
     def sums(self, *tensors: torch.Tensor) -> torch.Tensor:
         """The sums over the whole input's video tokens (padding left out) of ``tensors``, each

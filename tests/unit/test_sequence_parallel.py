@@ -12,7 +12,15 @@ from safetensors.torch import load_file, save_file
 
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import TINY, HunyuanVideoDiT, precompute_refined_text
-from hunyuan.parallel.sequence import ParallelDiT, any_rank, check_degrees, make_groups
+from hunyuan.dit.token_replace import FirstFrameVec
+from hunyuan.parallel.sequence import (
+    ParallelDiT,
+    ParallelGroups,
+    SequenceShard,
+    any_rank,
+    check_degrees,
+    make_groups,
+)
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.pipeline import sample_video
 from tests.checks import FP32_RTOL, rel_err
@@ -125,3 +133,17 @@ def test_degrees_that_do_not_divide_are_named(world, cfg_degree, heads, message)
 def test_token_replace_changes_the_forward(single_process):
     """(So the parity above sees where each rank's first-frame tokens are.)"""
     assert rel_err(single_process["token_replace"], single_process["forward"]) > 1e-3
+
+
+def test_a_shard_without_first_frame_tokens_gets_the_plain_vec():
+    """Token replace over 4 shards of 12 tokens with a 15-token first frame: rank 0 holds 12 of
+    them, rank 1 three, ranks 2 and 3 none, and those get the plain vec (no first-frame work)."""
+    vec = FirstFrameVec(torch.zeros(1, 8), torch.ones(1, 8), 15)
+    got = []
+    for rank in range(4):
+        shard = SequenceShard(ParallelGroups(1, 4, 0, rank, None, None))
+        shard.local = 12
+        got.append(shard.local_vec(vec))
+    assert [v.n for v in got[:2]] == [12, 3] and all(isinstance(v, FirstFrameVec) for v in got[:2])
+    assert got[2] is vec.vec and got[3] is vec.vec
+    assert shard.local_vec(vec.vec) is vec.vec
