@@ -215,11 +215,11 @@ class DiTWorker:
 
     def load(self, source: DiTSource, patches=(), patches_id: str | None = None, plan: dict | None = None):
         """The DiT from ``source`` with ``patches`` applied; reloaded when either changes, or when
-        block swap "auto" picks other counts for this job (``plan``: :meth:`SampleJob.plan`).
+        block swap "auto" needs other counts for this job (``plan``: :meth:`SampleJob.plan`).
         Returns what "auto" chose on this worker and why (a log line), or None."""
         if (source, patches_id) != self.patches_for:  # the pool sends patches only when these change
             self.patches, self.patches_for = patches, (source, patches_id)
-        swap, why = self._swap_for(source, plan)
+        swap, why = self._swap_for(source, plan, patches_id)
         if (source, patches_id, swap) == self.loaded:
             return why
         self.model = self.engine = self.loaded = None
@@ -237,11 +237,14 @@ class DiTWorker:
         self.model, self.loaded = model.eval(), (source, patches_id, swap)
         return why
 
-    def _swap_for(self, source: DiTSource, plan: dict | None) -> tuple[SwapSettings | None, str | None]:
+    def _swap_for(self, source: DiTSource, plan: dict | None,
+                  patches_id: str | None = None) -> tuple[SwapSettings | None, str | None]:
         """The swap settings this worker loads with: the node's counts, or for "auto" the counts
         :func:`hunyuan.memory.auto_swap` picks for this job's per-rank size (1/P of the video
         tokens) in this worker's own free memory less a reserve
-        (:func:`hunyuan.memory.worker_plan_bytes`), capped by ``memory_cap``."""
+        (:func:`hunyuan.memory.worker_plan_bytes`), capped by ``memory_cap``. The counts of the
+        DiT this worker holds (same file, settings and patches) are kept while they still fit, so
+        a job of another size does not reload it from disk."""
         settings = source.swap
         if settings is None or settings.mode != "auto":
             return settings, None
@@ -259,8 +262,16 @@ class DiTWorker:
         except ValueError as exc:
             raise ValueError(f"worker {self.rank} ({self.device}): block swap auto: {exc}") from None
         peak = estimate_sampling_memory(config, swap=chosen, **sizes).peak_bytes
+        how = ""
+        held = self.loaded[2] if self.loaded is not None and self.loaded[:2] == (source, patches_id) else None
+        if held is not None and held != chosen:
+            held_peak = estimate_sampling_memory(config, swap=held, **sizes).peak_bytes
+            if held_peak <= free:
+                how = (f" (the loaded counts, which still fit; {chosen.double_blocks} double + "
+                       f"{chosen.single_blocks} single would need a reload)")
+                chosen, peak = held, held_peak
         return chosen, (f"worker {self.rank} ({self.device}): block swap auto: {chosen.double_blocks} double + "
-                        f"{chosen.single_blocks} single blocks; predicted peak {peak / 2**30:.3f} GiB for "
+                        f"{chosen.single_blocks} single blocks{how}; predicted peak {peak / 2**30:.3f} GiB for "
                         f"{plan['width']}x{plan['height']}x{plan['frames']} over {sizes['sequence_parallel']} "
                         f"sequence shards, {free / 2**30:.3f} GiB to plan with")
 

@@ -171,6 +171,26 @@ def test_block_swap_auto_on_a_worker_keeps_the_reserve_back(source, job, monkeyp
     assert f"{(free - WORKER_RESERVE_BYTES) / 2**30:.3f} GiB to plan with" in why
 
 
+def test_block_swap_auto_keeps_the_loaded_counts_while_they_fit(source, job, monkeypatch):
+    """A worker holding the DiT with counts that still fit this job keeps them (no reload from
+    disk) though auto alone would pick others; counts that no longer fit, another file's or
+    other patches' are not kept."""
+    config = read_config(source.path)
+    sizes = {**job.plan(), "weight_dtype": torch.float32, "compute_dtype": torch.float32, "sequence_parallel": 2}
+    auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+    held = auto.swap.with_counts(2, 1)
+    held_peak = estimate_sampling_memory(config, swap=held, **sizes).peak_bytes
+    worker = DiTWorker(1, 2, 1, "cpu")
+    worker.loaded = (auto, "lora", held)
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: 2**40)
+    fresh, _ = worker._swap_for(auto, job.plan(), "other lora")
+    assert not fresh.swaps_anything
+    kept, why = worker._swap_for(auto, job.plan(), "lora")
+    assert kept == held and "(the loaded counts, which still fit; 0 double + 0 single would need a reload)" in why
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: held_peak - 1 + WORKER_RESERVE_BYTES)
+    assert worker._swap_for(auto, job.plan(), "lora")[0] != held
+
+
 def test_block_swap_auto_that_cannot_fit_names_the_worker_and_the_memory(source, job, reference):
     """A worker whose memory holds the tiny DiT's job even with every block swapped fails the job
     with the planner's reason and that worker's name; the next run (other settings) is right."""
