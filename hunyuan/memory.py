@@ -38,6 +38,14 @@ from .sampling.schedule import check_video_size, latent_shape
 LATENT_COPIES = 8  # x, noise, velocity (x2 with CFG), x0, previous x0, Heun predictor, output
 ATTENTION_MATRICES = 2  # scores and probabilities when attention is materialised
 DTYPES = {**PLAIN_DTYPES, "fp8": FP8}
+# Block swap "auto" plans with a device's free memory less a reserve for what it does not count.
+# In ComfyUI's process the sampler subtracts ComfyUI's own reserve (mm.extra_reserved_memory():
+# 400 MiB on Linux, more on Windows, or its --reserve-vram); a multi-device worker does not import
+# ComfyUI and keeps back ComfyUI's Linux default, plus on CUDA an allowance (assumed, not measured)
+# for what NCCL's communicators (one per process group, made at their first collective) and
+# cuBLAS's workspaces take outside PyTorch's allocator.
+WORKER_RESERVE_BYTES = 400 * 2**20
+CUDA_COLLECTIVE_BYTES = 512 * 2**20
 ATTENTION_KINDS = ("flash", "math")
 
 
@@ -195,10 +203,11 @@ def auto_swap(config: DiTConfig, free_bytes: int, base: SwapSettings | None = No
 
 
 def device_free_bytes(device: torch.device | str) -> int:
-    """Bytes this process could use on ``device`` now, as ComfyUI counts them for its own: on a
-    GPU the driver's free memory plus what this process's caching allocator holds (its blocks are
-    reused), on the CPU the system's available memory. For a process that does not import
-    ComfyUI (a multi-device worker) planning block swap "auto" on its own device."""
+    """Bytes this process could use on ``device`` if it let go of its own tensors: on a GPU the
+    driver's free memory plus all that this process's caching allocator holds (tensors in use
+    included: a multi-device worker's DiT is freed before it reloads with other counts; ComfyUI's
+    own figure counts only the allocator's unused blocks), on the CPU the system's available
+    memory. No reserve is taken off: see :func:`worker_plan_bytes`."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -208,6 +217,15 @@ def device_free_bytes(device: torch.device | str) -> int:
 
         return int(psutil.virtual_memory().available)
     raise ValueError(f"device {device} has no free-memory query here; expected cuda or cpu")
+
+
+def worker_plan_bytes(device: torch.device | str) -> int:
+    """What block swap "auto" on a multi-device worker plans with on ``device``:
+    :func:`device_free_bytes` less ``WORKER_RESERVE_BYTES`` and, on CUDA, ``CUDA_COLLECTIVE_BYTES``
+    (0 when that leaves nothing)."""
+    device = torch.device(device)
+    reserve = WORKER_RESERVE_BYTES + (CUDA_COLLECTIVE_BYTES if device.type == "cuda" else 0)
+    return max(0, device_free_bytes(device) - reserve)
 
 
 _REQUEST_INTS = {

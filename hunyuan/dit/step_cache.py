@@ -25,8 +25,13 @@ is computed. A state records each decision (``history``) so tests can check the 
 
 With sequence parallelism (:mod:`hunyuan.parallel`) each process holds a share of the video
 tokens: TeaCache's and First Block Cache's metric is then summed over every process's share
-(:func:`rel_l1`), and EasyCache's inputs and outputs are whole on every process, so every
-process takes each decision as one process would.
+(:func:`rel_l1`; when CFG parallel splits the batch between two groups of processes, over both
+groups' batch elements), and EasyCache's inputs and outputs are whole on every process, so every
+process takes each decision as one process would. Those sums can still round differently on
+different devices, so a distributed run also gives its :class:`StepCacheRun` an ``agree``
+callable (:func:`hunyuan.parallel.sequence.any_rank`): each decision is then "compute" on every
+process when it is on any, and no process is left waiting in a collective the others skipped.
+One process passes none and pays nothing.
 """
 
 from __future__ import annotations
@@ -87,15 +92,19 @@ class StepCacheSettings:
 
 
 class StepCacheRun:
-    """The states of one sampling run, one per pass ("cond", "uncond"), made on first use."""
+    """The states of one sampling run, one per pass ("cond", "uncond"), made on first use.
 
-    def __init__(self, settings: StepCacheSettings):
-        self.settings = settings
+    ``agree``: with several processes, takes this process's decision (True: compute) and returns
+    the one every process takes; None for one process."""
+
+    def __init__(self, settings: StepCacheSettings, agree: Callable[[bool], bool] | None = None):
+        self.settings, self.agree = settings, agree
         self.states: dict[str, StepCacheState] = {}
 
     def state(self, which: str) -> StepCacheState:
         if which not in self.states:
             self.states[which] = self.settings.new_state()
+            self.states[which].agree = self.agree
         return self.states[which]
 
     def summary(self) -> str:
@@ -117,6 +126,7 @@ class StepCacheState:
     step: int = 0
     total: int = 1
     history: list[Decision] = field(default_factory=list)
+    agree: Callable[[bool], bool] | None = None  # StepCacheRun's: every process's one decision
 
     def begin(self, step: int, total: int) -> None:
         self.step, self.total = step, total
@@ -136,6 +146,8 @@ class StepCacheState:
         return sum(not d.computed for d in self.history)
 
     def _note(self, metric, accumulated, computed: bool) -> bool:
+        if self.agree is not None:  # every call of every process comes here once: the collectives match
+            computed = self.agree(computed)
         self.history.append(Decision(self.step, metric, accumulated, computed))
         return computed
 

@@ -117,11 +117,22 @@ class UlyssesAttention:
         return torch.cat((self._scatter_sequence(out[:, :n_video]), self._gather_heads(out[:, n_video:])), dim=1)
 
 
-class SequenceShard:
-    """What :class:`~hunyuan.dit.model.HunyuanVideoDiT` calls to split and re-join its video tokens."""
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is true on any rank of the world (an all-reduce MAX of a
+    0/1 tensor on ``device``): one decision every rank takes together, whatever each computed."""
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
 
-    def __init__(self, groups: ParallelGroups):
-        self.groups = groups
+
+class SequenceShard:
+    """What :class:`~hunyuan.dit.model.HunyuanVideoDiT` calls to split and re-join its video tokens.
+
+    ``batch_split``: the CFG groups hold different batch elements (:class:`ParallelDiT` split the
+    batch between them), so a sum over the whole input takes every rank of the world."""
+
+    def __init__(self, groups: ParallelGroups, batch_split: bool = False):
+        self.groups, self.batch_split = groups, batch_split
         self.n_video = self.local = 0
 
     def split(self, img: torch.Tensor, rope: torch.Tensor, text_mask: torch.Tensor, attn):
@@ -145,15 +156,23 @@ class SequenceShard:
 
     def local_vec(self, vec):
         """Token replace's :class:`FirstFrameVec` counts the first frame's tokens of the whole
-        sequence; a shard holds those of them that fall in its range (all, some or none)."""
-        return dataclasses.replace(vec, n=self._mine(vec.n)) if isinstance(vec, FirstFrameVec) else vec
+        sequence; a shard holds those of them that fall in its range (all or some), or none: then
+        the plain vec, so its blocks do no first-frame modulation work."""
+        if not isinstance(vec, FirstFrameVec):
+            return vec
+        mine = self._mine(vec.n)
+        return dataclasses.replace(vec, n=mine) if mine else vec.vec
 
     def sums(self, *tensors: torch.Tensor) -> torch.Tensor:
-        """The sums over every rank's video tokens (padding left out) of ``tensors``, each
-        [B, n_local, ...] on this rank: a [len(tensors)] fp32 tensor, the same on every rank."""
+        """The sums over the whole input's video tokens (padding left out) of ``tensors``, each
+        [B_local, n_local, ...] on this rank: a [len(tensors)] fp32 tensor, the same on every rank.
+        With the batch split between the CFG groups, every rank of the world holds a different
+        part of it; otherwise each CFG group holds all of it, shared out over its Ulysses ranks."""
         valid = self._mine(self.n_video)
         out = torch.stack([t[:, :valid].float().sum() for t in tensors])
-        if self.groups.ulysses_degree > 1:
+        if self.batch_split:
+            dist.all_reduce(out)
+        elif self.groups.ulysses_degree > 1:
             dist.all_reduce(out, group=self.groups.ulysses_group)
         return out
 
@@ -193,7 +212,7 @@ class ParallelDiT:
             args = [None if a is None else a.chunk(g.cfg_degree)[g.cfg_index] for a in args]
         *positional, states, refined = args
         out = self.model(*positional, text_states=states, refined_text=refined, step_cache=step_cache,
-                         sequence_parallel=SequenceShard(g), token_replace=token_replace)
+                         sequence_parallel=SequenceShard(g, batch_split=split), token_replace=token_replace)
         if not split:
             return out
         parts = [torch.empty_like(out) for _ in range(g.cfg_degree)]

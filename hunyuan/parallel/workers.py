@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -30,12 +31,12 @@ from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit, read_config
 from ..dit.compile import CompileSettings, compiled_blocks, usable
 from ..dit.step_cache import StepCacheRun, StepCacheSettings
-from ..memory import auto_swap, device_free_bytes, estimate_sampling_memory
+from ..memory import auto_swap, estimate_sampling_memory, worker_plan_bytes
 from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
 from ..sampling.image import ImageInput
 from ..sampling.pipeline import sample_video
 from ..sampling.schedule import video_size
-from .sequence import ParallelDiT, check_degrees, make_groups
+from .sequence import ParallelDiT, any_rank, check_degrees, make_groups
 
 log = logging.getLogger(__name__)
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
@@ -58,8 +59,9 @@ class PoolSettings:
     device: str  # "cpu" or "cuda"
     cfg_parallel: bool
     address: str | None = None  # an existing Ray cluster (the server owner's setting), or None: local
-    # per rank, the most bytes block swap "auto" may plan with on that worker's device (None: all
-    # that the device has free), e.g. for a GPU shared with other work
+    # per rank, the most bytes block swap "auto" may plan with on that worker's device (None: what
+    # the device has free less the reserve, hunyuan.memory.worker_plan_bytes), e.g. for a GPU
+    # shared with other work
     memory_caps: tuple[int | None, ...] | None = None
 
     def __post_init__(self):
@@ -191,7 +193,9 @@ class DiTWorker:
         self.device = torch.device(device) if device == "cpu" else torch.device(device, 0)
         self.model = self.loaded = self.groups = self.engine = None
         self.patches, self.patches_for = (), None  # the weight patches last sent, and for which (source, id)
-        self.cache: StepCacheRun | None = None  # the last run's step cache states
+        # the last run's step cache decisions in plain values (cache_history); its tensors (residuals,
+        # probes: on a GPU ~1.5 GB at 720p) go with the run
+        self.decisions: dict[str, list[tuple]] | None = None
         self._stop = threading.Event()
         self._progress = (0, 0)
 
@@ -211,11 +215,11 @@ class DiTWorker:
 
     def load(self, source: DiTSource, patches=(), patches_id: str | None = None, plan: dict | None = None):
         """The DiT from ``source`` with ``patches`` applied; reloaded when either changes, or when
-        block swap "auto" picks other counts for this job (``plan``: :meth:`SampleJob.plan`).
+        block swap "auto" needs other counts for this job (``plan``: :meth:`SampleJob.plan`).
         Returns what "auto" chose on this worker and why (a log line), or None."""
         if (source, patches_id) != self.patches_for:  # the pool sends patches only when these change
             self.patches, self.patches_for = patches, (source, patches_id)
-        swap, why = self._swap_for(source, plan)
+        swap, why = self._swap_for(source, plan, patches_id)
         if (source, patches_id, swap) == self.loaded:
             return why
         self.model = self.engine = self.loaded = None
@@ -233,17 +237,21 @@ class DiTWorker:
         self.model, self.loaded = model.eval(), (source, patches_id, swap)
         return why
 
-    def _swap_for(self, source: DiTSource, plan: dict | None) -> tuple[SwapSettings | None, str | None]:
+    def _swap_for(self, source: DiTSource, plan: dict | None,
+                  patches_id: str | None = None) -> tuple[SwapSettings | None, str | None]:
         """The swap settings this worker loads with: the node's counts, or for "auto" the counts
         :func:`hunyuan.memory.auto_swap` picks for this job's per-rank size (1/P of the video
-        tokens) in this worker's own free memory (capped by ``memory_cap``)."""
+        tokens) in this worker's own free memory less a reserve
+        (:func:`hunyuan.memory.worker_plan_bytes`), capped by ``memory_cap``. The counts of the
+        DiT this worker holds (same file, settings and patches) are kept while they still fit, so
+        a job of another size does not reload it from disk."""
         settings = source.swap
         if settings is None or settings.mode != "auto":
             return settings, None
         if plan is None:
             raise ValueError("block swap 'auto' needs the job's size to pick counts; none was given")
         config = read_config(source.path)
-        free = device_free_bytes(self.device)  # on a GPU it counts this worker's own DiT as free (reloads free it)
+        free = worker_plan_bytes(self.device)  # less a reserve; this worker's own DiT counts as free
         if self.memory_cap is not None:
             free = min(free, self.memory_cap)
         dtype = getattr(torch, source.dtype)
@@ -254,10 +262,18 @@ class DiTWorker:
         except ValueError as exc:
             raise ValueError(f"worker {self.rank} ({self.device}): block swap auto: {exc}") from None
         peak = estimate_sampling_memory(config, swap=chosen, **sizes).peak_bytes
+        how = ""
+        held = self.loaded[2] if self.loaded is not None and self.loaded[:2] == (source, patches_id) else None
+        if held is not None and held != chosen:
+            held_peak = estimate_sampling_memory(config, swap=held, **sizes).peak_bytes
+            if held_peak <= free:
+                how = (f" (the loaded counts, which still fit; {chosen.double_blocks} double + "
+                       f"{chosen.single_blocks} single would need a reload)")
+                chosen, peak = held, held_peak
         return chosen, (f"worker {self.rank} ({self.device}): block swap auto: {chosen.double_blocks} double + "
-                        f"{chosen.single_blocks} single blocks; predicted peak {peak / 2**30:.3f} GiB for "
+                        f"{chosen.single_blocks} single blocks{how}; predicted peak {peak / 2**30:.3f} GiB for "
                         f"{plan['width']}x{plan['height']}x{plan['frames']} over {sizes['sequence_parallel']} "
-                        f"sequence shards, {free / 2**30:.3f} GiB free")
+                        f"sequence shards, {free / 2**30:.3f} GiB to plan with")
 
     def _engine(self, model, settings: SwapSettings) -> BlockSwapEngine:
         """The Block Swap engine for this worker's device. CPU workers (the test configuration)
@@ -273,27 +289,40 @@ class DiTWorker:
     def sample(self, job: SampleJob) -> tuple[torch.Tensor, str | None] | None:
         """Rank 0: the latent and the step cache's summary (or None); other ranks: None."""
         self._stop.clear()
-        cache = self.cache = StepCacheRun(StepCacheSettings(**job.step_cache)) if job.step_cache is not None else None
+        self.decisions = None
+        cache = (StepCacheRun(StepCacheSettings(**job.step_cache), agree=self._any_rank)
+                 if job.step_cache is not None else None)
         self._progress = (0, len(job.sigmas) - 1)
+        summary = None
 
         def after_step(info) -> None:
             self._progress = (info.index + 1, info.total)
-            flag = torch.tensor([1.0 if self._stop.is_set() else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0:
+            if self._any_rank(self._stop.is_set()):
                 raise WorkerInterrupted(f"interrupted after step {info.index + 1} of {info.total}")
 
-        with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
-                self._compiled(job.compile):
-            out = sample_video(
-                ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise, latent=job.latent,
-                denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance, solver=job.solver,
-                device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1, step_cache=cache,
-                image=ImageInput(**job.image) if job.image is not None else None,
-            )
+        try:
+            with torch.inference_mode(), (self.engine.running() if self.engine else contextlib.nullcontext()), \
+                    self._compiled(job.compile):
+                out = sample_video(
+                    ParallelDiT(self.model, self.groups), job.conditioning(), job.sigmas, job.noise,
+                    latent=job.latent, denoise=job.denoise, cfg=job.cfg, embedded_guidance=job.embedded_guidance,
+                    solver=job.solver, device=self.device, callback=after_step, batched_cfg=self.cfg_degree > 1,
+                    step_cache=cache, image=ImageInput(**job.image) if job.image is not None else None,
+                )
+        except BaseException as exc:  # the frames the exception carries would keep the cache's tensors
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            if cache is not None:
+                self.decisions = {which: [(d.step, d.metric, d.accumulated, d.computed) for d in state.history]
+                                  for which, state in cache.states.items()}
+                summary, cache = cache.summary(), None
         if self.rank != 0:
             return None
-        return out.cpu(), cache.summary() if cache is not None else None
+        return out.cpu(), summary
+
+    def _any_rank(self, flag: bool) -> bool:
+        return any_rank(flag, self.device)
 
     def _compiled(self, settings: dict | None):
         """The Compile node's regional compile for this run (:mod:`hunyuan.dit.compile`); where this
@@ -309,10 +338,7 @@ class DiTWorker:
     def cache_history(self) -> dict[str, list[tuple]] | None:
         """The last run's step cache decisions on this rank, per pass: (step, metric, accumulated,
         computed) each; None without a step cache."""
-        if self.cache is None:
-            return None
-        return {which: [(d.step, d.metric, d.accumulated, d.computed) for d in state.history]
-                for which, state in self.cache.states.items()}
+        return self.decisions
 
     def interrupt(self) -> None:
         self._stop.set()

@@ -7,13 +7,17 @@ import pytest
 import torch
 
 from bench.bench_planner import measure_forward_peak, predicted_forward_peak
+from hunyuan import memory
 from hunyuan.dit import REAL, TINY, HunyuanVideoDiT
 from hunyuan.memory import (
+    CUDA_COLLECTIVE_BYTES,
+    WORKER_RESERVE_BYTES,
     auto_swap,
     device_free_bytes,
     estimate_for_request,
     estimate_sampling_memory,
     weight_bytes,
+    worker_plan_bytes,
 )
 from hunyuan.offload import SwapSettings, module_bytes, resident_bytes
 
@@ -132,3 +136,14 @@ def test_device_free_bytes_on_the_cpu_is_the_available_memory():
     assert 0 < free and abs(free - available) <= 0.05 * available
     with pytest.raises(ValueError, match="device meta has no free-memory query here"):
         device_free_bytes("meta")
+
+
+def test_a_worker_plans_with_the_device_figure_less_the_reserve(monkeypatch):
+    """Block swap auto on a multi-device worker: the device's free memory less ComfyUI's default
+    reserve, and on CUDA less the NCCL/cuBLAS allowance too; never below 0."""
+    assert WORKER_RESERVE_BYTES >= 400 * 2**20 and CUDA_COLLECTIVE_BYTES > 0
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: 10 * 2**30)
+    assert worker_plan_bytes("cpu") == 10 * 2**30 - WORKER_RESERVE_BYTES
+    assert worker_plan_bytes("cuda:1") == 10 * 2**30 - WORKER_RESERVE_BYTES - CUDA_COLLECTIVE_BYTES
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: 2**20)
+    assert worker_plan_bytes("cpu") == 0

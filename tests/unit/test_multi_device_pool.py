@@ -7,30 +7,38 @@ another order)."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import json
 import logging
 import os
 import signal
+import threading
 
 import pytest
 import ray  # a test tool (requirements/dev.txt); users install it for multi-device runs
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from hunyuan import memory
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import precompute_refined_text
 from hunyuan.dit.checkpoint import load_dit, read_config
 from hunyuan.dit.compile import CompileSettings
-from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings
+from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings, StepCacheState
 from hunyuan.dit.tiny import write_tiny
-from hunyuan.memory import auto_swap, estimate_sampling_memory
+from hunyuan.memory import WORKER_RESERVE_BYTES, auto_swap, estimate_sampling_memory
 from hunyuan.offload import SwapSettings
 from hunyuan.parallel.workers import (
     DiTSource,
+    DiTWorker,
     PoolSettings,
     SampleJob,
     WeightPatch,
     WorkerFailed,
     WorkerInterrupted,
     WorkerPool,
+    _free_port,
     apply_patches,
 )
 from hunyuan.sampling import flow_sigmas, seeded_noise
@@ -148,6 +156,41 @@ def test_block_swap_auto_picks_counts_for_each_workers_memory(source, job, refer
         pool.shutdown()
 
 
+def test_block_swap_auto_on_a_worker_keeps_the_reserve_back(source, job, monkeypatch):
+    """A worker plans with its device's free memory less the reserve: free memory that would hold
+    the job with nothing swapped, but not once the reserve is kept back, makes it swap blocks."""
+    config = read_config(source.path)
+    sizes = {**job.plan(), "weight_dtype": torch.float32, "compute_dtype": torch.float32, "sequence_parallel": 2}
+    whole = estimate_sampling_memory(config, swap=SwapSettings(), **sizes).peak_bytes
+    free = whole + WORKER_RESERVE_BYTES - 1
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: free)
+    auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+    chosen, why = DiTWorker(1, 2, 1, "cpu")._swap_for(auto, job.plan())
+    assert chosen == auto_swap(config, free - WORKER_RESERVE_BYTES, base=auto.swap, **sizes)
+    assert chosen.swaps_anything and auto_swap(config, free, base=auto.swap, **sizes).swaps_anything is False
+    assert f"{(free - WORKER_RESERVE_BYTES) / 2**30:.3f} GiB to plan with" in why
+
+
+def test_block_swap_auto_keeps_the_loaded_counts_while_they_fit(source, job, monkeypatch):
+    """A worker holding the DiT with counts that still fit this job keeps them (no reload from
+    disk) though auto alone would pick others; counts that no longer fit, another file's or
+    other patches' are not kept."""
+    config = read_config(source.path)
+    sizes = {**job.plan(), "weight_dtype": torch.float32, "compute_dtype": torch.float32, "sequence_parallel": 2}
+    auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+    held = auto.swap.with_counts(2, 1)
+    held_peak = estimate_sampling_memory(config, swap=held, **sizes).peak_bytes
+    worker = DiTWorker(1, 2, 1, "cpu")
+    worker.loaded = (auto, "lora", held)
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: 2**40)
+    fresh, _ = worker._swap_for(auto, job.plan(), "other lora")
+    assert not fresh.swaps_anything
+    kept, why = worker._swap_for(auto, job.plan(), "lora")
+    assert kept == held and "(the loaded counts, which still fit; 0 double + 0 single would need a reload)" in why
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: held_peak - 1 + WORKER_RESERVE_BYTES)
+    assert worker._swap_for(auto, job.plan(), "lora")[0] != held
+
+
 def test_block_swap_auto_that_cannot_fit_names_the_worker_and_the_memory(source, job, reference):
     """A worker whose memory holds the tiny DiT's job even with every block swapped fails the job
     with the planner's reason and that worker's name; the next run (other settings) is right."""
@@ -187,18 +230,25 @@ def test_image_to_video_on_four_workers_equals_one_process(tiny_files, job):
         pool.shutdown()
 
 
-CACHES = [("teacache", 0.15), ("first_block", 0.07), ("easycache", 0.025)]  # each skips some steps, not all
+# Each skips some steps, not all. With CFG parallel and a batch of 2, each CFG group runs one
+# batch element, whose own metric differs from the whole batch's by ~1e-3: First Block Cache's
+# 0.095 lies between them at step 6 (one process computes, one group alone would skip).
+CACHES = {(False, 1): [("teacache", 0.15), ("first_block", 0.07), ("easycache", 0.025)],
+          (True, 2): [("teacache", 0.15), ("first_block", 0.095), ("easycache", 0.025)]}
 
 
-def test_step_caches_on_two_workers_decide_as_one_process(source):
+@pytest.mark.parametrize("cfg_parallel, batch", list(CACHES))
+def test_step_caches_on_two_workers_decide_as_one_process(source, cfg_parallel, batch):
     """Every rank takes each step cache decision one process takes, from the same metric: TeaCache
-    and First Block Cache sum theirs over every rank's tokens, EasyCache's is whole on every rank.
+    and First Block Cache sum theirs over every rank's tokens (and, when CFG parallel splits the
+    batch, over both CFG groups' batch elements), EasyCache's is whole on every rank.
     Metrics within 1e-4 relative: each is a small difference of two fp32 means, so the 1e-6 the
     split attention moves the activations by is amplified by the ratio of the two."""
     job = _job(source, 8)
-    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    job = dataclasses.replace(job, noise=seeded_noise(11, (batch, *SHAPE[1:])))
+    pool = WorkerPool(PoolSettings(2, "cpu", cfg_parallel), heads=4)
     try:
-        for kind, threshold in CACHES:
+        for kind, threshold in CACHES[cfg_parallel, batch]:
             settings = StepCacheSettings(kind, threshold)
             run = StepCacheRun(settings)
             reference = _one_process(source, job, step_cache=run)
@@ -218,17 +268,68 @@ def test_step_caches_on_two_workers_decide_as_one_process(source):
         pool.shutdown()
 
 
+class _StopAtOnce(threading.Event):
+    """A stop flag that is always set: the run stops after its first step."""
+
+    def is_set(self) -> bool:
+        return True
+
+
+def _cache_left_after_runs(rank: int, path: str, port: int, out: str) -> None:
+    """A one-rank worker (gloo, in a child process) samples with a step cache, once to the end and
+    once interrupted (the exception kept); after each, which step cache states are still alive."""
+    worker = DiTWorker(0, 1, 1, "cpu")
+    worker.connect("127.0.0.1", port)
+    try:
+        source = DiTSource(path, "float32", None, "sdpa")
+        job = dataclasses.replace(_job(source, 8), step_cache=dataclasses.asdict(StepCacheSettings("first_block", 0.07)))
+        worker.load(source)
+        worker.sample(job)
+        gc.collect()
+        found = {"after a run": sum(issubclass(type(o), StepCacheState) for o in gc.get_objects()),
+                 "history": worker.cache_history()}
+        worker._stop = _StopAtOnce()
+        try:
+            worker.sample(job)
+        except WorkerInterrupted as exc:
+            kept = exc  # noqa: F841 (held, as Ray holds what a method raised while it reports it)
+        gc.collect()
+        found["after an interrupt"] = sum(issubclass(type(o), StepCacheState) for o in gc.get_objects())
+        found["interrupted history"] = worker.cache_history()
+        with open(out, "w") as f:
+            json.dump(found, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_worker_keeps_the_step_cache_decisions_not_its_tensors(source, tmp_path):
+    """Between runs a worker holds the last run's decisions (plain values, for cache_history) and
+    none of the step cache's residuals and probes, also when the run was interrupted."""
+    out = tmp_path / "found.json"
+    mp.spawn(_cache_left_after_runs, args=(source.path, _free_port(), str(out)), nprocs=1)
+    found = json.loads(out.read_text())
+    assert found["after a run"] == 0 and found["after an interrupt"] == 0, found
+    history = found["history"]["cond"]
+    assert len(history) == 8 and not all(computed for *_, computed in history)
+    assert [step for step, *_ in found["interrupted history"]["cond"]] == [0]  # stopped after the first
+
+
 @pytest.mark.slow
 def test_compile_on_two_workers_equals_one_eager_process(source, job, reference):
     """The Compile node's settings reach the workers: each compiles its blocks (inductor on the
     CPU, around the Ulysses all-to-alls) and the latent equals one eager process (fp32: inductor's
-    fused kernels sum in another order, as in tests/unit/test_compile.py)."""
+    fused kernels sum in another order, as in tests/unit/test_compile.py). A second identical run
+    reuses the graphs: no recompile per run."""
     pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
     try:
         settings = dataclasses.asdict(CompileSettings(eager_fallback=False))
         out = pool.run(source, dataclasses.replace(job, compile=settings))
         assert rel_err(out, reference) <= FP32_RTOL
-        assert all(n > 0 for n in ray.get([a.compiled_graphs.remote() for a in pool.actors]))
+        graphs = ray.get([a.compiled_graphs.remote() for a in pool.actors])
+        assert all(n > 0 for n in graphs)
+        out = pool.run(source, dataclasses.replace(job, compile=settings))
+        assert rel_err(out, reference) <= FP32_RTOL
+        assert ray.get([a.compiled_graphs.remote() for a in pool.actors]) == graphs, "a second run compiles nothing"
         assert rel_err(pool.run(source, job), reference) <= FP32_RTOL, "and a run without Compile after it"
     finally:
         pool.shutdown()

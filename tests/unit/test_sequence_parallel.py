@@ -12,7 +12,15 @@ from safetensors.torch import load_file, save_file
 
 from hunyuan.conditioning import RefinedConditioning, TextEmbeds
 from hunyuan.dit import TINY, HunyuanVideoDiT, precompute_refined_text
-from hunyuan.parallel.sequence import ParallelDiT, check_degrees, make_groups
+from hunyuan.dit.token_replace import FirstFrameVec
+from hunyuan.parallel.sequence import (
+    ParallelDiT,
+    ParallelGroups,
+    SequenceShard,
+    any_rank,
+    check_degrees,
+    make_groups,
+)
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.pipeline import sample_video
 from tests.checks import FP32_RTOL, rel_err
@@ -87,6 +95,23 @@ def test_every_rank_equals_one_process(tmp_path, single_process, world, cfg_degr
             assert rel_err(value, single_process[name]) <= FP32_RTOL, (rank, name)
 
 
+def _vote(rank: int, world: int, rendezvous: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        votes = [any_rank(rank == world - 1, "cpu"), any_rank(False, "cpu"), any_rank(rank == 0, "cpu")]
+        save_file({"votes": torch.tensor(votes)}, f"{out_dir}/votes{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_any_rank_is_true_on_every_rank_when_one_says_so(tmp_path):
+    """What a step cache's decisions are agreed with: one rank's "compute" is every rank's."""
+    world = 3
+    mp.spawn(_vote, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world)
+    for rank in range(world):
+        assert load_file(str(tmp_path / f"votes{rank}.safetensors"))["votes"].tolist() == [True, False, True], rank
+
+
 def test_the_token_count_needs_padding():
     model = _dit()
     tokens = SHAPE[2] * (SHAPE[3] // 2) * (SHAPE[4] // 2)
@@ -108,3 +133,17 @@ def test_degrees_that_do_not_divide_are_named(world, cfg_degree, heads, message)
 def test_token_replace_changes_the_forward(single_process):
     """(So the parity above sees where each rank's first-frame tokens are.)"""
     assert rel_err(single_process["token_replace"], single_process["forward"]) > 1e-3
+
+
+def test_a_shard_without_first_frame_tokens_gets_the_plain_vec():
+    """Token replace over 4 shards of 12 tokens with a 15-token first frame: rank 0 holds 12 of
+    them, rank 1 three, ranks 2 and 3 none, and those get the plain vec (no first-frame work)."""
+    vec = FirstFrameVec(torch.zeros(1, 8), torch.ones(1, 8), 15)
+    got = []
+    for rank in range(4):
+        shard = SequenceShard(ParallelGroups(1, 4, 0, rank, None, None))
+        shard.local = 12
+        got.append(shard.local_vec(vec))
+    assert [v.n for v in got[:2]] == [12, 3] and all(isinstance(v, FirstFrameVec) for v in got[:2])
+    assert got[2] is vec.vec and got[3] is vec.vec
+    assert shard.local_vec(vec.vec) is vec.vec

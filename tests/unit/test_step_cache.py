@@ -15,7 +15,7 @@ from hunyuan.dit.step_cache import KINDS, StepCacheRun, StepCacheSettings
 from hunyuan.dit.tiny import random_state_dict
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.pipeline import sample_video
-from tests.checks import rel_err
+from tests.checks import FP32_RTOL, rel_err
 
 STEPS = 12
 TEACACHE_POLY = [7.33226126e2, -4.01131952e2, 6.75869174e1, -3.14987800, 9.61237896e-2]
@@ -60,14 +60,35 @@ def test_threshold_zero_is_the_uncached_output_bit_for_bit(model, conditioning, 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_high_threshold_skips_steps_and_stays_close(model, conditioning, kind):
-    threshold = {"teacache": 0.6, "first_block": 0.5, "easycache": 0.3}[kind]
-    run = StepCacheRun(StepCacheSettings(kind, threshold))
+    run = StepCacheRun(StepCacheSettings(kind, HIGH[kind]))
     out = sample(model, conditioning, run)
     state = run.states["cond"]
     assert state.skipped > 0 and state.computed + state.skipped == STEPS
     assert state.history[0].computed and state.history[-1].computed  # first and last always computed
     assert torch.isfinite(out).all() and rel_err(out, sample(model, conditioning)) < 0.5
     assert f"{state.computed} computed, {state.skipped} skipped" in run.summary()
+
+
+HIGH = {"teacache": 0.6, "first_block": 0.5, "easycache": 0.3}  # thresholds that skip some steps
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_decision_is_the_agreed_one(model, conditioning, kind):
+    """A distributed run's ``agree`` is asked each decision once, and its answer is the decision:
+    answering "compute" (another process computes) overrides a skip, so every step is computed
+    and the output is the uncached one; echoing leaves the one-process decisions."""
+    alone = StepCacheRun(StepCacheSettings(kind, HIGH[kind]))
+    sample(model, conditioning, alone)
+    local = [d.computed for d in alone.states["cond"].history]
+    assert not all(local)
+    asked = []
+    echoed = StepCacheRun(StepCacheSettings(kind, HIGH[kind]), agree=lambda compute: asked.append(compute) or compute)
+    sample(model, conditioning, echoed)
+    assert asked == local == [d.computed for d in echoed.states["cond"].history]
+    forced = StepCacheRun(StepCacheSettings(kind, HIGH[kind]), agree=lambda compute: True)
+    out = sample(model, conditioning, forced)
+    assert forced.states["cond"].skipped == 0
+    assert rel_err(out, sample(model, conditioning)) <= FP32_RTOL
 
 
 # -- each rule against an implementation written from its definition ----------------------------
