@@ -14,7 +14,6 @@ from .tiling import (
     Ticker,
     TileSpec,
     tile_chunks,
-    tile_cores,
     tile_ramp,
     tile_spans,
     with_oom_retry,
@@ -33,10 +32,9 @@ def _sweep(
 ) -> None:
     """Run ``fn`` over every (tile, chunk); chunks of one tile stream through the causal convs."""
     ys, xs, times = grid
-    cy, cx = tile_cores(ys), tile_cores(xs)
     for i, yspan in enumerate(ys):
         for j, xspan in enumerate(xs):
-            rt.start_tile((*cy[i], *cx[j]))
+            rt.start_tile()
             for tspan in times:
                 ticker.check()
                 rt.last_chunk = tspan == times[-1]

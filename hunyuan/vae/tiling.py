@@ -161,16 +161,6 @@ def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
         start += tile - overlap
 
 
-def tile_cores(spans: list[tuple[int, int]]) -> list[tuple[float, float]]:
-    """Each tile's owned part (cut at the middle of each overlap), as fractions of the tile."""
-    out = []
-    for i, (a, b) in enumerate(spans):
-        lo = a if i == 0 else (a + spans[i - 1][1]) / 2
-        hi = b if i == len(spans) - 1 else (spans[i + 1][0] + b) / 2
-        out.append(((lo - a) / (b - a), (hi - a) / (b - a)))
-    return out
-
-
 def tile_ramp(spans: list[tuple[int, int]], i: int, scale: int) -> torch.Tensor:
     """1-D blend weight of tile i in output pixels: 1 inside, falling linearly over each overlap."""
     a, b = spans[i]

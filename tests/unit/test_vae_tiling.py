@@ -45,10 +45,10 @@ def test_causal_streaming_is_exact_given_the_same_norm_statistics(vae):
     feats = vae.decoder.stem(vae.post_quant_conv(z))
     rt = Runtime(record=True)
     with vae.running(rt):
-        rt.start_tile((0.0, 1.0, 0.0, 1.0))
+        rt.start_tile()
         vae.decoder.head(feats)  # one piece: records the exact statistics
         rt.stats, rt.record = rt.sums, False
-        rt.start_tile((0.0, 1.0, 0.0, 1.0))
+        rt.start_tile()
         parts = []
         for t0 in (0, 2, 3):
             parts.append(vae.decoder.head(feats[:, :, t0 : {0: 2, 2: 3, 3: 5}[t0]]))
@@ -205,7 +205,7 @@ def test_the_last_chunk_carries_nothing(vae):
     outs, left = [], []
     for flag in (False, True):
         rt = Runtime()
-        rt.start_tile((0.0, 1.0, 0.0, 1.0))
+        rt.start_tile()
         with vae.running(rt):
             first = vae.decoder.head(feats[:, :, :1])
             rt.first_chunk = False
