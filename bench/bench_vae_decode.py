@@ -10,7 +10,7 @@ PSNR (range 0..1) of each tiled decode against the SAME implementation decoding 
 ComfyUI's non-causal mid attention does not count against it. Time is recorded twice: wall
 seconds and the child's CPU seconds (user + system) over the decode alone; on a shared machine
 the CPU time is the steadier of the two. ``--repeat N`` runs the variant list N times in turn
-(ours and the peers alternate) and reports medians. Writes bench/results/vae_decode.json.
+(ours and the peers alternate; untiled rows, the PSNR references, run once) and reports medians. Writes bench/results/vae_decode.json.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Variant:
     chunk: int = 1  # ours only: latent frames per temporal chunk (0: all)
     shared_norm: bool = True  # ours only
     norm_passes: int = 1  # ours only: statistics passes (25, the decoder's norm count: exact with whole frames)
+    shared_blocks: int = 0  # ours only: up blocks whose norms share statistics (0: all norms)
     refs: tuple[str, ...] = ()  # PSNR references, in order of preference
 
 
@@ -58,6 +59,8 @@ VARIANTS = {
     "ours_tiled_96": Variant("ours", 96, OVERLAP_PX, refs=("ours_untiled",)),
     "ours_tiled_64_32": Variant("ours", 64, 32, refs=("ours_untiled",)),
     "ours_tiled_64_16": Variant("ours", 64, 16, refs=("ours_untiled",)),
+    # shared statistics for the two low-resolution up blocks only (a short statistics pass)
+    "ours_tiled_shared2": Variant("ours", TILE_PX, OVERLAP_PX, shared_blocks=2, refs=("ours_untiled",)),
     "ours_tiled_per_tile_norm": Variant("ours", TILE_PX, OVERLAP_PX, shared_norm=False, refs=("ours_untiled",)),
     # ComfyUI's tiles exactly: spatial tiles over the whole video, each normalised on its own
     "ours_tiled_whole_time": Variant("ours", TILE_PX, OVERLAP_PX, chunk=0, shared_norm=False, refs=("ours_untiled",)),
@@ -95,7 +98,7 @@ def our_spec(v: Variant):
     if v.tile_px == 0 and v.chunk == 0:
         return None
     return TileSpec(tile=v.tile_px // 8, overlap=v.overlap_px // 8, chunk=v.chunk, shared_norm=v.shared_norm,
-                    norm_passes=v.norm_passes)
+                    norm_passes=v.norm_passes, shared_blocks=v.shared_blocks)
 
 
 def _diffusers(v: Variant, weights: Path, z: torch.Tensor, dtype: torch.dtype):
@@ -199,6 +202,8 @@ def main() -> int:
         save_file({"z": torch.randn((1, 16, *args.shape), generator=torch.Generator().manual_seed(0))}, str(latent))
         for run in range(args.repeat):
             for variant in args.variants:
+                if run and not VARIANTS[variant].refs:  # untiled rows are PSNR references: one run
+                    continue
                 out = Path(tmp) / f"{variant}.safetensors"
                 cmd = [sys.executable, __file__, "--child", variant, str(weights), str(out),
                        "--latent", str(latent), "--dtype", args.dtype]

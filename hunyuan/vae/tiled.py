@@ -56,6 +56,7 @@ def _units(grid) -> int:
 def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple[int, int]) -> None:
     """The output pass over ``grid``, preceded with shared statistics by ``spec.norm_passes``
     statistics passes on tiles of the same size without overlap (each pixel counted once).
+    ``norms`` are the norms that share statistics (any others normalise each piece on its own).
 
     Pass k (of P) normalises ``norms[:k-1]`` with the statistics recorded before it and every later
     norm with each piece's own, recording them. Passes before the last stop after recording
@@ -126,7 +127,12 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
         if t[0] == 0:
             weight[y0 * s : y1 * s, x0 * s : x1 * s] += w
 
-    _run_passes(vae, vae.decoder.head, vae.decoder.head_norms(), take, grid, spec, ticker_args, sink, (height, width))
+    blocks = len(vae.decoder.up_blocks)
+    if spec.shared_blocks > blocks:
+        raise ValueError(f"shared_blocks={spec.shared_blocks}: the decoder has {blocks} up blocks "
+                         f"(expected 0 for all norms, or 1..{blocks})")
+    norms = vae.decoder.head_norms(spec.shared_blocks)
+    _run_passes(vae, vae.decoder.head, norms, take, grid, spec, ticker_args, sink, (height, width))
     return out.div_(weight)
 
 
