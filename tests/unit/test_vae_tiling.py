@@ -108,8 +108,8 @@ def test_statistics_passes_stop_after_the_norm_they_record(vae):
 
 @torch.no_grad()
 def test_shared_blocks_stop_the_statistics_pass_after_their_last_norm(vae):
-    """shared_blocks=1: the statistics pass records up block 0's norms and stops at its last one;
-    the output pass runs everything."""
+    """shared_blocks=1: the statistics pass records up block 0's norms and stops at its last one,
+    on tiles of 4x the side; the output pass runs everything."""
     norms = vae.decoder.head_norms(1)
     assert norms == [m for m in vae.decoder.up_blocks[0].modules() if isinstance(m, GroupNorm3d)]
     watched = {"last shared": norms[-1], "block 1": vae.decoder.up_blocks[1].resnets[0].conv1,
@@ -121,8 +121,9 @@ def test_shared_blocks_stop_the_statistics_pass_after_their_last_norm(vae):
     finally:
         for h in hooks:
             h.remove()
-    # 6x8 latent, 3 chunks: output pass 2x3 tiles (overlap) x 3 = 18 pieces, statistics pass 2x2 x 3 = 12
-    assert calls == {"last shared": 30, "block 1": 18, "conv_out": 18}
+    # 6x8 latent, 3 chunks: output pass 2x3 tiles (overlap) x 3 = 18 pieces; the statistics pass,
+    # which stops in the first two blocks, runs tiles of 4x the side: one 6x8 tile x 3 chunks
+    assert calls == {"last shared": 21, "block 1": 18, "conv_out": 18}
 
 
 def bench_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,14 +136,14 @@ def bench_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_shared_blocks_accuracy_on_the_benchmark_geometry():
     """The tiny model on the benchmark's video (5x192x192 from a 2x24x24 latent, 128/32 px tiles,
     chunks of 1 latent frame): sharing the two low-resolution blocks' statistics measures the tiny
-    figure the README gives for it (28.6 dB), between per-tile statistics (26.9) and all shared (29.4)."""
+    figure the README gives for it (28.8 dB), between per-tile statistics (26.9) and all shared (29.4)."""
     vae = load_vae(random_state_dict(TINY_VAE, seed=0))
     z = torch.randn((1, 16, 2, 24, 24), generator=torch.Generator().manual_seed(0))
     full = vae.decode(z)
     db = {name: bench_psnr(tiled.decode(vae, z, TileSpec(16, 4, 1, shared_norm=shared, shared_blocks=blocks)), full)
           for name, shared, blocks in (("none", False, 0), ("two", True, 2), ("all", True, 0))}
     print(db)
-    assert db["two"] >= 28.5
+    assert db["two"] >= 28.7
     assert db["none"] + 1.0 < db["two"] < db["all"] - 0.3
 
 
