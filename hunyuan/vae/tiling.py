@@ -105,7 +105,9 @@ MEASURED_DB = {
     "frames_per_chunk": 46.4,  # whole frames in temporal chunks, each chunk its own statistics
     "tiles_shared": 30.0,  # spatial tiles, one statistics pass
     "tiles_per_tile": 28.1,  # spatial tiles, each tile its own statistics
-    "tiles_shared_2": None,  # spatial tiles, one statistics pass, shared_blocks=2 (the rest per tile)
+    # spatial tiles, one statistics pass, shared_blocks=2 (the rest per tile): measured by the same
+    # command with --variants ours_tiled_shared2 (bench/results/vae_shared_speed_2x24x24_run2.json)
+    "tiles_shared_2": 28.4,
 }
 
 
