@@ -7,7 +7,10 @@ so its peak RSS is its own: ``load_rss`` is the resident size after loading the 
 paging them all in, ``decode_peak`` the high-water mark during the decode alone (VmHWM reset via
 /proc/self/clear_refs) and ``working_set`` their difference. Seams are measured as
 PSNR (range 0..1) of each tiled decode against the SAME implementation decoding untiled, so
-ComfyUI's non-causal mid attention does not count against it. Writes bench/results/vae_decode.json.
+ComfyUI's non-causal mid attention does not count against it. Time is recorded twice: wall
+seconds and the child's CPU seconds (user + system) over the decode alone; on a shared machine
+the CPU time is the steadier of the two. ``--repeat N`` runs the variant list N times in turn
+(ours and the peers alternate; untiled rows, the PSNR references, run once) and reports medians. Writes bench/results/vae_decode.json.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +48,7 @@ class Variant:
     chunk: int = 1  # ours only: latent frames per temporal chunk (0: all)
     shared_norm: bool = True  # ours only
     norm_passes: int = 1  # ours only: statistics passes (25, the decoder's norm count: exact with whole frames)
+    shared_blocks: int = 0  # ours only: up blocks whose norms share statistics (0: all norms)
     refs: tuple[str, ...] = ()  # PSNR references, in order of preference
 
 
@@ -53,6 +59,8 @@ VARIANTS = {
     "ours_tiled_96": Variant("ours", 96, OVERLAP_PX, refs=("ours_untiled",)),
     "ours_tiled_64_32": Variant("ours", 64, 32, refs=("ours_untiled",)),
     "ours_tiled_64_16": Variant("ours", 64, 16, refs=("ours_untiled",)),
+    # shared statistics for the two low-resolution up blocks only (a short statistics pass)
+    "ours_tiled_shared2": Variant("ours", TILE_PX, OVERLAP_PX, shared_blocks=2, refs=("ours_untiled",)),
     "ours_tiled_per_tile_norm": Variant("ours", TILE_PX, OVERLAP_PX, shared_norm=False, refs=("ours_untiled",)),
     # ComfyUI's tiles exactly: spatial tiles over the whole video, each normalised on its own
     "ours_tiled_whole_time": Variant("ours", TILE_PX, OVERLAP_PX, chunk=0, shared_norm=False, refs=("ours_untiled",)),
@@ -90,7 +98,7 @@ def our_spec(v: Variant):
     if v.tile_px == 0 and v.chunk == 0:
         return None
     return TileSpec(tile=v.tile_px // 8, overlap=v.overlap_px // 8, chunk=v.chunk, shared_norm=v.shared_norm,
-                    norm_passes=v.norm_passes)
+                    norm_passes=v.norm_passes, shared_blocks=v.shared_blocks)
 
 
 def _diffusers(v: Variant, weights: Path, z: torch.Tensor, dtype: torch.dtype):
@@ -138,17 +146,23 @@ def child(variant: str, weights: Path, latent: Path, out: Path, dtype: torch.dty
         touched = sum(float(p.float().sum()) for p in model.parameters())
         load_rss = rss_now()
         reset_peak()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         frames = run().float().contiguous()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     save_file({"frames": frames}, str(out))
     peak = rss_peak()
     return {
-        "variant": variant, **asdict(v), "seconds": round(seconds, 2), "shape": list(frames.shape),
+        "variant": variant, **asdict(v), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "shape": list(frames.shape),
         "load_rss_mb": round(load_rss / 2**20), "decode_peak_mb": round(peak / 2**20),
         "working_set_mb": round((peak - load_rss) / 2**20), "weights_checksum": touched,
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds this process has used (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -164,6 +178,9 @@ def main() -> int:
     parser.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
                         help="run every child with glibc's MALLOC_MMAP_THRESHOLD_=BYTES, so freed buffers leave "
                              "the process at once and peak RSS follows live tensors, not heap retention")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the variant list this many times in turn (alternating ours and the peers); "
+                             "seconds and cpu_seconds are the medians, every run is kept")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     parser.add_argument("--shape", nargs=3, type=int, metavar=("T", "H", "W"), default=LATENT[2:],
                         help="latent frames, height, width (default %(default)s; 3 24 24 is a quicker 9x192x192)")
@@ -183,20 +200,29 @@ def main() -> int:
         weights, latent = Path(tmp) / "vae.safetensors", Path(tmp) / "z.safetensors"
         save_file(random_state_dict(HUNYUAN_VIDEO_VAE, seed=0, dtype=dtype), str(weights))
         save_file({"z": torch.randn((1, 16, *args.shape), generator=torch.Generator().manual_seed(0))}, str(latent))
-        for variant in args.variants:
-            out = Path(tmp) / f"{variant}.safetensors"
-            cmd = [sys.executable, __file__, "--child", variant, str(weights), str(out),
-                   "--latent", str(latent), "--dtype", args.dtype]
-            env = dict(os.environ)
-            if args.malloc_mmap_threshold:
-                env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-            if proc.returncode:
-                print(f"{variant} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-            frames[variant] = load_file(str(out))["frames"]
-            print(f"done {variant}: {rows[variant]}", flush=True)
+        for run in range(args.repeat):
+            for variant in args.variants:
+                if run and not VARIANTS[variant].refs:  # untiled rows are PSNR references: one run
+                    continue
+                out = Path(tmp) / f"{variant}.safetensors"
+                cmd = [sys.executable, __file__, "--child", variant, str(weights), str(out),
+                       "--latent", str(latent), "--dtype", args.dtype]
+                env = dict(os.environ)
+                if args.malloc_mmap_threshold:
+                    env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+                if proc.returncode:
+                    print(f"{variant} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                first = rows.setdefault(variant, row)
+                for key in ("seconds", "cpu_seconds", "decode_peak_mb"):
+                    first.setdefault(f"{key}_runs", []).append(row[key])
+                frames.setdefault(variant, load_file(str(out))["frames"])
+                print(f"done {variant} (run {run + 1}/{args.repeat}): {row}", flush=True)
+    for row in rows.values():
+        for key in ("seconds", "cpu_seconds"):
+            row[key] = round(statistics.median(row[f"{key}_runs"]), 2)
     for variant, row in rows.items():
         ref = next((r for r in VARIANTS[variant].refs if r in frames), None)
         row["psnr_vs_untiled"] = psnr(frames[variant], frames[ref]) if ref else None
@@ -258,14 +284,37 @@ def summarize(rows: dict) -> dict:
     return out
 
 
+def versus_comfy(rows: dict) -> dict:
+    """Each of our rows at ComfyUI's tiles against ``comfy_tiled``: wall and CPU time ratios (medians,
+    and run by run when the runs alternated), peak ratio, PSNR of both."""
+    theirs = rows.get("comfy_tiled")
+    if not theirs:
+        return {}
+    out = {}
+    for name, row in rows.items():
+        if not name.startswith("ours_") or (row["tile_px"], row["overlap_px"]) != (theirs["tile_px"], theirs["overlap_px"]):
+            continue
+        pairs = list(zip(row["cpu_seconds_runs"], theirs["cpu_seconds_runs"]))
+        out[name] = {"time_ratio": round(row["seconds"] / theirs["seconds"], 3),
+                     "cpu_time_ratio": round(row["cpu_seconds"] / theirs["cpu_seconds"], 3),
+                     "cpu_time_ratio_runs": [round(a / b, 3) for a, b in pairs],
+                     "peak_ratio": round(row["decode_peak_mb"] / theirs["decode_peak_mb"], 3),
+                     "psnr": row["psnr_vs_untiled"], "comfy_psnr": theirs["psnr_vs_untiled"]}
+    return out
+
+
 def _report(rows: dict, dtype: str, out: Path, shape: tuple[int, ...]) -> None:
     print(f"\nVAE decode {shape}, real widths, random weights, {dtype}")
-    print(f"{'variant':<26}{'tile':>6}{'time s':>8}{'load MB':>9}{'peak MB':>9}{'work MB':>9}{'PSNR dB':>9}")
+    print(f"{'variant':<26}{'tile':>6}{'time s':>8}{'cpu s':>8}{'load MB':>9}{'peak MB':>9}{'work MB':>9}"
+          f"{'PSNR dB':>9}")
     for v, r in rows.items():
         tile = f"{r['tile_px']}/{r['overlap_px']}" if r["tile_px"] else "-"
-        print(f"{v:<26}{tile:>6}{r['seconds']:>8}{r['load_rss_mb']:>9}{r['decode_peak_mb']:>9}"
+        print(f"{v:<26}{tile:>6}{r['seconds']:>8}{r['cpu_seconds']:>8}{r['load_rss_mb']:>9}{r['decode_peak_mb']:>9}"
               f"{r['working_set_mb']:>9}{str(r['psnr_vs_untiled']):>9}")
     summary = summarize(rows)
+    comfy = versus_comfy(rows)
+    if comfy:
+        summary["vs_comfy_tiled"] = comfy
     print(json.dumps(summary, indent=1))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"latent": shape, "dtype": dtype, "rows": rows, "summary": summary,

@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 
 from bench.report_fmt import INFO, MB, MISSED, group_data, met, rng, table, verdict
-from bench.report_vae import _estimate_mb, _norm_mode, issue16_verdicts, real_size_table
+from bench.report_vae import (
+    ROOT,
+    SPEED_RUNS,
+    _estimate_mb,
+    _norm_mode,
+    issue16_verdicts,
+    real_size_table,
+    speed_runs_table,
+)
 
 # -- DiT step --------------------------------------------------------------------------------------
 
@@ -204,6 +212,7 @@ def vae_section(data: dict, results: dict) -> tuple[list[dict], str]:
     body += table(["variant", "tile/overlap px", "norm", "seconds", "RSS after load (MB)", "decode peak (MB)",
                    "working set (MB)", "estimate (MB)", "PSNR vs untiled (dB)", "tiny PSNR (dB)", "PSNR reference"],
                   table_rows)
+    body += speed_runs_table(sorted((ROOT / "bench" / "results").glob(SPEED_RUNS)))
     body += real_size_table()
     if summary:
         body += f"\nSummary from the benchmark: `{json.dumps(summary)}`\n"

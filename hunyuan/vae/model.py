@@ -104,9 +104,12 @@ class Decoder(nn.Module):
     def stem(self, z: torch.Tensor) -> torch.Tensor:
         return self.mid_block(self.conv_in(z))
 
-    def head_norms(self) -> list[GroupNorm3d]:
-        """The GroupNorms of :meth:`head`, in the order they run."""
-        return [m for m in self.up_blocks.modules() if isinstance(m, GroupNorm3d)] + [self.conv_norm_out]
+    def head_norms(self, blocks: int = 0) -> list[GroupNorm3d]:
+        """The GroupNorms of :meth:`head`, in the order they run: those of the first ``blocks`` up
+        blocks only, or (``blocks=0``) all of them and the final norm."""
+        ups = self.up_blocks[:blocks] if blocks else self.up_blocks
+        norms = [m for m in ups.modules() if isinstance(m, GroupNorm3d)]
+        return norms if blocks else norms + [self.conv_norm_out]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.up_blocks:

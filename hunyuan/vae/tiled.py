@@ -14,7 +14,6 @@ from .tiling import (
     Ticker,
     TileSpec,
     tile_chunks,
-    tile_cores,
     tile_ramp,
     tile_spans,
     with_oom_retry,
@@ -33,10 +32,9 @@ def _sweep(
 ) -> None:
     """Run ``fn`` over every (tile, chunk); chunks of one tile stream through the causal convs."""
     ys, xs, times = grid
-    cy, cx = tile_cores(ys), tile_cores(xs)
     for i, yspan in enumerate(ys):
         for j, xspan in enumerate(xs):
-            rt.start_tile((*cy[i], *cx[j]))
+            rt.start_tile()
             for tspan in times:
                 ticker.check()
                 rt.last_chunk = tspan == times[-1]
@@ -55,9 +53,10 @@ def _units(grid) -> int:
     return len(grid[0]) * len(grid[1]) * len(grid[2])
 
 
-def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple[int, int]) -> None:
+def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple[int, int], stats_tile: int) -> None:
     """The output pass over ``grid``, preceded with shared statistics by ``spec.norm_passes``
-    statistics passes on tiles of the same size without overlap (each pixel counted once).
+    statistics passes on tiles of side ``stats_tile`` without overlap (each pixel counted once).
+    ``norms`` are the norms that share statistics (any others normalise each piece on its own).
 
     Pass k (of P) normalises ``norms[:k-1]`` with the statistics recorded before it and every later
     norm with each piece's own, recording them. Passes before the last stop after recording
@@ -66,7 +65,7 @@ def _run_passes(vae, fn, norms, take, grid, spec, ticker_args, sink, size: tuple
     With whole frames the first P norms' statistics are therefore exact (their inputs are) and
     the rest approximate; P >= len(norms) (or 0) gives exact whole-video statistics."""
     passes = min(spec.norm_passes or len(norms), len(norms)) if spec.shared_norm and _units(grid) > 1 else 0
-    stats_grid = (tile_spans(size[0], spec.tile, 0), tile_spans(size[1], spec.tile, 0), grid[2])
+    stats_grid = (tile_spans(size[0], stats_tile, 0), tile_spans(size[1], stats_tile, 0), grid[2])
     ticker = Ticker(_units(grid) + passes * _units(stats_grid), *ticker_args)
     rt, final = Runtime(), {}
     with vae.running(rt):
@@ -128,7 +127,17 @@ def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_a
         if t[0] == 0:
             weight[y0 * s : y1 * s, x0 * s : x1 * s] += w
 
-    _run_passes(vae, vae.decoder.head, vae.decoder.head_norms(), take, grid, spec, ticker_args, sink, (height, width))
+    blocks = len(vae.decoder.up_blocks)
+    if spec.shared_blocks > blocks:
+        raise ValueError(f"shared_blocks={spec.shared_blocks}: the decoder has {blocks} up blocks "
+                         f"(expected 0 for all norms, or 1..{blocks})")
+    norms = vae.decoder.head_norms(spec.shared_blocks)
+    # Statistics passes that stop within the first two up blocks never reach more than 512 channels
+    # at twice the latent's side and frame rate 1, >= 16x fewer elements per latent pixel than the
+    # output pass's full-resolution layers: tiles of 4x the side fit the same memory and waste less
+    # on borders (and get fewer border errors into the statistics).
+    stats_tile = spec.tile * 4 if 0 < spec.shared_blocks <= 2 else spec.tile
+    _run_passes(vae, vae.decoder.head, norms, take, grid, spec, ticker_args, sink, (height, width), stats_tile)
     return out.div_(weight)
 
 
@@ -179,6 +188,6 @@ def _encode_tiled(vae: CausalVAE, video: torch.Tensor, spec: TileSpec, ticker_ar
         if t[0] == 0:
             weight[y0:y1, x0:x1] += w
 
-    _run_passes(vae, vae.encoder.body, vae.encoder.body_norms(), take, grid, spec, ticker_args, sink, lat[1:])
+    _run_passes(vae, vae.encoder.body, vae.encoder.body_norms(), take, grid, spec, ticker_args, sink, lat[1:], spec.tile)
     moments = vae.quant_conv(vae.encoder.tail(vae.prepare(feats.div_(weight))))
     return moments[:, : config.latent_channels].contiguous()

@@ -49,10 +49,16 @@ class TileSpec:
     chunk: int = 4  # latent frames per temporal chunk
     shared_norm: bool = True  # GroupNorm statistics recorded over the whole video, shared by every tile
     norm_passes: int = 1  # statistics passes before the output pass (shared_norm only); 0: one per norm (exact)
+    # shared_norm only: share the statistics of the norms in the first N up blocks of the decoder
+    # (the low-resolution end, cheap to record); later norms normalise each piece on its own. 0: all
+    # norms, the final one included. Decode only: encoding always shares all.
+    shared_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.tile < 0 or self.chunk < 0 or self.overlap < 0:
             raise ValueError(f"tile sizes must be >= 0, got {self}")
+        if self.shared_blocks < 0:
+            raise ValueError(f"shared_blocks={self.shared_blocks} must be >= 0 (0: every norm shares statistics)")
         if self.norm_passes < 0:
             raise ValueError(f"norm_passes={self.norm_passes} must be >= 0 (0: one pass per norm layer, exact)")
         if self.tile and self.overlap >= self.tile:
@@ -99,6 +105,9 @@ MEASURED_DB = {
     "frames_per_chunk": 46.4,  # whole frames in temporal chunks, each chunk its own statistics
     "tiles_shared": 30.0,  # spatial tiles, one statistics pass
     "tiles_per_tile": 28.1,  # spatial tiles, each tile its own statistics
+    # spatial tiles, one statistics pass, shared_blocks=2 (the rest per tile): measured by the same
+    # command with --variants ours_tiled_shared2 (bench/results/vae_shared_speed_2x24x24_run2.json)
+    "tiles_shared_2": 28.4,
 }
 
 
@@ -107,10 +116,16 @@ def expected_db(spec: TileSpec, latent_shape: tuple[int, ...]) -> float:
     frames, height, width = latent_shape[2:]
     tiled = 0 < spec.tile < max(height, width)
     chunked = 0 < spec.chunk < frames
-    if not tiled and (not chunked or (spec.shared_norm and spec.norm_passes == 0)):
+    partial = spec.shared_norm and spec.shared_blocks > 0  # some norms shared, the rest per piece
+    if not tiled and (not chunked or (spec.shared_norm and spec.norm_passes == 0 and not partial)):
         return math.inf
+    where = "tiles" if tiled else "frames"
+    if partial:  # measured for 2 blocks with spatial tiles; otherwise no more than the worse of the two modes
+        measured = MEASURED_DB.get(f"{where}_shared_{spec.shared_blocks}")
+        per_piece = MEASURED_DB["tiles_per_tile" if tiled else "frames_per_chunk"]
+        return measured if measured is not None else min(MEASURED_DB[f"{where}_shared"], per_piece)
     norm = "shared" if spec.shared_norm else ("per_tile" if tiled else "per_chunk")
-    return MEASURED_DB[f"{'tiles' if tiled else 'frames'}_{norm}"]
+    return MEASURED_DB[f"{where}_{norm}"]
 
 
 def auto_choice(
@@ -159,16 +174,6 @@ def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
         if end >= size:
             return spans
         start += tile - overlap
-
-
-def tile_cores(spans: list[tuple[int, int]]) -> list[tuple[float, float]]:
-    """Each tile's owned part (cut at the middle of each overlap), as fractions of the tile."""
-    out = []
-    for i, (a, b) in enumerate(spans):
-        lo = a if i == 0 else (a + spans[i - 1][1]) / 2
-        hi = b if i == len(spans) - 1 else (spans[i + 1][0] + b) / 2
-        out.append(((lo - a) / (b - a), (hi - a) / (b - a)))
-    return out
 
 
 def tile_ramp(spans: list[tuple[int, int]], i: int, scale: int) -> torch.Tensor:

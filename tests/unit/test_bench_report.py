@@ -202,3 +202,27 @@ def test_the_previous_run_is_shown_next_to_each_verdict(tmp_path):
     text = write_report(results, tmp_path / "RESULTS.md")
     summary = text[text.index("## Summary"):text.index("\n## ", text.index("## Summary") + 1)]
     assert "| previous run |" in summary and "MISSED: 1.16x" in summary and "commit `old`" in summary
+
+
+def test_vae_time_verdict_needs_wall_and_cpu_time_within_target(tmp_path):
+    """Issue 16's time target is met only when both the wall and the CPU-time ratio are <= 1.0x; the
+    interleaved speed runs render both, run by run."""
+    import json
+
+    from bench.report_vae import issue16_verdicts, speed_runs_table
+
+    comfy = {"impl": "comfy", "tile_px": 128, "overlap_px": 32, "seconds": 100.0, "cpu_seconds": 80.0,
+             "seconds_runs": [100.0, 110.0], "cpu_seconds_runs": [80.0, 81.0], "decode_peak_mb": 1000,
+             "psnr_vs_untiled": 21.8}
+    ours = {"impl": "ours", "tile_px": 128, "overlap_px": 32, "chunk": 1, "shared_norm": True, "norm_passes": 1,
+            "shared_blocks": 2, "seconds": 95.0, "cpu_seconds": 84.0, "seconds_runs": [95.0, 96.0],
+            "cpu_seconds_runs": [84.0, 83.0], "decode_peak_mb": 700, "psnr_vs_untiled": 26.5}
+    [v] = issue16_verdicts({"comfy_tiled": comfy, "ours_tiled_shared2": ours})
+    assert v["status"] == "MISSED" and "0.95x" in v["measured"] and "CPU time 1.05x" in v["measured"]
+    [v] = issue16_verdicts({"comfy_tiled": comfy, "ours_tiled_shared2": {**ours, "cpu_seconds": 79.0}})
+    assert v["status"] == "MET"
+    path = tmp_path / "vae_shared_speed_test.json"
+    path.write_text(json.dumps({"latent": [1, 16, 2, 24, 24], "dtype": "bf16",
+                                "rows": {"comfy_tiled": comfy, "ours_tiled_shared2": ours}}))
+    text = speed_runs_table([path])
+    assert "| ours_tiled_shared2 | shared x1, first 2 up blocks | 95.0, 96.0 | 84.0, 83.0 | 0.95 | 1.05 |" in text
