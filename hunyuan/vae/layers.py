@@ -117,13 +117,17 @@ class GroupNorm3d(nn.GroupNorm):
         """The piece normalised with its own statistics, which are added to ``rt.sums`` (per sample
         and group). One group-norm kernel gives the output and the moments, so recording costs what a
         plain norm costs (it used to add a float copy and a separate reduction, ~4x a norm's time).
-        Float affine parameters make the kernel return float moments for bf16/fp16 input; the
-        output keeps ``x``'s dtype and memory format."""
+        On the CPU, float affine parameters make the kernel return float moments for bf16/fp16
+        input; elsewhere a low-precision piece is normalised in float (CUDA's kernel takes one dtype
+        for the input and its parameters). The output keeps ``x``'s dtype and memory format."""
         b, c = x.shape[:2]
         n = x[0, 0].numel()
-        out, mean, rstd = torch.native_group_norm(
-            x, self.weight.float(), self.bias.float(), b, c, n, self.num_groups, self.eps
-        )
+        weight, bias = self.weight.float(), self.bias.float()
+        if x.device.type == "cpu" or x.dtype == torch.float32:
+            out, mean, rstd = torch.native_group_norm(x, weight, bias, b, c, n, self.num_groups, self.eps)
+        else:  # CUDA's kernel takes one dtype for the input and its parameters: float moments need a float input
+            out, mean, rstd = torch.native_group_norm(x.float(), weight, bias, b, c, n, self.num_groups, self.eps)
+            out = out.to(x.dtype)
         count = n * (c // self.num_groups)
         mean = mean.double().view(b, self.num_groups)
         var = rstd.double().view(b, self.num_groups).pow(-2) - self.eps  # rstd = 1 / sqrt(var + eps)
