@@ -76,11 +76,25 @@ def make_groups(cfg_degree: int, heads: int) -> ParallelGroups:
     return ParallelGroups(cfg_degree, ulysses, cfg_index, ulysses_index, cfg_group, ulysses_group)
 
 
+# The collectives stay out of compiled graphs (``torch.compiler.disable``: a compiled block breaks
+# around them and each runs eagerly and synchronously). Traced in, inductor issues them as
+# functional collectives, several in flight at once; on gloo a worker that compiled a block this
+# way once died of a heap corruption (SIGSEGV in malloc on a non-Python thread, full CI run of
+# tests/unit/test_multi_device_pool.py::test_compile_on_two_workers_equals_one_eager_process).
+@torch.compiler.disable
 def _all_to_all(send: torch.Tensor, group) -> torch.Tensor:
     """send [P, ...] contiguous: chunk j goes to rank j of ``group``; returns what each rank sent me."""
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
     return recv
+
+
+@torch.compiler.disable
+def _all_gather(x: torch.Tensor, group, world: int) -> list[torch.Tensor]:
+    """Every rank's ``x`` (contiguous), in rank order."""
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x, group=group)
+    return parts
 
 
 class UlyssesAttention:
@@ -103,8 +117,7 @@ class UlyssesAttention:
 
     def _gather_heads(self, x: torch.Tensor) -> torch.Tensor:
         """Text output, [B, Nt, H/P, D] -> [B, Nt, H*D]: every rank's heads, in rank order."""
-        parts = [torch.empty_like(x) for _ in range(self.groups.ulysses_degree)]
-        dist.all_gather(parts, x.contiguous(), group=self.groups.ulysses_group)
+        parts = _all_gather(x.contiguous(), self.groups.ulysses_group, self.groups.ulysses_degree)
         return torch.cat(parts, dim=2).flatten(2)
 
     def __call__(self, q, k, v, key_mask=None):
@@ -180,8 +193,7 @@ class SequenceShard:
         """This rank's final-layer output [B, n_local, C] -> every rank's, unpadded: [B, N, C]."""
         if self.groups.ulysses_degree == 1:
             return out
-        parts = [torch.empty_like(out) for _ in range(self.groups.ulysses_degree)]
-        dist.all_gather(parts, out.contiguous(), group=self.groups.ulysses_group)
+        parts = _all_gather(out.contiguous(), self.groups.ulysses_group, self.groups.ulysses_degree)
         return torch.cat(parts, dim=1)[:, : self.n_video]
 
 
@@ -215,6 +227,4 @@ class ParallelDiT:
                          sequence_parallel=SequenceShard(g, batch_split=split), token_replace=token_replace)
         if not split:
             return out
-        parts = [torch.empty_like(out) for _ in range(g.cfg_degree)]
-        dist.all_gather(parts, out.contiguous(), group=g.cfg_group)
-        return torch.cat(parts, dim=0)
+        return torch.cat(_all_gather(out.contiguous(), g.cfg_group, g.cfg_degree), dim=0)

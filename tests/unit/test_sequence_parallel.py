@@ -17,6 +17,8 @@ from hunyuan.parallel.sequence import (
     ParallelDiT,
     ParallelGroups,
     SequenceShard,
+    _all_gather,
+    _all_to_all,
     any_rank,
     check_degrees,
     make_groups,
@@ -110,6 +112,33 @@ def test_any_rank_is_true_on_every_rank_when_one_says_so(tmp_path):
     mp.spawn(_vote, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world)
     for rank in range(world):
         assert load_file(str(tmp_path / f"votes{rank}.safetensors"))["votes"].tolist() == [True, False, True], rank
+
+
+def test_collectives_stay_out_of_compiled_graphs(tmp_path):
+    """The Compile node's blocks break around the Ulysses all-to-all and all-gather, which run
+    eagerly: traced in, inductor issued them as functional collectives several at a time, and a
+    gloo worker running such a block once died of a heap corruption (SIGSEGV in malloc)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def block(x):
+        y = _all_to_all((x * 2).contiguous(), None)
+        return _all_gather(y + 1, None, 1)[0] * 3
+
+    try:
+        torch._dynamo.reset()
+        out = torch.compile(block, backend=backend)(torch.ones(1, 2, 3))
+    finally:
+        torch._dynamo.reset()
+        dist.destroy_process_group()
+    assert torch.equal(out, torch.full((1, 2, 3), 9.0))
+    traced = [str(node.target) for g in graphs for node in g.graph.nodes if node.op == "call_function"]
+    assert traced, "the arithmetic around the collectives is still compiled"
+    assert not [t for t in traced if "all_to_all" in t or "all_gather" in t or "c10d" in t], traced
 
 
 def test_the_token_count_needs_padding():
