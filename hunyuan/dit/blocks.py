@@ -9,6 +9,7 @@ rope: complex rotations [Ni, head_dim // 2] (see :mod:`.rope`); key_mask None or
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .attention import AttentionFn
@@ -21,8 +22,7 @@ Rope = torch.Tensor
 
 def split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[B, N, 3*H*Dh] -> three [B, N, H, Dh] views."""
-    b, n, _ = qkv.shape
-    q, k, v = qkv.view(b, n, 3, heads, -1).unbind(2)
+    q, k, v = rearrange(qkv, "b n (three h d) -> three b n h d", three=3, h=heads).unbind(0)
     return q, k, v
 
 

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from ..ops import DefaultOps
@@ -91,13 +92,10 @@ class HunyuanVideoDiT(nn.Module):
             return FirstFrameVec(vec, self.time_in(torch.zeros_like(timestep), dtype) + text, first_frame_tokens)
         return vec
 
-    def _unpatchify(self, out: torch.Tensor, grid, shape) -> torch.Tensor:
-        """[B, T'H'W', pt*ph*pw*C] -> [B, C, T, H, W]"""
-        pt, ph, pw = self.config.patch_size
-        b = out.shape[0]
-        out = out.reshape(b, *grid, self.config.out_channels, pt, ph, pw)
-        out = out.permute(0, 4, 1, 5, 2, 6, 3, 7)
-        return out.reshape(b, self.config.out_channels, *shape)
+    def _unpatchify(self, out: torch.Tensor, grid) -> torch.Tensor:
+        """[B, T'H'W', C*pt*ph*pw] -> [B, C, T'pt, H'ph, W'pw]"""
+        (t, h, w), (pt, ph, pw) = grid, self.config.patch_size
+        return rearrange(out, "b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)", t=t, h=h, w=w, pt=pt, ph=ph, pw=pw)
 
     def forward(
         self,
@@ -160,7 +158,7 @@ class HunyuanVideoDiT(nn.Module):
         out = self.final_layer(img, vec)
         if shard is not None:
             out = shard.join(out)
-        return self._unpatchify(out, grid, x.shape[2:]).to(x.dtype)
+        return self._unpatchify(out, grid).to(x.dtype)
 
 
 @dataclass(frozen=True)
