@@ -13,7 +13,14 @@ It listens on 127.0.0.1 on a free port, in a daemon thread, and answers
 - ``"echo_auth"``: 200 whose content repeats the request's Authorization header (a careless or
   hostile server: nothing it sends back may carry the key into an output, error or log);
 - ``"echo_auth_401"``: 401 whose error body and reason phrase repeat that header;
-- ``"redirect"``: 302 to ``redirect_to`` (a client must not follow it with the key).
+- ``"redirect"``: 302 to ``redirect_to`` (a client must not follow it with the key);
+- ``"echo_auth_escaped"``: like ``"echo_auth"``, with every character of the header written as a
+  JSON ``\\uXXXX`` escape (valid JSON that decodes to the key);
+- ``"echo_auth_status"``: the header itself sent back as the HTTP status line (a protocol error
+  whose text is that line);
+- ``"drip"``: 200 announcing 100 kB, then one byte every 0.2 s (each read returns quickly, the
+  body never ends);
+- ``"huge"``: 200 streaming 64 KiB pieces of a 1 GiB body as fast as the client reads.
 
 Every request is recorded (path, headers, parsed JSON body) in ``requests``. ``closed_port()``
 gives a URL where nothing listens, for connection-refused tests.
@@ -32,7 +39,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky", "echo_auth", "echo_auth_401", "redirect")
+MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky", "echo_auth", "echo_auth_401", "redirect",
+         "echo_auth_escaped", "echo_auth_status", "drip", "huge")
 
 
 @dataclass
@@ -134,6 +142,22 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
                 self.close_connection = True
 
+        def _stream(self, mode: str) -> None:
+            size, piece, pause = (100_000, b" ", 0.2) if mode == "drip" else (2**30, b" " * 65536, 0.0)
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                for _ in range(size // len(piece)):
+                    if server._stop.wait(pause):
+                        break
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                pass
+            self.close_connection = True
+
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             if self.path.rstrip("/").endswith("/models"):
                 self._send(200, json.dumps({"data": [{"id": "fake-model"}]}).encode())
@@ -166,6 +190,15 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             elif mode == "echo_auth_401":
                 auth = self.headers.get("Authorization", "")
                 self._send(401, json.dumps({"error": {"message": f"bad key {auth}"}}).encode(), reason=f"no {auth}")
+            elif mode == "echo_auth_escaped":
+                auth = "".join(f"\\u{ord(c):04x}" for c in self.headers.get("Authorization", ""))
+                head = '{"choices": [{"message": {"role": "assistant", "content": "you sent '
+                self._send(200, (head + auth + '"}}]}').encode())
+            elif mode == "echo_auth_status":
+                self.wfile.write(self.headers.get("Authorization", "").encode() + b"\r\n\r\n")
+                self.close_connection = True
+            elif mode in ("drip", "huge"):
+                self._stream(mode)
             elif mode == "redirect":
                 self._send(302, b"", headers={"Location": server.redirect_to})
             elif mode == "empty":

@@ -11,6 +11,7 @@ key, to a host nobody allowed.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import logging
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _EXPECTED = "an OpenAI-compatible POST /v1/chat/completions endpoint"
 REDACTED = "[redacted]"
+MAX_REPLY_BYTES = 4 * 2**20
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -120,10 +122,12 @@ class EndpointBackend:
             if remaining <= 0:
                 break
             try:
-                return parse_reply(self.url, _redact(self._post(body, headers, remaining, key), key))
+                reply = self._post(body, headers, deadline, key, functools.partial(progress or _nothing, attempt, attempts))
+                return redact_text(parse_reply(self.url, _redact(reply, key)), key)  # decoded escapes too
             except _Retryable as exc:
-                failures.append(str(exc))
-                log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts, exc)
+                failures.append(redact_text(str(exc), key))  # e.g. a status line that repeats the header
+                log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts,
+                            failures[-1])
             pause = min(0.25 * 2**attempt, deadline - time.monotonic())
             if attempt + 1 < attempts and pause > 0:
                 time.sleep(pause)
@@ -131,12 +135,15 @@ class EndpointBackend:
         last = failures[-1] if failures else "no time left for an attempt"
         raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
 
-    def _post(self, body: bytes, headers: dict[str, str], timeout: float, key: str) -> bytes:
-        """The response body; every message built from the response has ``key`` blanked out."""
+    def _post(self, body: bytes, headers: dict[str, str], deadline: float, key: str, between_reads) -> bytes:
+        """The response body, read by the ``deadline`` (``time.monotonic()``) and at most
+        MAX_REPLY_BYTES long; every message built from the response has ``key`` blanked out.
+        ``between_reads`` runs after each piece of the body (the node checks for an interrupt)."""
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        timeout = deadline - time.monotonic()
         try:
             with _OPENER.open(request, timeout=timeout) as response:
-                return response.read()
+                return self._read_body(response, deadline, between_reads)
         except urllib.error.HTTPError as exc:
             detail = _short(_redact(exc.read(), key))
             reason = _redact(str(exc.reason).encode(), key).decode(errors="replace")
@@ -158,6 +165,36 @@ class EndpointBackend:
         except (OSError, http.client.HTTPException) as exc:
             raise _Retryable(f"connection failed: {exc.__class__.__name__}: {exc}") from exc
 
+    def _read_body(self, response, deadline: float, between_reads) -> bytes:
+        """A socket timeout bounds one read, not the whole body: a server that sends a byte now and
+        then would hold the queue for as long as it liked. So each piece is read with what is left
+        of the deadline as its timeout, and the size is capped (a chat reply is a few KB)."""
+        pieces, size = [], 0
+        while True:
+            left = deadline - time.monotonic()
+            late = _Retryable(f"the reply was still arriving after {size} bytes (timed out)")
+            if left <= 0:
+                raise late
+            sock = getattr(getattr(response.fp, "raw", None), "_sock", None)  # the connection's socket
+            if sock is not None:
+                sock.settimeout(left)
+            try:
+                piece = response.read1(65536)
+            except TimeoutError:
+                raise late from None
+            if not piece:
+                return b"".join(pieces)
+            size += len(piece)
+            if size > MAX_REPLY_BYTES:
+                raise RuntimeError(f"rewrite endpoint {self.url} sent a reply of more than {MAX_REPLY_BYTES} bytes; "
+                                   f"expected a chat completion of a few KB from {_EXPECTED}")
+            pieces.append(piece)
+            between_reads()
+
+
+def _nothing(*args) -> None:
+    pass
+
 
 def _hint(code: int) -> str:
     if 300 <= code < 400:
@@ -168,12 +205,19 @@ def _hint(code: int) -> str:
 
 
 def _redact(data: bytes, key: str) -> bytes:
-    """``data`` with every occurrence of ``key`` (raw, or as JSON escapes it) replaced."""
+    """``data`` with every occurrence of ``key`` (raw, or as JSON escapes it) replaced. Other
+    escaped spellings (``\\u0073k-...``, ``\\/``) decode to the key only after parsing:
+    :func:`redact_text` blanks the parsed text too."""
     if not key:
         return data
     for form in {key, json.dumps(key)[1:-1]}:
         data = data.replace(form.encode("utf-8"), REDACTED.encode())
     return data
+
+
+def redact_text(text: str, key: str) -> str:
+    """``text`` with every occurrence of ``key`` replaced."""
+    return text.replace(key, REDACTED) if key else text
 
 
 class _Retryable(Exception):

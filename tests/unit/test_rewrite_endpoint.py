@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hunyuan.rewrite import RewriteCache, SamplingParams, build_messages, rewrite
-from hunyuan.rewrite.endpoint import REDACTED, EndpointBackend, chat_completions_url
+from hunyuan.rewrite.endpoint import MAX_REPLY_BYTES, REDACTED, EndpointBackend, chat_completions_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai_server import FakeOpenAIServer, closed_port_url  # noqa: E402
@@ -104,6 +104,40 @@ def test_an_error_echoing_the_key_never_carries_it(fake):
     shown = "".join(traceback.format_exception(info.value))  # what ComfyUI would log
     assert "HTTP 401" in shown and REDACTED in shown and "configured for this endpoint" in shown
     assert "sk-test-123" not in shown
+
+
+def test_a_reply_spelling_the_key_in_json_escapes_never_carries_it(fake):
+    """Blanking the raw bytes misses ``\\u0073k-...``: the parsed text is blanked as well."""
+    fake.mode = "echo_auth_escaped"
+    text = backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams())
+    assert "sk-test-123" not in text and text == f"you sent Bearer {REDACTED}"
+
+
+def test_a_status_line_repeating_the_key_never_carries_it(fake, caplog):
+    """http.client's protocol errors quote the line the server sent: the key is blanked there too."""
+    fake.mode = "echo_auth_status"
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError) as info:
+        backend(fake.url, max_retries=1).complete(build_messages("x", "Normal"), SamplingParams())
+    shown = "".join(traceback.format_exception(info.value)) + caplog.text
+    assert "BadStatusLine" in shown and REDACTED in shown and "sk-test-123" not in shown
+
+
+def test_a_reply_that_keeps_arriving_fails_within_timeout(fake):
+    """One byte every 0.2 s never trips a per-read timeout; the deadline covers the body too."""
+    fake.mode = "drip"
+    message, elapsed = timed_error(
+        lambda: backend(fake.url, max_retries=0).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "still arriving" in message and "timed out" in message
+    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + SLACK
+
+
+def test_an_oversized_reply_is_refused_without_holding_it(fake):
+    fake.mode = "huge"
+    calls = []
+    message, _ = timed_error(lambda: backend(fake.url, timeout_s=30.0).complete(
+        build_messages("x", "Normal"), SamplingParams(), progress=lambda done, total: calls.append(done)))
+    assert f"more than {MAX_REPLY_BYTES} bytes" in message and len(fake.requests) == 1  # not retried
+    assert len(calls) > 10  # the node's interrupt check ran between the pieces
 
 
 def test_redirects_are_not_followed(fake, server):
