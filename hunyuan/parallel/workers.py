@@ -248,7 +248,7 @@ class DiTWorker:
             return settings, None
         if plan is None:
             raise ValueError("block swap 'auto' needs the job's size to pick counts; none was given")
-        config = read_config(source.path)
+        config = self._config(source)
         free = worker_plan_bytes(self.device)  # less a reserve; this worker's own DiT counts as free
         if self.memory_cap is not None:
             free = min(free, self.memory_cap)
@@ -261,6 +261,13 @@ class DiTWorker:
         except ValueError as exc:
             raise ValueError(f"worker {self.rank} ({self.device}): {exc}") from None
         return chosen, f"worker {self.rank} ({self.device}): {why}"
+
+    def _config(self, source: DiTSource):
+        """The config of the DiT in ``source``: the loaded model's when it came from the same file
+        (a Tencent ``.pt`` is otherwise opened again whole just for its shapes), else read from it."""
+        if self.model is not None and self.loaded[0].path == source.path:
+            return self.model.config
+        return read_config(source.path)
 
     def _engine(self, model, settings: SwapSettings) -> BlockSwapEngine:
         """The Block Swap engine for this worker's device. CPU workers (the test configuration)
