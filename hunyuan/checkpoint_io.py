@@ -34,6 +34,26 @@ class CheckpointError(ValueError):
     """A checkpoint the user pointed at cannot be used; the message says which and why."""
 
 
+class MapRefused(CheckpointError):
+    """The machine refused to memory-map a checkpoint: a map counts the whole file, and without
+    enough memory plus swap for it (or under an address-space limit) the kernel says no."""
+
+    def __init__(self, path: Path, advice: str):
+        from .memory import device_free_bytes  # the one figure for the host memory left
+
+        self.path, self.size, self.available = path, path.stat().st_size, device_free_bytes("cpu")
+        super().__init__(
+            f"checkpoint {str(path)!r} ({self.size / 2**30:.2f} GiB) cannot be memory-mapped: this machine refuses "
+            f"a map that large ({self.available / 2**30:.2f} GiB of memory available, less memory plus swap than "
+            f"the file). {advice}"
+        )
+
+
+def _refused_map(exc: BaseException) -> bool:
+    """Whether ``exc`` is the kernel refusing a memory map (ENOMEM), as torch and safetensors report it."""
+    return isinstance(exc, MemoryError) or "Cannot allocate memory" in str(exc)
+
+
 # name-0000K-of-0000N.safetensors: the shards Hugging Face's save_pretrained writes for large models
 SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.safetensors$")
 
@@ -264,7 +284,12 @@ def read_stored(items: Mapping[str, StoredTensor | torch.Tensor], *, copy: bool 
                 with safe_open(str(path), framework="pt") as f:
                     for name, item in group:
                         out[name] = f.get_tensor(item.key)
-        except (SafetensorError, OSError, RuntimeError) as exc:
+        except (SafetensorError, OSError, RuntimeError, MemoryError) as exc:
+            if not copy and _refused_map(exc):
+                raise MapRefused(path, "Read it with plain reads instead (a loader that converts the tensors "
+                                 "does), or free memory, or add swap.") from exc
+            if isinstance(exc, MemoryError):
+                raise
             raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc
     return out
 
@@ -302,15 +327,10 @@ def _read_error(path: Path, exc: Exception) -> CheckpointError:
             f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): {exc}. "
             "Only plain tensors are accepted; convert the file to .safetensors."
         )
-    size = path.stat().st_size
-    if "Cannot allocate memory" in str(exc):
-        return CheckpointError(
-            f"checkpoint {str(path)!r} ({size} bytes) cannot be memory-mapped: this machine refuses a map that "
-            "large (less memory plus swap than the file). Convert it to .safetensors, which the pack reads a "
-            "block at a time, or add swap."
-        )
+    if _refused_map(exc):
+        return MapRefused(path, "Convert it to .safetensors, which the pack reads a block at a time, or add swap.")
     return CheckpointError(
-        f"checkpoint {str(path)!r} ({size} bytes) cannot be read; it looks truncated or damaged "
+        f"checkpoint {str(path)!r} ({path.stat().st_size} bytes) cannot be read; it looks truncated or damaged "
         f"(a partial download?): {exc.__class__.__name__}: {str(exc)[:300]}"
     )
 

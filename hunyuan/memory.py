@@ -33,7 +33,7 @@ from .dit.config import REAL, DiTConfig
 from .dit.model import HunyuanVideoDiT
 from .dtypes import FP8, PLAIN_DTYPES
 from .offload.settings import SwapSettings
-from .sampling.schedule import check_video_size, latent_shape
+from .sampling.schedule import check_video_size, latent_shape, video_size
 
 LATENT_COPIES = 8  # x, noise, velocity (x2 with CFG), x0, previous x0, Heun predictor, output
 ATTENTION_MATRICES = 2  # scores and probabilities when attention is materialised
@@ -200,6 +200,44 @@ def auto_swap(config: DiTConfig, free_bytes: int, base: SwapSettings | None = No
             f"{free_bytes / 2**30:.1f} GiB is free; lower width/height/frames or free memory"
         )
     return base.with_counts(best[1], best[2])
+
+
+def sampling_sizes(shape: tuple[int, ...], *, text_tokens: int, steps: int, cfg: bool,
+                   batched_cfg: bool = False) -> dict:
+    """A run's size as :func:`estimate_sampling_memory` takes it, from the latent ``shape``
+    [B, C, T, H, W], the refined text's token count, the steps the schedule has and whether true
+    CFG (and batched CFG) runs: the one way the sampler and the multi-device workers describe a run."""
+    return {**video_size(shape), "batch": shape[0], "text_tokens": text_tokens, "steps": steps, "cfg": cfg,
+            "batched_cfg": batched_cfg}
+
+
+def plan_swap(config: DiTConfig, free_bytes: int, base: SwapSettings, *, held: SwapSettings | None = None,
+              **sizes) -> tuple[SwapSettings, str]:
+    """Block swap "auto" for one run: the counts :func:`auto_swap` picks in ``free_bytes``, and a
+    log line saying why (the counts, the predicted peak, the video size, the bytes planned with).
+
+    ``held``: the counts of the DiT loaded now (same file and patches), kept when they still fit,
+    so that a run of another size does not reload it. ``sizes`` as for
+    :func:`estimate_sampling_memory` (:func:`sampling_sizes` plus the dtypes). Raises ValueError
+    ("block swap auto: ...") when even swapping every block does not fit."""
+    try:
+        chosen = auto_swap(config, free_bytes, base=base, **sizes)
+    except ValueError as exc:
+        raise ValueError(f"block swap auto: {exc}") from None
+    peak = estimate_sampling_memory(config, swap=chosen, **sizes).peak_bytes
+    how = ""
+    if held is not None and held != chosen:
+        held_peak = estimate_sampling_memory(config, swap=held, **sizes).peak_bytes
+        if held_peak <= free_bytes:
+            how = (f" (the loaded counts, which still fit; {chosen.double_blocks} double + "
+                   f"{chosen.single_blocks} single would need a reload)")
+            chosen, peak = held, held_peak
+    shards = sizes.get("sequence_parallel", 1)
+    over = f" over {shards} sequence shards" if shards > 1 else ""
+    batch = f" x{sizes['batch']}" if sizes.get("batch", 1) > 1 else ""
+    return chosen, (f"block swap auto: {chosen.double_blocks} double + {chosen.single_blocks} single blocks{how}; "
+                    f"predicted peak {peak / 2**30:.3f} GiB for {sizes['width']}x{sizes['height']}x{sizes['frames']}"
+                    f"{batch}{over}, {free_bytes / 2**30:.3f} GiB to plan with")
 
 
 def device_free_bytes(device: torch.device | str) -> int:

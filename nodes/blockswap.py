@@ -27,9 +27,8 @@ import comfy.model_patcher
 import torch
 from comfy_api.latest import io
 
-from ..hunyuan.memory import auto_swap
+from ..hunyuan.memory import plan_swap
 from ..hunyuan.offload import BlockSwapEngine, SwapSettings, make_engine, resident_bytes
-from ..hunyuan.sampling import video_size
 from .types import CATEGORY, CheckedNode, DiT, option, with_option
 
 log = logging.getLogger(__name__)
@@ -121,26 +120,34 @@ def weight_dtype(model) -> torch.dtype:
     return max(model.parameters(), key=lambda p: p.numel()).dtype
 
 
-def swap_for_run(dit, shape, text_tokens: int, cfg: bool, batched_cfg: bool = False):
-    """The patcher to load: auto mode resolves counts for this video and free memory.
+def plan_bytes(dit) -> int:
+    """What block swap "auto" plans with in ComfyUI's process: the device's free memory, plus
+    whatever of this DiT is loaded now (by any of its patchers: it is freed before our clone
+    loads), less ComfyUI's own reserve."""
+    free = mm.get_free_memory(dit.load_device) + dit.model.model_loaded_weight_memory
+    return int(free - mm.extra_reserved_memory())
+
+
+def run_sizes(model, sizes: dict) -> dict:
+    """``sizes`` (:func:`hunyuan.memory.sampling_sizes`) with this DiT's weight and compute dtypes:
+    what the planner takes for a run of it in this process."""
+    return {**sizes, "weight_dtype": weight_dtype(model), "compute_dtype": model.compute_dtype}
+
+
+def swap_for_run(dit, sizes: dict):
+    """The patcher to load: auto mode resolves counts for this run (``sizes``:
+    :func:`hunyuan.memory.sampling_sizes`) and the free memory (:func:`plan_bytes`).
 
     The clones are cached on this patcher object itself, not in its options: a clone of it (a
     LoRA on top, say) must not reuse them, since they carry this patcher's patches.
     """
     settings = option(dit, SWAP_KEY)
-    if settings is None or settings.mode != "auto" or torch.device(dit.load_device).type == "cpu":
+    if settings is None or settings.mode != "auto" or not dit._separate_device():
         return dit
-    config, model = dit.model.config, dit.model
-    # whatever of this DiT is loaded now (by any of its patchers) is freed before our clone loads
-    free = mm.get_free_memory(dit.load_device) + model.model_loaded_weight_memory
-    free -= mm.extra_reserved_memory()
-    chosen = auto_swap(
-        config, int(free), base=settings, **video_size(shape), batch=shape[0], text_tokens=text_tokens, cfg=cfg,
-        weight_dtype=weight_dtype(model), compute_dtype=model.compute_dtype, batched_cfg=batched_cfg,
-    )
+    chosen, why = plan_swap(dit.model.config, plan_bytes(dit), settings, **run_sizes(dit.model, sizes))
     cache = dit.__dict__.setdefault("_hyvid_auto_clones", {})
     if chosen not in cache:
-        log.info("block swap auto: %d double + %d single blocks for %s", chosen.double_blocks, chosen.single_blocks, shape)
+        log.info("%s", why)
         cache[chosen] = with_swap(dit, chosen)
     return cache[chosen]
 

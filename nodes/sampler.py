@@ -21,7 +21,7 @@ from comfy_api.latest import io
 from ..hunyuan.conditioning import RefinedConditioning, RefinedText
 from ..hunyuan.dit.compile import compiled_blocks, usable
 from ..hunyuan.dit.step_cache import DEFAULTS, KINDS, StepCacheRun, StepCacheSettings
-from ..hunyuan.memory import estimate_sampling_memory
+from ..hunyuan.memory import estimate_sampling_memory, sampling_sizes
 from ..hunyuan.sampling import (
     SOLVERS,
     check_sigmas,
@@ -33,7 +33,7 @@ from ..hunyuan.sampling import (
 )
 from ..hunyuan.sampling.pipeline import sample_video
 from ..hunyuan.sampling.schedule import SIZE_MULTIPLE
-from .blockswap import active_engine, swap_for_run, weight_dtype
+from .blockswap import active_engine, run_sizes, swap_for_run
 from .common import size_input
 from .dit import COMPILE_KEY
 from .i2v import image_input
@@ -136,13 +136,9 @@ def _start_latent(latent: dict | None, shape: tuple[int, ...], width: int, heigh
     return samples.to(torch.float32)
 
 
-def _activation_estimate(model, shape, text_tokens: int, cfg: bool, steps: int, batched_cfg: bool = False) -> int:
+def _activation_estimate(model, sizes: dict) -> int:
     """Working memory (not weights) the sampler needs on the device, from the planner."""
-    est = estimate_sampling_memory(
-        model.config, **video_size(shape), batch=shape[0], text_tokens=text_tokens,
-        steps=steps, cfg=cfg, weight_dtype=weight_dtype(model), compute_dtype=model.compute_dtype,
-        batched_cfg=batched_cfg,
-    )
+    est = estimate_sampling_memory(model.config, **run_sizes(model, sizes))
     return est.activation_bytes + est.state_bytes + est.text_bytes
 
 
@@ -240,8 +236,10 @@ class HunyuanVideoSampler(CheckedNode):
             out = sample_on_workers(dit, conditioning, sigmas, noise, latent=start, denoise=denoise, cfg=cfg,
                                     embedded_guidance=embedded_guidance, solver=solver, step_cache=cache, image=image)
             return io.NodeOutput({"samples": out.to(mm.intermediate_device())})
-        patcher = swap_for_run(dit, shape, text_tokens, use_cfg, batched)
-        memory = _activation_estimate(patcher.model, shape, text_tokens, use_cfg, len(sigmas) - 1, batched)
+        sizes = sampling_sizes(shape, text_tokens=text_tokens, steps=len(sigmas) - 1, cfg=use_cfg,
+                               batched_cfg=batched)
+        patcher = swap_for_run(dit, sizes)
+        memory = _activation_estimate(patcher.model, sizes)
         # no force_full_load: the DiT is built from comfy.ops, so when it does not fit ComfyUI may load
         # it partly and cast the rest on use (patches applied on the fly); Block Swap loads as it places
         mm.load_models_gpu([patcher], memory_required=memory)

@@ -124,6 +124,17 @@ def owner_endpoints(server: TestServer, endpoints: list[dict], allow_unlisted_ur
         path.unlink()
 
 
+def size_graph(image: str, resolution: str = "360p") -> dict:
+    """LoadImage (``image`` in the server's input/) -> I2V Size -> the two sizes shown by native
+    Preview as Text nodes (ids 83: width, 84: height). The I2V Size node is in no shipped workflow."""
+    return {
+        "81": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "82": {"class_type": "HunyuanVideoI2VSize", "inputs": {"image": ["81", 0], "resolution": resolution}},
+        "83": {"class_type": "PreviewAny", "inputs": {"source": ["82", 0]}},
+        "84": {"class_type": "PreviewAny", "inputs": {"source": ["82", 1]}},
+    }
+
+
 def _pack_lines(log: str) -> str:
     return "\n".join(line for line in log.splitlines() if PACK_NAME in line)
 

@@ -31,11 +31,10 @@ from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit, read_config
 from ..dit.compile import CompileSettings, compiled_blocks, usable
 from ..dit.step_cache import StepCacheRun, StepCacheSettings
-from ..memory import auto_swap, estimate_sampling_memory, worker_plan_bytes
+from ..memory import plan_swap, sampling_sizes, worker_plan_bytes
 from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
 from ..sampling.image import ImageInput
 from ..sampling.pipeline import sample_video
-from ..sampling.schedule import video_size
 from .sequence import ParallelDiT, any_rank, check_degrees, make_groups
 
 log = logging.getLogger(__name__)
@@ -112,9 +111,8 @@ class SampleJob:
 
     def plan(self) -> dict:
         """This job's size as :func:`hunyuan.memory.estimate_sampling_memory` takes it."""
-        return {**video_size(self.noise.shape), "batch": self.noise.shape[0],
-                "text_tokens": self.positive["tokens"].shape[2], "steps": len(self.sigmas) - 1,
-                "cfg": self.cfg != 1.0 and self.negative is not None}
+        return sampling_sizes(self.noise.shape, text_tokens=self.positive["tokens"].shape[2],
+                              steps=len(self.sigmas) - 1, cfg=self.cfg != 1.0 and self.negative is not None)
 
 
 @dataclass(frozen=True)
@@ -240,7 +238,7 @@ class DiTWorker:
     def _swap_for(self, source: DiTSource, plan: dict | None,
                   patches_id: str | None = None) -> tuple[SwapSettings | None, str | None]:
         """The swap settings this worker loads with: the node's counts, or for "auto" the counts
-        :func:`hunyuan.memory.auto_swap` picks for this job's per-rank size (1/P of the video
+        :func:`hunyuan.memory.plan_swap` picks for this job's per-rank size (1/P of the video
         tokens) in this worker's own free memory less a reserve
         (:func:`hunyuan.memory.worker_plan_bytes`), capped by ``memory_cap``. The counts of the
         DiT this worker holds (same file, settings and patches) are kept while they still fit, so
@@ -250,30 +248,26 @@ class DiTWorker:
             return settings, None
         if plan is None:
             raise ValueError("block swap 'auto' needs the job's size to pick counts; none was given")
-        config = read_config(source.path)
+        config = self._config(source)
         free = worker_plan_bytes(self.device)  # less a reserve; this worker's own DiT counts as free
         if self.memory_cap is not None:
             free = min(free, self.memory_cap)
         dtype = getattr(torch, source.dtype)
         sizes = {**plan, "weight_dtype": getattr(torch, source.weight_dtype) if source.weight_dtype else dtype,
                  "compute_dtype": dtype, "sequence_parallel": self.world // self.cfg_degree}
-        try:
-            chosen = auto_swap(config, free, base=settings, **sizes)
-        except ValueError as exc:
-            raise ValueError(f"worker {self.rank} ({self.device}): block swap auto: {exc}") from None
-        peak = estimate_sampling_memory(config, swap=chosen, **sizes).peak_bytes
-        how = ""
         held = self.loaded[2] if self.loaded is not None and self.loaded[:2] == (source, patches_id) else None
-        if held is not None and held != chosen:
-            held_peak = estimate_sampling_memory(config, swap=held, **sizes).peak_bytes
-            if held_peak <= free:
-                how = (f" (the loaded counts, which still fit; {chosen.double_blocks} double + "
-                       f"{chosen.single_blocks} single would need a reload)")
-                chosen, peak = held, held_peak
-        return chosen, (f"worker {self.rank} ({self.device}): block swap auto: {chosen.double_blocks} double + "
-                        f"{chosen.single_blocks} single blocks{how}; predicted peak {peak / 2**30:.3f} GiB for "
-                        f"{plan['width']}x{plan['height']}x{plan['frames']} over {sizes['sequence_parallel']} "
-                        f"sequence shards, {free / 2**30:.3f} GiB to plan with")
+        try:
+            chosen, why = plan_swap(config, free, settings, held=held, **sizes)
+        except ValueError as exc:
+            raise ValueError(f"worker {self.rank} ({self.device}): {exc}") from None
+        return chosen, f"worker {self.rank} ({self.device}): {why}"
+
+    def _config(self, source: DiTSource):
+        """The config of the DiT in ``source``: the loaded model's when it came from the same file
+        (a Tencent ``.pt`` is otherwise opened again whole just for its shapes), else read from it."""
+        if self.model is not None and self.loaded[0].path == source.path:
+            return self.model.config
+        return read_config(source.path)
 
     def _engine(self, model, settings: SwapSettings) -> BlockSwapEngine:
         """The Block Swap engine for this worker's device. CPU workers (the test configuration)

@@ -51,6 +51,15 @@ def resolve(choice: DtypeChoice, file_dtype: torch.dtype) -> DtypeChoice:
     return DtypeChoice(file_dtype, file_dtype)
 
 
+def converting_choices(file_dtypes) -> list[str]:
+    """The dtype choices that keep none of a file's tensors as they are (neither storage nor
+    compute is one of ``file_dtypes``), 16 bits or narrower: a loader reads every tensor of such a
+    file with plain reads and maps nothing."""
+    return [name for name, choice in DTYPE_CHOICES.items()
+            if choice.storage is not None and choice.compute.itemsize <= 2
+            and not {choice.storage, choice.compute} & set(file_dtypes)]
+
+
 def make_fp8_linears(model: nn.Module, under: str = "layers.") -> set[str]:
     """Turn the plain Linear modules whose name starts with ``under`` into the pack's fp8-capable
     :class:`~hunyuan.ops.Linear` with a unit scale (still on meta; the file's scale loads over it).

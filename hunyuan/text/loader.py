@@ -22,8 +22,8 @@ import torch
 from accelerate import init_empty_weights
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
-from ..checkpoint_io import CheckpointError, read_stored
-from .dtypes import FP8, DtypeChoice, make_fp8_linears, resolve
+from ..checkpoint_io import CheckpointError, MapRefused, read_stored
+from .dtypes import FP8, DtypeChoice, converting_choices, make_fp8_linears, resolve
 from .layouts import FoundWeights, find_clip, find_llm
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,16 @@ def _assign(model: torch.nn.Module, found: FoundWeights, dtype: DtypeChoice, fp8
 
     # Tensors kept as they are come from one map of their file (they stay views of it); the
     # converted ones are read into memory of their own, a layer at a time.
-    kept = read_stored({n: found.tensors.pop(n) for n in list(found.tensors)
-                        if found.tensors[n].dtype == _storage_dtype(to_model(n) in fp8_names, dtype)})
+    kept = {n: found.tensors.pop(n) for n in list(found.tensors)
+            if found.tensors[n].dtype == _storage_dtype(to_model(n) in fp8_names, dtype)}
+    try:
+        kept = read_stored(kept)
+    except MapRefused as exc:
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in kept.values()})
+        choices = converting_choices(t.dtype for t in kept.values())
+        raise MapRefused(exc.path, f"The {what}'s {', '.join(dtypes)} tensors are kept in the file's dtype, read "
+                         f"through a map of it; load it with dtype {' or '.join(map(repr, choices))}, which "
+                         "converts every tensor with plain reads a layer at a time, or free memory.") from exc
     for name in list(kept):  # dropping our reference as we go
         put(name, kept.pop(name))
     for names in _by_layer(list(found.tensors)):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from scripts.smoke_size import SMOKE_INPUTS, smoke_image_pixels
 from tests.checks import rel_err
+from tests.harness import size_graph
 from tests.server.test_i2v_server import DIT_FILES, run_latent, server_graph
 
 pytestmark = pytest.mark.server
@@ -83,16 +84,6 @@ def test_grayscale_and_rgba_images_encode_as_rgb(comfy):
     gray_rgb = run_latent(comfy, server_graph("i2v_token_replace", image="gray_rgb.png", tag="gray_rgb"))
     assert gray.shape == rgb.shape and rel_err(gray, rgb) > 1e-3
     assert torch.equal(gray, gray_rgb)
-
-
-def size_graph(image: str, resolution: str = "360p") -> dict:
-    """LoadImage -> I2V Size -> the two sizes shown by native Preview as Text nodes."""
-    return {
-        "81": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "82": {"class_type": "HunyuanVideoI2VSize", "inputs": {"image": ["81", 0], "resolution": resolution}},
-        "83": {"class_type": "PreviewAny", "inputs": {"source": ["82", 0]}},
-        "84": {"class_type": "PreviewAny", "inputs": {"source": ["82", 1]}},
-    }
 
 
 def test_i2v_size_gives_tencents_bucket_for_the_image(comfy):

@@ -17,7 +17,7 @@ import pytest
 
 from scripts.comfy_server import PACK_NAME, ROOT
 from scripts.smoke_size import I2V_INPUT, shrink
-from tests.server.test_i2v_inputs import size_graph
+from tests.harness import size_graph
 
 pytestmark = pytest.mark.server
 

@@ -5,6 +5,8 @@ believe it has a separate device and the engine copies CPU -> CPU, so the placem
 GPU takes runs for real."""
 
 
+import logging
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from tests.pack import pack_module
 blockswap = pack_module("nodes.blockswap")
 dit = pack_module("hunyuan.dit")
 offload = pack_module("hunyuan.offload")
+memory = pack_module("hunyuan.memory")
 
 CPU = torch.device("cpu")
 SETTINGS = offload.SwapSettings(double_blocks=2, single_blocks=1, prefetch=1)
@@ -91,3 +94,32 @@ def test_block_swap_node_clamps_and_validates(patchers):
     assert out.swap_settings == offload.SwapSettings(2, 2, 2, False, True, "manual")  # the tiny model has 2+2
     with pytest.raises(ValueError, match="mode='fast'"):
         blockswap.HunyuanVideoBlockSwap.execute(base, 1, 1, 1, False, False, "fast")
+
+
+def test_auto_plans_with_the_runs_steps(patchers, pretend_device, monkeypatch, caplog):
+    """The sampler's auto mode plans for the run's own steps (the refined text is kept for every
+    step), as the multi-device workers do, not the planner's default of 50: memory that fits a
+    4-step run with 2 double + 1 single blocks swapped gets those counts, though a 50-step plan of
+    the same video would not fit them. The log line gives the counts and what they were planned with."""
+    model, base, _ = patchers
+    auto = blockswap.with_swap(base, offload.SwapSettings(mode="auto"))
+    sizes = memory.sampling_sizes((1, 16, 3, 6, 10), text_tokens=256, steps=4, cfg=True)
+    planned = blockswap.run_sizes(model, sizes)
+    want = auto.swap_settings.with_counts(2, 1)
+    budget = memory.estimate_sampling_memory(model.config, swap=want, **planned).peak_bytes
+    assert memory.estimate_sampling_memory(model.config, swap=want, **{**planned, "steps": 50}).peak_bytes > budget
+    monkeypatch.setattr(blockswap, "plan_bytes", lambda dit: budget)
+    with caplog.at_level(logging.INFO, logger=blockswap.log.name):
+        patcher = blockswap.swap_for_run(auto, sizes)
+    assert patcher.swap_settings == want and patcher is not auto
+    assert blockswap.swap_for_run(auto, sizes) is patcher  # the clone for these counts is kept
+    assert (f"block swap auto: 2 double + 1 single blocks; predicted peak {budget / 2**30:.3f} GiB for 80x48x9, "
+            f"{budget / 2**30:.3f} GiB to plan with") in caplog.text
+
+
+def test_auto_leaves_a_dit_without_a_separate_device_alone(patchers):
+    """On the CPU (no device apart from host memory) auto has nothing to plan: the DiT as it is."""
+    _, base, _ = patchers
+    auto = blockswap.with_swap(base, offload.SwapSettings(mode="auto"))
+    sizes = memory.sampling_sizes((1, 16, 3, 6, 10), text_tokens=256, steps=4, cfg=True)
+    assert blockswap.swap_for_run(auto, sizes) is auto

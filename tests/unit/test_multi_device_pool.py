@@ -29,6 +29,7 @@ from hunyuan.dit.step_cache import StepCacheRun, StepCacheSettings, StepCacheSta
 from hunyuan.dit.tiny import write_tiny
 from hunyuan.memory import WORKER_RESERVE_BYTES, auto_swap, estimate_sampling_memory
 from hunyuan.offload import SwapSettings
+from hunyuan.parallel import workers
 from hunyuan.parallel.workers import (
     DiTSource,
     DiTWorker,
@@ -189,6 +190,25 @@ def test_block_swap_auto_keeps_the_loaded_counts_while_they_fit(source, job, mon
     assert kept == held and "(the loaded counts, which still fit; 0 double + 0 single would need a reload)" in why
     monkeypatch.setattr(memory, "device_free_bytes", lambda device: held_peak - 1 + WORKER_RESERVE_BYTES)
     assert worker._swap_for(auto, job.plan(), "lora")[0] != held
+
+
+def test_block_swap_auto_reads_the_config_only_for_a_file_not_loaded(source, tiny_files, job, monkeypatch):
+    """A worker holding a DiT from the file plans with that model's config instead of opening the
+    file again (a Tencent .pt would be loaded whole just for its shapes); without a model, or
+    with one from another file, it reads the file's."""
+    read = []
+    monkeypatch.setattr(workers, "read_config", lambda path: read.append(path) or read_config(path))
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: 2**40)
+    auto = dataclasses.replace(source, swap=SwapSettings(mode="auto"))
+    worker = DiTWorker(1, 2, 1, "cpu")
+    first = worker._swap_for(auto, job.plan())
+    assert read == [source.path]
+    worker.model, worker.loaded = load_dit(source.path, dtype=torch.float32), (auto, None, first[0])
+    assert worker._swap_for(auto, job.plan()) == first and worker._swap_for(auto, job.plan(), "lora") == first
+    assert read == [source.path], "the loaded model's config, not the file's again"
+    other = dataclasses.replace(auto, path=str(tiny_files[1]))
+    worker._swap_for(other, job.plan())
+    assert read == [source.path, other.path]
 
 
 def test_block_swap_auto_that_cannot_fit_names_the_worker_and_the_memory(source, job, reference):

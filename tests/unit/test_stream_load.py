@@ -98,18 +98,22 @@ print(json.dumps({"peak": peak, "model": size}))
 """
 
 
-def test_llm_conversion_holds_the_model_plus_one_layer(tmp_path):
-    """An fp32 single-file LLM (ComfyUI's text_encoders layout, ``model.*``) converted to bf16."""
-    # the real vocabulary (the pad token is id 128258) at width 128 with wide MLPs: a 364 MB fp32
-    # file, a 187 MB bf16 model, the largest tensor (the embedding) 66 MB; it peaked at 568 MB before, 199 MB now
+def _fp32_llm_file(tmp_path) -> tuple:
+    """An fp32 single-file LLM (ComfyUI's text_encoders layout, ``model.*``): the real vocabulary
+    (the pad token is id 128258) at width 128 with wide MLPs: a 364 MB file, a 187 MB bf16 model,
+    the largest tensor (the embedding) 66 MB. Returns the path and that largest tensor's bytes."""
     config = {**LLAVA_LLAMA3_8B, "hidden_size": 128, "intermediate_size": 8192, "num_hidden_layers": 24,
               "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 128}
     gen = torch.Generator().manual_seed(0)
     sd = {"model." + k: 0.02 * torch.randn(shape, generator=gen) for k, shape in llama_shapes(config).items()}
     path = tmp_path / "llm.safetensors"
     save_file(sd, str(path))
-    largest = max(t.numel() * t.element_size() for t in sd.values())
-    del sd
+    return path, max(t.numel() * t.element_size() for t in sd.values())
+
+
+def test_llm_conversion_holds_the_model_plus_one_layer(tmp_path):
+    """The fp32 LLM converted to bf16 (it peaked at 568 MB before, 199 MB now)."""
+    path, largest = _fp32_llm_file(tmp_path)
     proc = subprocess.run([sys.executable, "-c", LLM_CHILD, str(path)], capture_output=True, text=True, timeout=600,
                           cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr
@@ -164,17 +168,41 @@ def test_tencent_fp8_pt_loaded_as_fp8_stays_in_the_file_map(tmp_path):
     assert got["anon"] < got["fp8_bytes"] / 4, got
 
 
-AS_CHILD = r"""
-import json, resource, sys, torch
-from hunyuan.dit.checkpoint import load_dit
+# the child's address space may grow by argv[2] bytes past what its imports took (RLIMIT_AS: a
+# map larger than that is refused as a machine without swap refuses one larger than its memory)
+AS_LIMIT = r"""
+import resource
 torch.set_num_threads(1)
 torch.cat([torch.empty(2, device="meta")] * 2)
 size = int([x for x in open("/proc/self/status") if x.startswith("VmSize:")][0].split()[1]) * 1024
 limit = size + int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+"""
+AS_CHILD = r"""
+import sys, torch
+from hunyuan.dit.checkpoint import load_dit
+""" + AS_LIMIT + r"""
 model = load_dit(sys.argv[1], dtype=torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
 print("OK", sum(t.numel() * t.element_size() for t in model.state_dict().values()))
 """
+LLM_AS_CHILD = r"""
+import sys, torch
+from hunyuan.checkpoint_io import CheckpointError
+from hunyuan.text import load_llm, parse_dtype
+""" + AS_LIMIT + r"""
+try:
+    model = load_llm(sys.argv[1], parse_dtype(sys.argv[3]))
+except CheckpointError as exc:
+    print("REFUSED", exc)
+else:
+    print("OK", sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+"""
+
+
+def _limited(child: str, *args) -> subprocess.CompletedProcess:
+    """``child`` run with ``args`` in a fresh interpreter (one thread, one malloc arena)."""
+    return subprocess.run([sys.executable, "-c", child, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=str(ROOT), env={**os.environ, "MALLOC_ARENA_MAX": "1"})
 
 
 def test_a_file_larger_than_the_memory_left_loads_without_mapping_it(tmp_path):
@@ -186,7 +214,23 @@ def test_a_file_larger_than_the_memory_left_loads_without_mapping_it(tmp_path):
     path = tmp_path / "dit.safetensors"
     save_file(sd, str(path))
     del sd
-    budget = int(0.6 * path.stat().st_size)
-    proc = subprocess.run([sys.executable, "-c", AS_CHILD, str(path), str(budget)], capture_output=True, text=True,
-                          timeout=600, cwd=str(ROOT), env={**os.environ, "MALLOC_ARENA_MAX": "1"})
+    proc = _limited(AS_CHILD, path, int(0.6 * path.stat().st_size))
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_text_encoder_kept_in_its_dtype_that_cannot_be_mapped_says_what_to_do(tmp_path):
+    """An LLM file kept in its own dtype (``auto``) is read through a map of the file; where the
+    memory left is less than the file, the kernel refuses the map, and the user gets the file,
+    its size, the memory available and the dtypes that convert it with plain reads instead of
+    ``Cannot allocate memory`` (a map of the file can never fit the limit: deterministic). That a
+    converting dtype then loads within such a limit is not checked here: under RLIMIT_AS the
+    address space malloc leaves fragmented makes that pass or fail by a few percent of the limit."""
+    path, _ = _fp32_llm_file(tmp_path)
+    refused = _limited(LLM_AS_CHILD, path, int(0.8 * path.stat().st_size), "auto")
+    assert refused.returncode == 0 and refused.stdout.startswith("REFUSED"), (refused.stdout, refused.stderr[-2000:])
+    message = refused.stdout
+    assert f"checkpoint {str(path)!r} ({path.stat().st_size / 2**30:.2f} GiB) cannot be memory-mapped" in message
+    assert "GiB of memory available" in message
+    assert "The LLM's float32 tensors are kept in the file's dtype" in message
+    assert ("load it with dtype 'bf16' or 'fp16' or 'fp8_e4m3fn (bf16 compute)' or 'fp8_e4m3fn (fp16 compute)', "
+            "which converts every tensor with plain reads") in message
