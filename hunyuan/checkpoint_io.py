@@ -59,7 +59,13 @@ SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.sa
 
 
 def _all_present(folder: Path, names: list[str], what: str, where: str = "") -> list[Path]:
-    """``folder / name`` for each of ``names``; a missing one is an error naming it."""
+    """``folder / name`` for each of ``names``; a missing one is an error naming it, and so is a
+    name that is not a plain file name (a model folder's index is data from whoever made it: a
+    shard named ``../x`` or ``/x`` would read a file outside the folder the owner chose)."""
+    outside = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if outside:
+        raise CheckpointError(f"{what}, but {', '.join(map(repr, outside))} is not a file name inside {folder}{where}; "
+                              "expected plain shard file names (e.g. model-00001-of-00002.safetensors)")
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
@@ -90,7 +96,9 @@ def weight_files(folder: Path, wanted=None) -> list[Path]:
         index = indexes[0]
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("expected a mapping of tensor names to shard file names")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"index {str(index)!r} has no readable 'weight_map': {exc}") from exc
         names = sorted({shard for key, shard in weight_map.items() if wanted is None or wanted(key)})
         return _all_present(folder, names, f"folder {str(folder)!r} has {len(set(weight_map.values()))} shards",

@@ -55,7 +55,7 @@ def parse_blocks(text: str, count: int, name: str) -> frozenset[int]:
         return frozenset()
     chosen: set[int] = set()
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?", part)  # more digits: not a block
         if not m:
             raise ValueError(f"{name}={text!r}: {part.strip()!r} is not a block number or range; "
                              f"expected 'all', 'none' or a list like '0-4, 7' (blocks 0..{count - 1})")

@@ -14,6 +14,7 @@ import torch
 
 from hunyuan.dit import TINY
 from hunyuan.dit.checkpoint import load_dit
+from hunyuan.dit.lora_keys import parse_blocks
 from hunyuan.dit.tiny import random_state_dict
 from tests.checks import FP32_RTOL, rel_err
 from tests.lora_cases import FORMATS, random_lora
@@ -198,3 +199,9 @@ def test_fp8_with_scales_gets_the_lora_on_the_real_weight_and_bf16_stays_bf16(sd
     bf16 = comfy_model_patcher.ModelPatcher(bf16, load_device=CPU, offload_device=CPU)
     dtype, got = _patched_weight(bf16, lora, key, strength)
     assert dtype == torch.bfloat16 and rel_err(got, want) <= 2**-8
+
+
+def test_a_block_list_with_a_huge_number_names_the_input():
+    """Python refuses int() of over 4300 digits with its own message; the input is named instead."""
+    with pytest.raises(ValueError, match=r"double_blocks=.*is not a block number or range; expected 'all', 'none'"):
+        parse_blocks("9" * 5000, 20, "double_blocks")

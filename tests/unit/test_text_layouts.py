@@ -201,6 +201,29 @@ def test_llava_folder_with_missing_shard(models, tmp_path):
         split_llava(dst, tmp_path / "out")
 
 
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/outside.safetensors", "sub/model.safetensors", ".."])
+def test_an_index_naming_a_file_outside_its_folder_is_refused(models, tmp_path, shard):
+    """A model folder's index is data from whoever made the folder: it may not point the loader at
+    another file (the outside file exists here, so only the name check can stop the read)."""
+    dst = tmp_path / "llava"
+    shutil.copytree(models / "LLM" / LLAVA_DIR, dst)
+    (tmp_path / "outside.safetensors").write_bytes((dst / "model-00001-of-00003.safetensors").read_bytes())
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"is not a file name inside .*expected plain shard file names"):
+        load_llm(dst, FP32)
+
+
+def test_an_index_whose_weight_map_is_not_names_is_a_clear_error(models, tmp_path):
+    dst = tmp_path / "llava"
+    shutil.copytree(models / "LLM" / LLAVA_DIR, dst)
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": ["list"]}}))
+    with pytest.raises(CheckpointError, match="has no readable 'weight_map'"):
+        load_llm(dst, FP32)
+
+
 def test_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="has no config.json"):
