@@ -150,6 +150,17 @@ def encode_chat(local: LocalLM, messages: list[dict[str, str]]) -> torch.Tensor:
     return ids.to(torch.long)
 
 
+def check_context(local: LocalLM, request_tokens: int, max_new_tokens: int) -> None:
+    """ValueError naming ``prompt`` when the request and the reply do not fit the model's positions
+    (past them a model's output is garbage, and the long first forward cannot be interrupted)."""
+    positions = getattr(local.lm.config, "max_position_embeddings", None)
+    if positions and request_tokens + max_new_tokens > positions:
+        raise ValueError(
+            f"prompt: the rewrite request is {request_tokens} tokens (the prompt inside the rewrite template) and "
+            f"max_new_tokens={max_new_tokens}, but {local.name} takes at most {positions} positions in all; "
+            "expected a shorter prompt or a lower max_new_tokens")
+
+
 def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     """Choose the next token from ``logits`` [V] (float32, CPU): argmax or top-p sampling.
 
@@ -244,6 +255,7 @@ class LocalBackend:
     def complete(self, messages: list[dict[str, str]], params: SamplingParams,
                  progress: ProgressFn | None = None) -> str:
         input_ids = encode_chat(self.local, messages)
+        check_context(self.local, input_ids.shape[1], params.max_new_tokens)
         need = memory_estimate(self.local, input_ids.shape[1] + params.max_new_tokens)
         with self._session(need) as device:
             new_ids = generate(self.local, input_ids, params, device, progress)

@@ -14,6 +14,7 @@ from hunyuan.checkpoint_io import CheckpointError
 from hunyuan.rewrite import SamplingParams, build_messages, rewrite
 from hunyuan.rewrite.local import (
     LocalBackend,
+    check_context,
     encode_chat,
     generate,
     load_local_lm,
@@ -163,6 +164,16 @@ def test_rewrite_through_backend_with_session(local):
     assert result.text == again.text and result.text
     assert len(entered) == 2 and entered[0] == memory_estimate(local, entered_tokens(local) + TOKENS)
     assert elapsed < 20  # ~1 s alone; generous for a shared 2-core machine
+
+
+def test_a_prompt_past_the_models_context_names_the_input(local):
+    backend = LocalBackend(local, ("tiny",))
+    params = SamplingParams(temperature=0.0, max_new_tokens=TOKENS)
+    with pytest.raises(ValueError, match=r"^prompt: the rewrite request is \d+ tokens .* at most 4096 positions"):
+        rewrite("cat " * 5000, "Normal", backend, params, cache=None)
+    check_context(local, 4096 - TOKENS, TOKENS)  # exactly the model's positions: served
+    with pytest.raises(ValueError, match="at most 4096 positions"):
+        check_context(local, 4097 - TOKENS, TOKENS)
 
 
 def entered_tokens(local):
