@@ -79,7 +79,8 @@ class HunyuanVideoMultiDevice(CheckedNode):
                              tooltip="Worker processes, one per device. With cfg_parallel off it must divide the "
                              "24 attention heads (2, 3, 4, 6, 8); with it on, half of it must."),
                 io.Combo.Input("device", options=["cuda", "cpu"], default="cuda",
-                               tooltip="cuda: one GPU per worker (NCCL). cpu: CPU processes (gloo), for tests."),
+                               tooltip="cuda: one GPU per worker (NCCL). cpu: CPU processes (gloo), for tests; each holds "
+                               "the whole DiT in system memory, and a count that does not fit is refused."),
                 io.Boolean.Input("cfg_parallel", default=False,
                                  tooltip="With true CFG (cfg > 1): the prompt and the negative prompt run on different "
                                  "halves of the workers. Without true CFG, or with a Step Cache (which runs the "

@@ -31,7 +31,14 @@ from ..dit.attention import available_backends
 from ..dit.checkpoint import load_dit, read_config
 from ..dit.compile import CompileSettings, compiled_blocks, usable
 from ..dit.step_cache import StepCacheRun, StepCacheSettings
-from ..memory import plan_swap, sampling_sizes, worker_plan_bytes
+from ..memory import (
+    WORKER_RESERVE_BYTES,
+    device_free_bytes,
+    plan_swap,
+    sampling_sizes,
+    weight_bytes,
+    worker_plan_bytes,
+)
 from ..offload import BlockSwapEngine, CopyTransport, SwapSettings, make_engine
 from ..sampling.image import ImageInput
 from ..sampling.pipeline import sample_video
@@ -50,6 +57,25 @@ class DiTSource:
     weight_dtype: str | None
     attention: str
     swap: SwapSettings | None = None  # the Block Swap node's settings; "auto" is resolved by each worker
+
+
+def check_host_memory(settings: PoolSettings, source: DiTSource, available: int | None = None) -> None:
+    """Before local CPU workers start: each holds the whole DiT in system memory (as converted by
+    its loader) plus a process reserve, so ``processes`` of them must fit in what the system has
+    available (``available``, default :func:`hunyuan.memory.device_free_bytes`); otherwise a
+    ValueError naming ``processes``, instead of the kernel killing processes (the server among
+    them) part-way through loading. GPU workers and an existing cluster's are not checked here."""
+    if settings.device != "cpu" or settings.address:
+        return
+    compute = getattr(torch, source.dtype)
+    stored = getattr(torch, source.weight_dtype) if source.weight_dtype else compute
+    per_worker = weight_bytes(read_config(source.path), stored, SwapSettings(), compute) + WORKER_RESERVE_BYTES
+    available = device_free_bytes("cpu") if available is None else available
+    if settings.processes * per_worker > available:
+        raise ValueError(
+            f"processes={settings.processes} CPU workers each hold the whole DiT: {per_worker / 2**30:.1f} GiB each "
+            f"(weights + {WORKER_RESERVE_BYTES >> 20} MiB), {settings.processes * per_worker / 2**30:.1f} GiB in all, "
+            f"but {available / 2**30:.1f} GiB of system memory is available; expected fewer processes or device 'cuda'")
 
 
 @dataclass(frozen=True)
@@ -391,6 +417,7 @@ class WorkerPool:
         ``patches``: :class:`WeightPatch` list every worker adds to its DiT (e.g. LoRAs), sent and
         applied only when ``patches_id`` changes."""
         if not self.actors:
+            check_host_memory(self.settings, source)
             self.start()
         try:
             wanted = (source, patches_id)

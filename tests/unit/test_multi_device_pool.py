@@ -41,6 +41,7 @@ from hunyuan.parallel.workers import (
     WorkerPool,
     _free_port,
     apply_patches,
+    check_host_memory,
 )
 from hunyuan.sampling import flow_sigmas, seeded_noise
 from hunyuan.sampling.image import ImageInput
@@ -422,3 +423,21 @@ def test_weight_patches_follow_comfyui_order_offsets_and_kinds():
         assert rel_err(layer.weight.float(), expected) <= (FP32_RTOL if dtype == torch.float32 else 2**-8)
     with pytest.raises(KeyError, match="'nope.weight', which the DiT does not have"):
         apply_patches(torch.nn.Linear(4, 6), [WeightPatch("nope.weight", 1.0, diff=diff)])
+
+
+def test_cpu_workers_that_do_not_fit_system_memory_are_refused_before_starting(source, job, monkeypatch):
+    """Each local CPU worker holds the whole DiT: 16 of a real one on a 24 GiB machine would have
+    the kernel kill processes mid-load (the security review's finding); the pool says so first."""
+    per_worker = memory.weight_bytes(read_config(source.path), torch.float32, SwapSettings(), torch.float32)
+    per_worker += WORKER_RESERVE_BYTES
+    check_host_memory(PoolSettings(4, "cpu", False), source, available=4 * per_worker)  # fits exactly
+    with pytest.raises(ValueError, match=r"^processes=4 CPU workers each hold the whole DiT: .* expected fewer"):
+        check_host_memory(PoolSettings(4, "cpu", False), source, available=4 * per_worker - 1)
+    check_host_memory(PoolSettings(4, "cuda", False), source, available=0)  # GPU workers: their own plan
+    check_host_memory(PoolSettings(4, "cpu", False, address="ray://elsewhere:10001"), source, available=0)
+
+    monkeypatch.setattr(workers, "device_free_bytes", lambda device: per_worker)  # room for one worker
+    pool = WorkerPool(PoolSettings(2, "cpu", False), heads=4)
+    with pytest.raises(ValueError, match="processes=2 CPU workers"):
+        pool.run(source, job)
+    assert pool.actors == []  # nothing was started
