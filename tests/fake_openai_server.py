@@ -20,7 +20,11 @@ It listens on 127.0.0.1 on a free port, in a daemon thread, and answers
   whose text is that line);
 - ``"drip"``: 200 announcing 100 kB, then one byte every 0.2 s (each read returns quickly, the
   body never ends);
-- ``"huge"``: 200 streaming 64 KiB pieces of a 1 GiB body as fast as the client reads.
+- ``"huge"``: 200 streaming 64 KiB pieces of a 1 GiB body as fast as the client reads;
+- ``"error_drip"`` / ``"error_huge"``: the same two bodies with status 500 / 400;
+- ``"head_drip"``: the status line, then one header byte every 0.2 s (the head never ends);
+- ``"list_content_escaped"``, ``"no_choices_escaped"``, ``"echo_auth_401_escaped"``: the header
+  in ``\\uXXXX`` escapes as a non-text content, in a 200 without choices, in a 401 body.
 
 Every request is recorded (path, headers, parsed JSON body) in ``requests``. ``closed_port()``
 gives a URL where nothing listens, for connection-refused tests.
@@ -40,7 +44,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky", "echo_auth", "echo_auth_401", "redirect",
-         "echo_auth_escaped", "echo_auth_status", "drip", "huge")
+         "echo_auth_escaped", "echo_auth_status", "drip", "huge", "error_drip", "error_huge", "head_drip",
+         "list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped")
 
 
 @dataclass
@@ -60,6 +65,7 @@ class FakeOpenAIServer:
         self.hang_s = hang_s
         self.flaky_failures = flaky_failures
         self.redirect_to = ""
+        self.sent = 0
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -143,17 +149,27 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
         def _stream(self, mode: str) -> None:
-            size, piece, pause = (100_000, b" ", 0.2) if mode == "drip" else (2**30, b" " * 65536, 0.0)
+            """``drip``/``huge`` (200) and ``error_drip``/``error_huge`` (500/400): a long body sent
+            slowly or fast; ``head_drip``: the status line, then a header one byte at a time.
+            ``server.sent`` counts the body bytes that got out."""
+            server.sent = 0
+            slow = mode in ("drip", "error_drip", "head_drip")
+            size, piece, pause = (100_000, b" ", 0.2) if slow else (2**30, b" " * 65536, 0.0)
+            status = {"error_drip": 500, "error_huge": 400}.get(mode, 200)
             try:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(size))
-                self.end_headers()
+                if mode == "head_drip":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                else:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
                 for _ in range(size // len(piece)):
                     if server._stop.wait(pause):
                         break
                     self.wfile.write(piece)
                     self.wfile.flush()
+                    server.sent += len(piece)
             except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
                 pass
             self.close_connection = True
@@ -197,8 +213,15 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             elif mode == "echo_auth_status":
                 self.wfile.write(self.headers.get("Authorization", "").encode() + b"\r\n\r\n")
                 self.close_connection = True
-            elif mode in ("drip", "huge"):
+            elif mode in ("drip", "huge", "error_drip", "error_huge", "head_drip"):
                 self._stream(mode)
+            elif mode in ("list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped"):
+                auth = "".join(f"\\u{ord(c):04x}" for c in self.headers.get("Authorization", ""))
+                if mode == "list_content_escaped":
+                    body = '{"choices": [{"message": {"role": "assistant", "content": ["' + auth + '"]}}]}'
+                else:
+                    body = '{"error": {"message": "bad key ' + auth + '"}}'
+                self._send(401 if mode == "echo_auth_401_escaped" else 200, body.encode())
             elif mode == "redirect":
                 self._send(302, b"", headers={"Location": server.redirect_to})
             elif mode == "empty":

@@ -11,11 +11,15 @@ key, to a host nobody allowed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import json
 import logging
 import os
+import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -29,15 +33,13 @@ log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _EXPECTED = "an OpenAI-compatible POST /v1/chat/completions endpoint"
 REDACTED = "[redacted]"
-MAX_REPLY_BYTES = 4 * 2**20
+MAX_REPLY_BYTES = 4 * 2**20  # a chat reply is a few KB
+ERROR_DETAIL_BYTES = 64 * 2**10  # of an error reply's body: enough to quote its start
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0913 (urllib's signature)
         return None  # urllib then raises HTTPError with the 3xx status
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def chat_completions_url(url: str) -> str:
@@ -123,9 +125,9 @@ class EndpointBackend:
                 break
             try:
                 reply = self._post(body, headers, deadline, key, functools.partial(progress or _nothing, attempt, attempts))
-                return redact_text(parse_reply(self.url, _redact(reply, key)), key)  # decoded escapes too
+                return parse_reply(self.url, reply, key)
             except _Retryable as exc:
-                failures.append(redact_text(str(exc), key))  # e.g. a status line that repeats the header
+                failures.append(str(exc))
                 log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts,
                             failures[-1])
             pause = min(0.25 * 2**attempt, deadline - time.monotonic())
@@ -136,60 +138,127 @@ class EndpointBackend:
         raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
 
     def _post(self, body: bytes, headers: dict[str, str], deadline: float, key: str, between_reads) -> bytes:
-        """The response body, read by the ``deadline`` (``time.monotonic()``) and at most
-        MAX_REPLY_BYTES long; every message built from the response has ``key`` blanked out.
+        """The response body, complete by the ``deadline`` (``time.monotonic()``) and at most
+        MAX_REPLY_BYTES long; every message quoting the response has ``key`` blanked out.
         ``between_reads`` runs after each piece of the body (the node checks for an interrupt)."""
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         timeout = deadline - time.monotonic()
+        watchdog = _Watchdog(timeout)
+        opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler(watchdog), _HTTPSHandler(watchdog))
         try:
-            with _OPENER.open(request, timeout=timeout) as response:
-                return self._read_body(response, deadline, between_reads)
+            return self._exchange(opener, request, timeout, watchdog, key, between_reads)
+        finally:
+            watchdog.cancel()
+
+    def _exchange(self, opener, request, timeout: float, watchdog: _Watchdog, key: str, between_reads) -> bytes:
+        try:
+            with opener.open(request, timeout=timeout) as response:
+                data, complete = _read_body(response, MAX_REPLY_BYTES, between_reads)
+                if not complete:
+                    raise RuntimeError(f"rewrite endpoint {self.url} sent a reply of more than {MAX_REPLY_BYTES} "
+                                       f"bytes; expected a chat completion of a few KB from {_EXPECTED}")
+                if watchdog.fired:  # the body was cut off at the deadline
+                    raise TimeoutError
+                return data
         except urllib.error.HTTPError as exc:
-            detail = _short(_redact(exc.read(), key))
-            reason = _redact(str(exc.reason).encode(), key).decode(errors="replace")
+            try:
+                detail = _display(_read_body(exc, ERROR_DETAIL_BYTES, between_reads)[0], key)
+            except (OSError, http.client.HTTPException):  # cut off at the deadline, or the server left
+                detail = ""
+            if watchdog.fired:
+                detail = f"{detail} (the rest of the error body did not arrive in time: timed out)".strip()
+            reason = _display(str(exc.reason), key)
             if exc.code in _RETRY_STATUS:
                 raise _Retryable(f"HTTP {exc.code} {reason}: {detail}") from None
             raise RuntimeError(
                 f"rewrite endpoint {self.url} answered HTTP {exc.code} {reason}{_hint(exc.code)}: {detail}; "
                 f"expected {_EXPECTED}"
             ) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
+        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+            if watchdog.fired or isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise _Retryable(f"no complete answer within {timeout:.1f} s (timed out)") from None
+            reason = getattr(exc, "reason", None)
             if isinstance(reason, ConnectionRefusedError):
-                raise _Retryable("connection refused (is the server running?)") from exc
-            if isinstance(reason, TimeoutError):
-                raise _Retryable(f"no answer within {timeout:.1f} s (timed out)") from exc
-            raise _Retryable(f"cannot connect: {reason}") from exc
-        except TimeoutError as exc:
-            raise _Retryable(f"no answer within {timeout:.1f} s (timed out)") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Retryable(f"connection failed: {exc.__class__.__name__}: {exc}") from exc
+                raise _Retryable("connection refused (is the server running?)") from None
+            if isinstance(exc, urllib.error.URLError):
+                raise _Retryable(f"cannot connect: {_display(str(reason), key)}") from None
+            raise _Retryable(f"connection failed: {exc.__class__.__name__}: {_display(str(exc), key)}") from None
 
-    def _read_body(self, response, deadline: float, between_reads) -> bytes:
-        """A socket timeout bounds one read, not the whole body: a server that sends a byte now and
-        then would hold the queue for as long as it liked. So each piece is read with what is left
-        of the deadline as its timeout, and the size is capped (a chat reply is a few KB)."""
-        pieces, size = [], 0
-        while True:
-            left = deadline - time.monotonic()
-            late = _Retryable(f"the reply was still arriving after {size} bytes (timed out)")
-            if left <= 0:
-                raise late
-            sock = getattr(getattr(response.fp, "raw", None), "_sock", None)  # the connection's socket
-            if sock is not None:
-                sock.settimeout(left)
-            try:
-                piece = response.read1(65536)
-            except TimeoutError:
-                raise late from None
-            if not piece:
-                return b"".join(pieces)
-            size += len(piece)
-            if size > MAX_REPLY_BYTES:
-                raise RuntimeError(f"rewrite endpoint {self.url} sent a reply of more than {MAX_REPLY_BYTES} bytes; "
-                                   f"expected a chat completion of a few KB from {_EXPECTED}")
-            pieces.append(piece)
-            between_reads()
+
+class _Watchdog:
+    """Shuts the request's connections down when its time is up. A socket timeout bounds each
+    read, not the whole answer: a server sending a byte now and then, in the status line, the
+    headers or the body, would otherwise hold the queue as long as it liked.
+    ``fired`` says whether it cut them off; ``cancel`` once the request is over."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def connection(self, cls):
+        """``cls`` (an HTTP(S)Connection class) whose sockets this watchdog can shut. The socket
+        is kept here at connect: urllib drops the connection's own reference once the response
+        head is read, while the response goes on reading the body through it."""
+
+        def make(*args, **kwargs):
+            conn = cls(*args, **kwargs)
+            connect = conn.connect
+
+            def connect_and_keep() -> None:
+                connect()
+                self.sockets.append(conn.sock)
+                if self.fired:
+                    self._fire()
+
+            conn.connect = connect_and_keep
+            return conn
+
+        return make
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):  # the plain socket's shutdown, leaving any TLS state alone
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def http_open(self, req):
+        return self.do_open(self._watchdog.connection(http.client.HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    def https_open(self, req):
+        return self.do_open(self._watchdog.connection(http.client.HTTPSConnection), req, context=self._context)
+
+
+def _read_body(stream, limit: int, between_reads) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of ``stream`` in pieces (``between_reads()`` after each), and whether
+    that was all of it."""
+    read = getattr(stream, "read1", None) or stream.read
+    pieces, size = [], 0
+    while size <= limit:
+        piece = read(65536)
+        if not piece:
+            return b"".join(pieces), True
+        pieces.append(piece)
+        size += len(piece)
+        between_reads()
+    return b"".join(pieces)[:limit], False
 
 
 def _nothing(*args) -> None:
@@ -204,48 +273,53 @@ def _hint(code: int) -> str:
     return " (check the URL and model name)" if code == 404 else ""
 
 
-def _redact(data: bytes, key: str) -> bytes:
-    """``data`` with every occurrence of ``key`` (raw, or as JSON escapes it) replaced. Other
-    escaped spellings (``\\u0073k-...``, ``\\/``) decode to the key only after parsing:
-    :func:`redact_text` blanks the parsed text too."""
-    if not key:
-        return data
-    for form in {key, json.dumps(key)[1:-1]}:
-        data = data.replace(form.encode("utf-8"), REDACTED.encode())
-    return data
-
-
 def redact_text(text: str, key: str) -> str:
     """``text`` with every occurrence of ``key`` replaced."""
     return text.replace(key, REDACTED) if key else text
+
+
+_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4}|\\/)+")
+
+
+def _unescape(match: re.Match) -> str:
+    try:
+        return json.loads(f'"{match.group(0)}"')
+    except ValueError:
+        return match.group(0)
+
+
+def _display(data: bytes | str, key: str, limit: int = 300) -> str:
+    """What an error or log line may quote of something the endpoint sent: JSON escape sequences
+    decoded (``\\u0073k-...`` and ``\\/`` would otherwise spell the key past a literal
+    search), the key blanked, then shortened."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    text = redact_text(_ESCAPES.sub(_unescape, text), key).strip()
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Retryable(Exception):
     """A failure worth another attempt while the deadline allows."""
 
 
-def _short(data: bytes, limit: int = 300) -> str:
-    text = data.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def parse_reply(url: str, data: bytes) -> str:
-    """The first choice's message content from a chat-completions JSON response."""
+def parse_reply(url: str, data: bytes, key: str = "") -> str:
+    """The first choice's message content from a chat-completions JSON response; ``key`` is
+    blanked out of the content and of every error quoting the response."""
     try:
         payload = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RuntimeError(
             f"rewrite endpoint {url} returned malformed JSON ({exc.__class__.__name__}: {exc}): "
-            f"{_short(data, 200)!r}; expected {_EXPECTED}"
-        ) from exc
+            f"{_display(data, key, 200)!r}; expected {_EXPECTED}"
+        ) from None
     try:
         message = payload["choices"][0]["message"]
         content = message.get("content") or ""
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise RuntimeError(
-            f"rewrite endpoint {url} returned JSON without choices[0].message: {_short(data, 200)!r}; "
+            f"rewrite endpoint {url} returned JSON without choices[0].message: {_display(data, key, 200)!r}; "
             f"expected {_EXPECTED}"
-        ) from exc
+        ) from None
     if not isinstance(content, str):
-        raise RuntimeError(f"rewrite endpoint {url} returned non-text content {content!r}; expected a string")
-    return content
+        raise RuntimeError(f"rewrite endpoint {url} returned non-text content {_display(repr(content), key, 200)}; "
+                           "expected a string")
+    return redact_text(content, key)

@@ -127,8 +127,36 @@ def test_a_reply_that_keeps_arriving_fails_within_timeout(fake):
     fake.mode = "drip"
     message, elapsed = timed_error(
         lambda: backend(fake.url, max_retries=0).complete(build_messages("x", "Normal"), SamplingParams()))
-    assert "still arriving" in message and "timed out" in message
+    assert "no complete answer within" in message and "timed out" in message
     assert TIMEOUT - 0.2 < elapsed < TIMEOUT + SLACK
+
+
+@pytest.mark.parametrize("mode", ["error_drip", "head_drip"])
+def test_an_error_body_or_a_head_that_keeps_arriving_fails_within_timeout(fake, mode):
+    """The deadline covers the status line and headers, and an error reply's body, too."""
+    fake.mode = mode
+    message, elapsed = timed_error(
+        lambda: backend(fake.url, max_retries=0).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "timed out" in message
+    assert TIMEOUT - 0.2 < elapsed < TIMEOUT + SLACK
+
+
+def test_an_oversized_error_body_is_not_read_whole(fake):
+    fake.mode = "error_huge"
+    message, _ = timed_error(
+        lambda: backend(fake.url, timeout_s=30.0).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "HTTP 400" in message and len(message) < 1000
+    time.sleep(0.5)  # the server notices the closed connection
+    assert fake.sent < 64 * 2**20  # of 1 GiB: the client stopped after the part it quotes (plus socket buffers)
+
+
+@pytest.mark.parametrize("mode", ["list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped"])
+def test_an_error_quoting_the_key_in_json_escapes_never_carries_it(fake, mode):
+    fake.mode = mode
+    with pytest.raises(RuntimeError) as info:
+        backend(fake.url, max_retries=0).complete(build_messages("x", "Normal"), SamplingParams())
+    shown = "".join(traceback.format_exception(info.value))
+    assert REDACTED in shown and "sk-test-123" not in shown and "\\u0073\\u006b" not in shown
 
 
 def test_an_oversized_reply_is_refused_without_holding_it(fake):
