@@ -39,13 +39,20 @@ class MapRefused(CheckpointError):
     enough memory plus swap for it (or under an address-space limit) the kernel says no."""
 
     def __init__(self, path: Path, advice: str):
+        import resource
+
         from .memory import device_free_bytes  # the one figure for the host memory left
 
         self.path, self.size, self.available = path, path.stat().st_size, device_free_bytes("cpu")
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        why = [f"{self.available / 2**30:.2f} GiB of memory available"]
+        if self.available < self.size:
+            why.append("less than the file; without enough swap the kernel refuses the map")
+        if limit != resource.RLIM_INFINITY:
+            why.append(f"this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)")
         super().__init__(
-            f"checkpoint {str(path)!r} ({self.size / 2**30:.2f} GiB) cannot be memory-mapped: this machine refuses "
-            f"a map that large ({self.available / 2**30:.2f} GiB of memory available, less memory plus swap than "
-            f"the file). {advice}"
+            f"checkpoint {str(path)!r} ({self.size / 2**30:.2f} GiB) cannot be memory-mapped: the system refused "
+            f"a map that large ({'; '.join(why)}). {advice}"
         )
 
 
@@ -316,27 +323,33 @@ def _read_into(f, item: StoredTensor) -> torch.Tensor:
 def _load_pickle(path: Path, device) -> dict[str, torch.Tensor]:
     """A zip-format ``.pt`` (what torch has written since 1.6) is memory-mapped; an older one
     cannot be and is read whole. A map refused for its size is an error, never a whole read."""
+    mapped = zipfile.is_zipfile(path)
     try:
-        if zipfile.is_zipfile(path):
+        if mapped:
             obj = torch.load(str(path), map_location=device, weights_only=True, mmap=True)
         else:
             obj = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:  # never retried unsafely
-        raise _read_error(path, exc) from exc
+        raise _read_error(path, exc, mapped) from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)
 
 
-def _read_error(path: Path, exc: Exception) -> CheckpointError:
-    """A refusal by the weights-only unpickler says so; a damaged file is not blamed on pickle safety."""
+def _read_error(path: Path, exc: Exception, mapped: bool) -> CheckpointError:
+    """A refusal by the weights-only unpickler says so; a damaged file is not blamed on pickle
+    safety; running out of memory is a refused map only when the file was being mapped."""
     if isinstance(exc, pickle.UnpicklingError):
         return CheckpointError(
             f"checkpoint {str(path)!r} was refused by torch.load(weights_only=True): {exc}. "
             "Only plain tensors are accepted; convert the file to .safetensors."
         )
     if _refused_map(exc):
-        return MapRefused(path, "Convert it to .safetensors, which the pack reads a block at a time, or add swap.")
+        if mapped:
+            return MapRefused(path, "Convert it to .safetensors, which the pack reads a block at a time, or add swap.")
+        return CheckpointError(f"checkpoint {str(path)!r} ({path.stat().st_size / 2**30:.2f} GiB, an old non-zip .pt "
+                               f"read whole) does not fit in the memory available: {exc}. Convert it to .safetensors, "
+                               "which the pack reads a block at a time.")
     return CheckpointError(
         f"checkpoint {str(path)!r} ({path.stat().st_size} bytes) cannot be read; it looks truncated or damaged "
         f"(a partial download?): {exc.__class__.__name__}: {str(exc)[:300]}"

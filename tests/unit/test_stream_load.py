@@ -231,6 +231,7 @@ def test_a_text_encoder_kept_in_its_dtype_that_cannot_be_mapped_says_what_to_do(
     message = refused.stdout
     assert f"checkpoint {str(path)!r} ({path.stat().st_size / 2**30:.2f} GiB) cannot be memory-mapped" in message
     assert "GiB of memory available" in message
+    assert "address space is limited to" in message and "(ulimit -v)" in message  # the cause here, named
     assert "The LLM's float32 tensors are kept in the file's dtype" in message
     assert ("load it with dtype 'bf16' or 'fp16' or 'fp8_e4m3fn (bf16 compute)' or 'fp8_e4m3fn (fp16 compute)', "
             "which converts every tensor with plain reads") in message
