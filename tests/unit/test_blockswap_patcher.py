@@ -117,9 +117,14 @@ def test_auto_plans_with_the_runs_steps(patchers, pretend_device, monkeypatch, c
             f"{budget / 2**30:.3f} GiB to plan with") in caplog.text
 
 
-def test_auto_leaves_a_dit_without_a_separate_device_alone(patchers):
-    """On the CPU (no device apart from host memory) auto has nothing to plan: the DiT as it is."""
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_auto_leaves_a_dit_without_a_separate_device_alone(patchers, monkeypatch, device):
+    """On the CPU (no device apart from host memory), or where the offload device is the load
+    device itself (ComfyUI's --gpu-only; "meta" stands in for that GPU), auto has nothing to plan:
+    the DiT as it is, without asking anyone for free memory."""
     _, base, _ = patchers
     auto = blockswap.with_swap(base, offload.SwapSettings(mode="auto"))
+    auto.load_device = auto.offload_device = torch.device(device)
+    monkeypatch.setattr(blockswap, "plan_bytes", lambda dit: pytest.fail("planned for a DiT with nowhere to swap"))
     sizes = memory.sampling_sizes((1, 16, 3, 6, 10), text_tokens=256, steps=4, cfg=True)
     assert blockswap.swap_for_run(auto, sizes) is auto
