@@ -39,16 +39,19 @@ class MapRefused(CheckpointError):
     enough memory plus swap for it (or under an address-space limit) the kernel says no."""
 
     def __init__(self, path: Path, advice: str):
-        import resource
-
         from .memory import device_free_bytes  # the one figure for the host memory left
 
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        except ImportError:  # Windows: no address-space limit to name
+            resource, limit = None, None
         self.path, self.size, self.available = path, path.stat().st_size, device_free_bytes("cpu")
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         why = [f"{self.available / 2**30:.2f} GiB of memory available"]
         if self.available < self.size:
             why.append("less than the file; without enough swap the kernel refuses the map")
-        if limit != resource.RLIM_INFINITY:
+        if resource is not None and limit != resource.RLIM_INFINITY:
             why.append(f"this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)")
         super().__init__(
             f"checkpoint {str(path)!r} ({self.size / 2**30:.2f} GiB) cannot be memory-mapped: the system refused "

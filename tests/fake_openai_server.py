@@ -24,7 +24,9 @@ It listens on 127.0.0.1 on a free port, in a daemon thread, and answers
 - ``"error_drip"`` / ``"error_huge"``: the same two bodies with status 500 / 400;
 - ``"head_drip"``: the status line, then one header byte every 0.2 s (the head never ends);
 - ``"list_content_escaped"``, ``"no_choices_escaped"``, ``"echo_auth_401_escaped"``: the header
-  in ``\\uXXXX`` escapes as a non-text content, in a 200 without choices, in a 401 body.
+  in ``\\uXXXX`` escapes as a non-text content, in a 200 without choices, in a 401 body;
+- ``"echo_auth_list"``: the header as a JSON list content (escaped as JSON escapes it);
+- ``"error_surrogate"``: a 503 whose JSON body holds a lone surrogate escape.
 
 Every request is recorded (path, headers, parsed JSON body) in ``requests``. ``closed_port()``
 gives a URL where nothing listens, for connection-refused tests.
@@ -45,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("normal", "error500", "hang", "garbage", "empty", "flaky", "echo_auth", "echo_auth_401", "redirect",
          "echo_auth_escaped", "echo_auth_status", "drip", "huge", "error_drip", "error_huge", "head_drip",
-         "list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped")
+         "list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped", "echo_auth_list", "error_surrogate")
 
 
 @dataclass
@@ -215,6 +217,11 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif mode in ("drip", "huge", "error_drip", "error_huge", "head_drip"):
                 self._stream(mode)
+            elif mode == "echo_auth_list":
+                auth = self.headers.get("Authorization", "")
+                self._send(200, json.dumps({"choices": [{"message": {"content": [auth]}}]}).encode())
+            elif mode == "error_surrogate":
+                self._send(503, b'{"error": "overloaded \\ud800"}')
             elif mode in ("list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped"):
                 auth = "".join(f"\\u{ord(c):04x}" for c in self.headers.get("Authorization", ""))
                 if mode == "list_content_escaped":

@@ -35,6 +35,7 @@ _EXPECTED = "an OpenAI-compatible POST /v1/chat/completions endpoint"
 REDACTED = "[redacted]"
 MAX_REPLY_BYTES = 4 * 2**20  # a chat reply is a few KB
 ERROR_DETAIL_BYTES = 64 * 2**10  # of an error reply's body: enough to quote its start
+POLL_S = 0.25  # how often the interrupt check runs while a request is out
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -82,11 +83,16 @@ class EndpointBackend:
         if not self.api_key_env:
             return ""
         key = os.environ.get(self.api_key_env, "").strip()
+        where = f" by {self.key_source}" if self.key_source else ""
         if not key:
-            where = f" by {self.key_source}" if self.key_source else ""
             raise ValueError(
                 f"the key for {self.url} is configured{where} as environment variable {self.api_key_env}, "
                 "which is not set in the ComfyUI process; set it before starting ComfyUI"
+            )
+        if not (key.isascii() and key.isprintable()):  # the header would refuse it, quoting the key
+            raise ValueError(
+                f"the key for {self.url}, configured{where} as environment variable {self.api_key_env}, holds a "
+                "character that is not printable ASCII (a line break or a non-ASCII letter?); expected the key alone"
             )
         return key
 
@@ -137,23 +143,47 @@ class EndpointBackend:
         last = failures[-1] if failures else "no time left for an attempt"
         raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
 
-    def _post(self, body: bytes, headers: dict[str, str], deadline: float, key: str, between_reads) -> bytes:
+    def _post(self, body: bytes, headers: dict[str, str], deadline: float, key: str, check) -> bytes:
         """The response body, complete by the ``deadline`` (``time.monotonic()``) and at most
         MAX_REPLY_BYTES long; every message quoting the response has ``key`` blanked out.
-        ``between_reads`` runs after each piece of the body (the node checks for an interrupt)."""
+
+        The exchange runs on a thread of its own while this one waits for it, calling ``check``
+        (the node's interrupt check) every POLL_S. A socket timeout bounds each read, not the
+        whole answer: a server sending a byte now and then (in the status line, the headers, the
+        body, a TLS handshake) would otherwise hold the queue as long as it liked. At the deadline
+        or an interrupt the connection is shut (:class:`_Watchdog`) and this thread goes on; the
+        exchange's thread ends with its socket."""
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         timeout = deadline - time.monotonic()
-        watchdog = _Watchdog(timeout)
+        watchdog = _Watchdog()
         opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler(watchdog), _HTTPSHandler(watchdog))
-        try:
-            return self._exchange(opener, request, timeout, watchdog, key, between_reads)
-        finally:
-            watchdog.cancel()
+        outcome: dict = {}
 
-    def _exchange(self, opener, request, timeout: float, watchdog: _Watchdog, key: str, between_reads) -> bytes:
+        def exchange() -> None:
+            try:
+                outcome["data"] = self._exchange(opener, request, timeout, watchdog, key)
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting thread as it is)
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=exchange, name="hyvid-rewrite-endpoint", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive() and time.monotonic() < deadline:
+                worker.join(min(POLL_S, max(deadline - time.monotonic(), 0.0)))
+                check()
+        finally:
+            if worker.is_alive():  # out of time, or interrupted
+                watchdog.fire()
+        if "error" in outcome:
+            raise outcome["error"]
+        if "data" not in outcome:
+            raise _Retryable(f"no complete answer within {timeout:.1f} s (timed out)")
+        return outcome["data"]
+
+    def _exchange(self, opener, request, timeout: float, watchdog: _Watchdog, key: str) -> bytes:
         try:
             with opener.open(request, timeout=timeout) as response:
-                data, complete = _read_body(response, MAX_REPLY_BYTES, between_reads)
+                data, complete = _read_body(response, MAX_REPLY_BYTES)
                 if not complete:
                     raise RuntimeError(f"rewrite endpoint {self.url} sent a reply of more than {MAX_REPLY_BYTES} "
                                        f"bytes; expected a chat completion of a few KB from {_EXPECTED}")
@@ -162,7 +192,7 @@ class EndpointBackend:
                 return data
         except urllib.error.HTTPError as exc:
             try:
-                detail = _display(_read_body(exc, ERROR_DETAIL_BYTES, between_reads)[0], key)
+                detail = _display(_read_body(exc, ERROR_DETAIL_BYTES)[0], key)
             except (OSError, http.client.HTTPException):  # cut off at the deadline, or the server left
                 detail = ""
             if watchdog.fired:
@@ -186,21 +216,17 @@ class EndpointBackend:
 
 
 class _Watchdog:
-    """Shuts the request's connections down when its time is up. A socket timeout bounds each
-    read, not the whole answer: a server sending a byte now and then, in the status line, the
-    headers or the body, would otherwise hold the queue as long as it liked.
-    ``fired`` says whether it cut them off; ``cancel`` once the request is over."""
+    """Keeps the sockets of one request's connections so that :meth:`fire` can shut them down
+    (which ends any read or write blocked on them); ``fired`` says whether it did."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self) -> None:
         self.sockets: list[socket.socket] = []
         self.fired = False
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._lock = threading.Lock()
 
     def connection(self, cls):
-        """``cls`` (an HTTP(S)Connection class) whose sockets this watchdog can shut. The socket
-        is kept here at connect: urllib drops the connection's own reference once the response
+        """``cls`` (an HTTP(S)Connection class) whose sockets this watchdog can shut. A socket is
+        kept here once connected: urllib drops the connection's own reference when the response
         head is read, while the response goes on reading the body through it."""
 
         def make(*args, **kwargs):
@@ -209,23 +235,22 @@ class _Watchdog:
 
             def connect_and_keep() -> None:
                 connect()
-                self.sockets.append(conn.sock)
+                with self._lock:
+                    self.sockets.append(conn.sock)
                 if self.fired:
-                    self._fire()
+                    self.fire()
 
             conn.connect = connect_and_keep
             return conn
 
         return make
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         self.fired = True
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):  # the plain socket's shutdown, leaving any TLS state alone
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def cancel(self) -> None:
-        self._timer.cancel()
+        with self._lock:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):  # the plain socket's shutdown, leaving any TLS state alone
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
@@ -246,9 +271,8 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(self._watchdog.connection(http.client.HTTPSConnection), req, context=self._context)
 
 
-def _read_body(stream, limit: int, between_reads) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes of ``stream`` in pieces (``between_reads()`` after each), and whether
-    that was all of it."""
+def _read_body(stream, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of ``stream``, and whether that was all of it."""
     read = getattr(stream, "read1", None) or stream.read
     pieces, size = [], 0
     while size <= limit:
@@ -257,7 +281,6 @@ def _read_body(stream, limit: int, between_reads) -> tuple[bytes, bool]:
             return b"".join(pieces), True
         pieces.append(piece)
         size += len(piece)
-        between_reads()
     return b"".join(pieces)[:limit], False
 
 
@@ -274,24 +297,29 @@ def _hint(code: int) -> str:
 
 
 def redact_text(text: str, key: str) -> str:
-    """``text`` with every occurrence of ``key`` replaced."""
-    return text.replace(key, REDACTED) if key else text
+    """``text`` with every occurrence of ``key``, as it is or JSON-escaped, replaced."""
+    if not key:
+        return text
+    for form in {key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1]}:
+        text = text.replace(form, REDACTED)
+    return text
 
 
-_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4}|\\/)+")
+_ESCAPES = re.compile(r'(?:\\(?:u[0-9a-fA-F]{4}|["\\/bfnrt]))+')
 
 
 def _unescape(match: re.Match) -> str:
     try:
-        return json.loads(f'"{match.group(0)}"')
+        text = json.loads(f'"{match.group(0)}"')
     except ValueError:
         return match.group(0)
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # a lone surrogate: U+FFFD
 
 
 def _display(data: bytes | str, key: str, limit: int = 300) -> str:
     """What an error or log line may quote of something the endpoint sent: JSON escape sequences
-    decoded (``\\u0073k-...`` and ``\\/`` would otherwise spell the key past a literal
-    search), the key blanked, then shortened."""
+    decoded (``\\u0073k-...``, ``\\/`` or ``\\"`` would otherwise spell the key past a
+    literal search), the key blanked, then shortened."""
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     text = redact_text(_ESCAPES.sub(_unescape, text), key).strip()
     return text if len(text) <= limit else text[:limit] + "..."
@@ -320,6 +348,6 @@ def parse_reply(url: str, data: bytes, key: str = "") -> str:
             f"expected {_EXPECTED}"
         ) from None
     if not isinstance(content, str):
-        raise RuntimeError(f"rewrite endpoint {url} returned non-text content {_display(repr(content), key, 200)}; "
-                           "expected a string")
+        shown = _display(json.dumps(content, ensure_ascii=False), key, 200)  # its strings unescaped, then blanked
+        raise RuntimeError(f"rewrite endpoint {url} returned non-text content {shown}; expected a string")
     return redact_text(content, key)

@@ -161,11 +161,64 @@ def test_an_error_quoting_the_key_in_json_escapes_never_carries_it(fake, mode):
 
 def test_an_oversized_reply_is_refused_without_holding_it(fake):
     fake.mode = "huge"
-    calls = []
     message, _ = timed_error(lambda: backend(fake.url, timeout_s=30.0).complete(
-        build_messages("x", "Normal"), SamplingParams(), progress=lambda done, total: calls.append(done)))
+        build_messages("x", "Normal"), SamplingParams()))
     assert f"more than {MAX_REPLY_BYTES} bytes" in message and len(fake.requests) == 1  # not retried
-    assert len(calls) > 10  # the node's interrupt check ran between the pieces
+
+
+@pytest.mark.parametrize("key", ['sk-ab"cd', "sk-ab\\cd", "sk-ab'c/d"])
+@pytest.mark.parametrize("mode", ["echo_auth_401", "echo_auth_list"])
+def test_a_key_with_characters_json_escapes_is_blanked_too(fake, monkeypatch, key, mode):
+    """A key holding ``"`` or ``\\`` is spelled ``\\"`` / ``\\\\`` in a JSON body, and repr() of a
+    non-text content escapes it again: neither spelling may carry it into an error."""
+    monkeypatch.setenv(KEY_ENV, key)
+    fake.mode = mode
+    with pytest.raises(RuntimeError) as info:
+        backend(fake.url, max_retries=0).complete(build_messages("x", "Normal"), SamplingParams())
+    shown = "".join(traceback.format_exception(info.value))
+    assert REDACTED in shown and "sk-ab" not in shown
+
+
+def test_a_lone_surrogate_in_an_error_body_leaves_a_utf8_message(fake):
+    fake.mode = "error_surrogate"
+    message, _ = timed_error(
+        lambda: backend(fake.url, max_retries=0).complete(build_messages("x", "Normal"), SamplingParams()))
+    assert "HTTP 503" in message and "overloaded \ufffd" in message
+    message.encode("utf-8")  # strict: a log line or the UI can carry it
+
+
+@pytest.mark.parametrize("key", ["sk-SECRET1\nSECRET2", "sk-SECRET\u00e9"])
+def test_a_key_that_cannot_be_a_header_is_refused_without_quoting_it(fake, monkeypatch, key):
+    """http.client would refuse the header with a message quoting the whole key."""
+    monkeypatch.setenv(KEY_ENV, key)
+    with pytest.raises(ValueError) as info:
+        backend(fake.url).complete(build_messages("x", "Normal"), SamplingParams())
+    assert "not printable ASCII" in str(info.value) and KEY_ENV in str(info.value)
+    assert "SECRET" not in str(info.value) and fake.requests == []
+
+
+def test_an_interrupt_while_waiting_stops_the_request_at_once(fake):
+    """The node's interrupt check runs while nothing arrives, and the request's thread ends."""
+    fake.mode = "hang"
+    import threading
+
+    before = threading.active_count()
+    calls = []
+
+    def interrupt_after_two(done, total):
+        calls.append(done)
+        if len(calls) > 2:
+            raise KeyboardInterrupt("interrupted")
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        backend(fake.url, timeout_s=20.0).complete(build_messages("x", "Normal"), SamplingParams(),
+                                                   progress=interrupt_after_two)
+    assert time.monotonic() - start < 5.0  # not the 20 s deadline, nor the server's 30 s hang
+    deadline = time.monotonic() + 5.0
+    while threading.active_count() > before + 1 and time.monotonic() < deadline:  # + the server's handler
+        time.sleep(0.05)
+    assert threading.active_count() <= before + 1
 
 
 def test_redirects_are_not_followed(fake, server):
