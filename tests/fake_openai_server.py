@@ -68,6 +68,7 @@ class FakeOpenAIServer:
         self.flaky_failures = flaky_failures
         self.redirect_to = ""
         self.sent = 0
+        self.streams_ended = 0  # long bodies whose sending stopped (done, or the client closed)
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -153,7 +154,8 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def _stream(self, mode: str) -> None:
             """``drip``/``huge`` (200) and ``error_drip``/``error_huge`` (500/400): a long body sent
             slowly or fast; ``head_drip``: the status line, then a header one byte at a time.
-            ``server.sent`` counts the body bytes that got out."""
+            ``server.sent`` counts the body bytes that got out; ``server.streams_ended`` counts
+            the streams that stopped."""
             server.sent = 0
             slow = mode in ("drip", "error_drip", "head_drip")
             size, piece, pause = (100_000, b" ", 0.2) if slow else (2**30, b" " * 65536, 0.0)
@@ -174,6 +176,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                     server.sent += len(piece)
             except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
                 pass
+            server.streams_ended += 1
             self.close_connection = True
 
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)

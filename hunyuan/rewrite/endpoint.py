@@ -124,21 +124,22 @@ class EndpointBackend:
         attempts = self.max_retries + 1
         failures: list[str] = []
         for attempt in range(attempts):
-            if progress is not None:
-                progress(attempt, attempts)
+            check = functools.partial(progress or _nothing, attempt, attempts)  # the node's interrupt check
+            check()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                reply = self._post(body, headers, deadline, key, functools.partial(progress or _nothing, attempt, attempts))
-                return parse_reply(self.url, reply, key)
+                return parse_reply(self.url, self._post(body, headers, deadline, key, check), key)
             except _Retryable as exc:
                 failures.append(str(exc))
                 log.warning("rewrite endpoint %s attempt %d/%d failed: %s", self.url, attempt + 1, attempts,
                             failures[-1])
-            pause = min(0.25 * 2**attempt, deadline - time.monotonic())
-            if attempt + 1 < attempts and pause > 0:
-                time.sleep(pause)
+            if attempt + 1 < attempts:  # back off, still answering an interrupt
+                resume = min(time.monotonic() + 0.25 * 2**attempt, deadline)
+                while (left := resume - time.monotonic()) > 0:
+                    time.sleep(min(POLL_S, left))
+                    check()
         tried = f"{len(failures)} attempt(s) within timeout_s={self.timeout_s:g}"
         last = failures[-1] if failures else "no time left for an attempt"
         raise RuntimeError(f"rewrite endpoint {self.url} failed after {tried}: {last}; expected {_EXPECTED}")
@@ -155,15 +156,20 @@ class EndpointBackend:
         exchange's thread ends with its socket."""
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         timeout = deadline - time.monotonic()
-        watchdog = _Watchdog()
+        watchdog = _Watchdog(deadline)
         opener = urllib.request.build_opener(_NoRedirect, _HTTPHandler(watchdog), _HTTPSHandler(watchdog))
         outcome: dict = {}
 
         def exchange() -> None:
             try:
                 outcome["data"] = self._exchange(opener, request, timeout, watchdog, key)
+            except (_Retryable, RuntimeError) as exc:  # ours: what it replaced (may quote the key) is dropped
+                exc.__context__ = None
+                outcome["error"] = exc
             except BaseException as exc:  # noqa: BLE001 (handed to the waiting thread as it is)
                 outcome["error"] = exc
+            finally:
+                watchdog.close()
 
         worker = threading.Thread(target=exchange, name="hyvid-rewrite-endpoint", daemon=True)
         worker.start()
@@ -195,6 +201,8 @@ class EndpointBackend:
                 detail = _display(_read_body(exc, ERROR_DETAIL_BYTES)[0], key)
             except (OSError, http.client.HTTPException):  # cut off at the deadline, or the server left
                 detail = ""
+            finally:
+                exc.close()  # the connection, now: the error raised below would keep it until a GC cycle
             if watchdog.fired:
                 detail = f"{detail} (the rest of the error body did not arrive in time: timed out)".strip()
             reason = _display(str(exc.reason), key)
@@ -216,41 +224,70 @@ class EndpointBackend:
 
 
 class _Watchdog:
-    """Keeps the sockets of one request's connections so that :meth:`fire` can shut them down
-    (which ends any read or write blocked on them); ``fired`` says whether it did."""
+    """Keeps a duplicate of each socket one request connects (taken as soon as TCP connects:
+    the TLS wrapper and urllib each let go of their own reference along the way), so that
+    :meth:`fire` can shut the connection down, which ends any read or write blocked on it (a
+    proxy's CONNECT reply and the TLS handshake included); ``fired`` says whether it did.
+    Connecting tries each address only for the time left before ``deadline``."""
 
-    def __init__(self) -> None:
-        self.sockets: list[socket.socket] = []
-        self.fired = False
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = self._closed = False
+        self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
     def connection(self, cls):
-        """``cls`` (an HTTP(S)Connection class) whose sockets this watchdog can shut. A socket is
-        kept here once connected: urllib drops the connection's own reference when the response
-        head is read, while the response goes on reading the body through it."""
+        """``cls`` (an HTTP(S)Connection class) connecting through :meth:`_connect`."""
 
         def make(*args, **kwargs):
             conn = cls(*args, **kwargs)
-            connect = conn.connect
-
-            def connect_and_keep() -> None:
-                connect()
-                with self._lock:
-                    self.sockets.append(conn.sock)
-                if self.fired:
-                    self.fire()
-
-            conn.connect = connect_and_keep
+            conn._create_connection = self._connect
             return conn
 
         return make
 
+    def _connect(self, address, timeout, source_address=None) -> socket.socket:
+        host, port = address
+        failure: OSError = TimeoutError("no time left to connect")
+        for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+            left = self.deadline - time.monotonic()
+            if left <= 0 or self.fired:
+                break
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(min(timeout, left) if timeout is not None else left)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            sock.settimeout(timeout)
+            with self._lock:
+                if self._closed:
+                    sock.close()
+                    break
+                self._sockets.append(sock.dup())
+            if self.fired:
+                self.fire()
+            return sock
+        raise failure
+
     def fire(self) -> None:
         self.fired = True
         with self._lock:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):  # the plain socket's shutdown, leaving any TLS state alone
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """The exchange is over: let the duplicates go."""
+        with self._lock:
+            self._closed = True
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

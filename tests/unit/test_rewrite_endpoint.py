@@ -142,12 +142,34 @@ def test_an_error_body_or_a_head_that_keeps_arriving_fails_within_timeout(fake, 
 
 
 def test_an_oversized_error_body_is_not_read_whole(fake):
+    """The client reads the part it quotes and closes the connection at once (the error it raises
+    would otherwise keep it open until a garbage-collection cycle, the server blocked writing)."""
     fake.mode = "error_huge"
+    ended = fake.streams_ended
     message, _ = timed_error(
         lambda: backend(fake.url, timeout_s=30.0).complete(build_messages("x", "Normal"), SamplingParams()))
     assert "HTTP 400" in message and len(message) < 1000
-    time.sleep(0.5)  # the server notices the closed connection
+    wait_until = time.monotonic() + 5.0
+    while fake.streams_ended == ended and time.monotonic() < wait_until:
+        time.sleep(0.05)
+    assert fake.streams_ended == ended + 1, "the server is still writing: the connection was left open"
     assert fake.sent < 64 * 2**20  # of 1 GiB: the client stopped after the part it quotes (plus socket buffers)
+
+
+def test_an_interrupt_during_the_back_off_is_answered(fake):
+    """Between attempts the client waits (0.25 s, 0.5 s, 1 s, 2 s, ...) and still checks for an
+    interrupt: one asked for at 2 s is answered within a poll, not when the 2 s pause ends."""
+    fake.mode = "error500"
+    asked = time.monotonic() + 2.0
+
+    def interrupt_once_asked(done, total):
+        if time.monotonic() >= asked:
+            raise KeyboardInterrupt("interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        backend(fake.url, timeout_s=20.0, max_retries=6).complete(
+            build_messages("x", "Normal"), SamplingParams(), progress=interrupt_once_asked)
+    assert time.monotonic() - asked < 1.0  # checked only as each attempt starts, it came at 3.75 s
 
 
 @pytest.mark.parametrize("mode", ["list_content_escaped", "no_choices_escaped", "echo_auth_401_escaped"])
