@@ -249,30 +249,35 @@ class _Watchdog:
     def _connect(self, address, timeout, source_address=None) -> socket.socket:
         host, port = address
         failure: OSError = TimeoutError("no time left to connect")
-        for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        found = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        for n, (family, kind, proto, _, sockaddr) in enumerate(found):
             left = self.deadline - time.monotonic()
             if left <= 0 or self.fired:
                 break
-            sock = socket.socket(family, kind, proto)
+            if n + 1 < len(found):  # one black-holed address may not take the time of those after it
+                left /= 2
+            sock = None
             try:
+                sock = socket.socket(family, kind, proto)
+                self._keep(sock)  # before connecting: shutting the duplicate down ends a pending connect too
                 sock.settimeout(min(timeout, left) if timeout is not None else left)
                 if source_address:
                     sock.bind(source_address)
                 sock.connect(sockaddr)
             except OSError as exc:
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 failure = exc
                 continue
             sock.settimeout(timeout)
-            with self._lock:
-                if self._closed:
-                    sock.close()
-                    break
-                self._sockets.append(sock.dup())
-            if self.fired:
-                self.fire()
             return sock
         raise failure
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._closed or self.fired:
+                raise OSError("the request is over (timed out or interrupted); not connecting")
+            self._sockets.append(sock.dup())
 
     def fire(self) -> None:
         self.fired = True

@@ -243,6 +243,41 @@ def test_an_interrupt_while_waiting_stops_the_request_at_once(fake):
     assert threading.active_count() <= before + 1
 
 
+def test_an_address_that_never_answers_leaves_time_for_the_next(fake, monkeypatch):
+    """A name with a black-holed first address (broken IPv6, say) still reaches the live one:
+    each address but the last gets half the time left, not all of it."""
+    import socket
+
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue: later SYNs are dropped and connect() waits
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            sock.connect(full.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(sock)
+    real = socket.getaddrinfo
+
+    def two_addresses(host, port, *args, **kwargs):
+        if host != "two.test":
+            return real(host, port, *args, **kwargs)
+        tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*tcp, full.getsockname()), (*tcp, ("127.0.0.1", fake.port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    try:
+        text = backend(f"http://two.test:{fake.port}/v1", timeout_s=2.0, max_retries=0).complete(
+            build_messages("a boat", "Normal"), SamplingParams())
+    finally:
+        for sock in (*fillers, full):
+            sock.close()
+    assert "a boat" in text
+
+
 def test_redirects_are_not_followed(fake, server):
     with FakeOpenAIServer() as elsewhere:
         fake.mode = "redirect"
