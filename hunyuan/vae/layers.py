@@ -122,12 +122,11 @@ class GroupNorm3d(nn.GroupNorm):
         for the input and its parameters). The output keeps ``x``'s dtype and memory format."""
         b, c = x.shape[:2]
         n = x[0, 0].numel()
-        weight, bias = self.weight.float(), self.bias.float()
-        if x.device.type == "cpu" or x.dtype == torch.float32:
-            out, mean, rstd = torch.native_group_norm(x, weight, bias, b, c, n, self.num_groups, self.eps)
-        else:  # CUDA's kernel takes one dtype for the input and its parameters: float moments need a float input
-            out, mean, rstd = torch.native_group_norm(x.float(), weight, bias, b, c, n, self.num_groups, self.eps)
-            out = out.to(x.dtype)
+        # CUDA's kernel takes one dtype for the input and its parameters: float moments need a float input
+        piece = x if x.device.type == "cpu" or x.dtype == torch.float32 else x.float()
+        out, mean, rstd = torch.native_group_norm(piece, self.weight.float(), self.bias.float(), b, c, n,
+                                                  self.num_groups, self.eps)
+        out = out.to(x.dtype)  # no copy when it already is
         count = n * (c // self.num_groups)
         mean = mean.double().view(b, self.num_groups)
         var = rstd.double().view(b, self.num_groups).pow(-2) - self.eps  # rstd = 1 / sqrt(var + eps)
