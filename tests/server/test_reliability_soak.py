@@ -95,17 +95,40 @@ def cached_nodes(entry: dict) -> set[str]:
     return {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
 
 
+def started(comfy, prompt_id: str, timeout: float = 60.0) -> bool:
+    """Wait until ComfyUI runs the job (True), or has run it already (False). ComfyUI clears an
+    interrupt when a job starts, so one sent while the job is still queued stops nothing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = comfy.get("/queue")
+        if any(item[1] == prompt_id for item in queue["queue_running"]):
+            return True
+        if not any(item[1] == prompt_id for item in queue["queue_pending"]):
+            return False
+        time.sleep(0.01)
+    raise TimeoutError(f"job {prompt_id} did not start within {timeout:.0f}s")
+
+
 def test_interrupt_at_random_points_then_identical_rerun(comfy):
     rng = random.Random(99)
     reference = latent_of(comfy, comfy.run(latent_graph(7, "ref"), timeout=300))
-    start = time.monotonic()  # a warm, uncached run sets the window the interrupts fall in
-    comfy.run(latent_graph(8, "timing"), timeout=300)
-    run_seconds = time.monotonic() - start
+    # a warm, uncached run sets the window the interrupts fall in: from its start to its end, as
+    # the victims' are timed (queueing left out; the shortest of two, so a slow one on a loaded
+    # machine does not stretch the window past the victims' end)
+    run_seconds = []
+    for seed in (8, 9):
+        status, body = comfy.submit(latent_graph(seed, f"timing{seed}"))
+        assert status == 200, body
+        started(comfy, body["prompt_id"])
+        start = time.monotonic()
+        comfy.wait(body["prompt_id"], timeout=300)
+        run_seconds.append(time.monotonic() - start)
     outcomes = []
     for i in range(10):
         status, body = comfy.submit(latent_graph(rng.randrange(1000, 2**32), f"victim{i}"))
         assert status == 200, body
-        time.sleep(rng.uniform(0.0, 0.8 * run_seconds))  # anywhere from text encoding to saving
+        started(comfy, body["prompt_id"])
+        time.sleep(rng.uniform(0.0, 0.8 * min(run_seconds)))  # anywhere from text encoding to saving
         comfy.interrupt()
         try:
             comfy.wait(body["prompt_id"], timeout=300)
