@@ -63,7 +63,16 @@ def test_real_width_decode_and_encode_match_diffusers(real_width):
     assert ours.config == HUNYUAN_VIDEO_VAE
     ref = reference(HUNYUAN_VIDEO_VAE, sd)
     z = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(0))
-    assert rel_err(ours.decode(z), ref.decode(z).sample) <= 1e-5
+    got, want = ours.decode(z), ref.decode(z).sample
+    # At these widths an fp32 decode is itself ~2.4e-5 (max-relative) from the float64 one, diffusers'
+    # as much as ours. Our upsampling convs sum taps before multiplying (layers.CausalConv3d.
+    # forward_upsampled), which rounds differently from diffusers, so the two fp32 results differ by
+    # that rounding (1.8e-5 here), not by 1e-5. The test holds ours to the float64 truth instead: no
+    # less accurate than diffusers' own fp32 decode (2x margin for other CPUs' kernels), and within
+    # 1e-4 of it; a wrong layout or tap shows up as O(1).
+    truth = reference(HUNYUAN_VIDEO_VAE, sd).double().decode(z.double()).sample
+    assert rel_err(got, truth) <= 2 * rel_err(want, truth)
+    assert rel_err(got, want) <= 1e-4
     x = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     assert rel_err(ours.encode(x), ref.encode(x).latent_dist.mode()) <= 1e-5
 

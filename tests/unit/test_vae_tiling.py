@@ -6,10 +6,11 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hunyuan.vae import tiled
 from hunyuan.vae.config import TINY_VAE
-from hunyuan.vae.layers import GroupNorm3d, Runtime
+from hunyuan.vae.layers import GroupNorm3d, Runtime, Upsample
 from hunyuan.vae.loader import load_vae
 from hunyuan.vae.tiling import (
     MEASURED_DB,
@@ -57,6 +58,46 @@ def test_causal_streaming_is_exact_given_the_same_norm_statistics(vae):
     streamed = torch.cat(parts, dim=2)
     assert streamed.shape == full.shape
     assert rel_err(streamed, full) <= 1e-5
+
+
+def _upsample_then_conv(up: Upsample, x: torch.Tensor, first: bool, tail: torch.Tensor | None):
+    """The upsampler as it was written before folding: build the upsampled video, pad it, convolve.
+    Returns the output and the two frames the next chunk carries."""
+    pieces = [F.interpolate(x[:, :, :1], scale_factor=(1, *up.factor[1:]))] if first else []
+    if x.shape[2] > first:
+        pieces.append(F.interpolate(x[:, :, int(first) :], scale_factor=up.factor))
+    u = torch.cat(pieces, dim=2)
+    padded = F.pad(u, (1, 1, 1, 1, 0, 0), mode="replicate")
+    padded = torch.cat([tail, padded], 2) if tail is not None else F.pad(padded, (0, 0, 0, 0, 2, 0), mode="replicate")
+    return up.conv.conv(padded), padded[:, :, -2:]
+
+
+@pytest.mark.parametrize("factor", [(1, 2, 2), (2, 2, 2)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+@torch.no_grad()
+def test_folded_upsampling_conv_equals_upsampling_then_convolving(factor, layout):
+    """The upsampler convolves the low-resolution input with summed taps (12 of 27 multiply-adds):
+    the same as upsampling first, frame 0 and streamed chunks included (fp32)."""
+    torch.manual_seed(0)
+    up = Upsample(8, factor)
+    x = torch.randn(1, 8, 5, 5, 6).contiguous(memory_format=layout)
+    want, _ = _upsample_then_conv(up, x, True, None)
+    assert rel_err(up(x), want) <= FP32_RTOL
+    rt, tail, parts, wants = Runtime(), None, [], []
+    up.runtime = up.conv.runtime = rt
+    try:
+        rt.start_tile()
+        for t0, t1 in ((0, 1), (1, 3), (3, 5)):  # frame 0 alone, then two chunks
+            rt.last_chunk = t1 == 5
+            parts.append(up(x[:, :, t0:t1]))
+            w, tail = _upsample_then_conv(up, x[:, :, t0:t1], t0 == 0, tail)
+            wants.append(w)
+            rt.first_chunk = False
+    finally:
+        up.runtime = up.conv.runtime = None
+    assert [p.shape for p in parts] == [w.shape for w in wants]
+    assert rel_err(torch.cat(parts, 2), torch.cat(wants, 2)) <= FP32_RTOL
+    assert rt.conv_cache == {} and len(rt.folded) == 1  # the last chunk carries nothing; taps folded once
 
 
 @torch.no_grad()
