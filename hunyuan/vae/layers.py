@@ -66,48 +66,72 @@ class CausalConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self._padded(x))
 
-    def forward_upsampled(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv of ``x`` upsampled 2x in height and width (nearest), without building the upsampled input.
+    def forward_upsampled(self, x: torch.Tensor, time: bool = False) -> torch.Tensor:
+        """The conv of ``x`` upsampled 2x (nearest) in height and width, and with ``time`` also in
+        time (the video's frame 0 once, every later frame twice), without building the upsampled input.
 
         Nearest upsampling repeats each pixel twice along an axis, so a 3-tap kernel reads only two
         distinct input pixels per output pixel: an even output pixel 2m reads x[m-1] with tap 0 and
         x[m] with taps 1 and 2; an odd one 2m+1 reads x[m] with taps 0 and 1 and x[m+1] with tap 2.
-        Each of the four (row, column) parities is therefore a 2x2 conv of ``x`` with summed taps:
-        12 of the 27 multiply-adds per output voxel, and no 4x-sized upsampled and padded copy.
-        Padding ``x`` by one replicated pixel is the upsampled input's one-pixel replicate padding, and
-        time (padding, chunk tails) is handled as in :meth:`forward`. Equal to
-        ``forward(interpolate(x, scale_factor=(1, 2, 2)))`` up to the rounding of the summed taps
+        Each parity is therefore a 2-tap conv of ``x`` with summed taps. In space that gives four
+        2x2 convs (12 of the 27 multiply-adds per output voxel); in time the causal kernel over the
+        repeated frames [x0, x1, x1, x2, x2, ...] reads (x[j-1], x[j]) as taps (0+1 | 2) for output
+        frame 2j-1 and (0 | 1+2) for frame 2j, so eight 2x2x2 convs (8 of 27). Padding ``x`` by one
+        replicated pixel (and, first, one repeated frame) is the upsampled input's padding; the tail
+        carried to the next chunk is ``x``'s last frame, which upsampled is the tail :meth:`forward`
+        would carry. Equal to ``forward`` of the upsampled input up to the rounding of the summed taps
         (summed in float32, then cast to ``x``'s dtype)."""
-        if self.conv.kernel_size[1:] != (3, 3) or self.conv.stride != (1, 1, 1):
-            raise ValueError(f"forward_upsampled needs a 3x3 spatial kernel and stride 1, got {self.conv}")
+        if self.conv.kernel_size != (3, 3, 3) or self.conv.stride != (1, 1, 1):
+            raise ValueError(f"forward_upsampled needs a 3x3x3 kernel and stride 1, got {self.conv}")
         rt = self.runtime
+        first = rt is None or rt.first_chunk
         kernels = rt.folded.get(id(self)) if rt is not None else None
         if kernels is None:  # folded once per decode: tiles and chunks reuse them
-            kernels = [k.to(x.dtype) for ky in _fold_taps(self.conv.weight.float(), 3) for k in _fold_taps(ky, 4)]
+            weight = self.conv.weight.float()
+            by_time = _fold_taps(weight, 2) if time else (weight,)
+            kernels = [k.to(x.dtype) for kt in by_time for ky in _fold_taps(kt, 3) for k in _fold_taps(ky, 4)]
             if rt is not None:
                 rt.folded[id(self)] = kernels
-        xp = self._padded(x)
-        b, _, _, h, w = x.shape
+        xp = self._padded(x, 2 if time else 3)
+        b, _, n, h, w = x.shape
+        # (time phase, input frames, output frames): with ``time`` even frames 2j come from taps (0 | 1+2)
+        # and odd ones 2j-1 from (0+1 | 2); the video's frame 0 is the pair (x0, x0), which the even phase
+        # would repeat as frame -1.
+        if not time:
+            phases, frames = [(0, slice(None), slice(None))], n
+        elif first:
+            phases = [(1, slice(0, 1), slice(0, 1)), (1, slice(1, None), slice(1, None, 2)),
+                      (0, slice(1, None), slice(2, None, 2))]
+            frames = 2 * n - 1
+        else:
+            phases, frames = [(1, slice(None), slice(0, None, 2)), (0, slice(None), slice(1, None, 2))], 2 * n
+        c = self.conv.out_channels
         out = None
-        for py in range(2):
-            for px in range(2):
-                y = F.conv3d(xp[:, :, :, py : py + h + 1, px : px + w + 1], kernels[2 * py + px], self.conv.bias)
-                if out is None:  # [B, T, h, 2, w, 2, C] in channels-last, else [B, C, T, h, 2, w, 2]
-                    last = y.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous()
-                    t, c = y.shape[2], y.shape[1]
-                    out = y.new_empty((b, t, h, 2, w, 2, c) if last else (b, c, t, h, 2, w, 2))
-                if last:
-                    out[:, :, :, py, :, px] = y.permute(0, 2, 3, 4, 1)
-                else:
-                    out[:, :, :, :, py, :, px] = y
-                del y
+        for phase, src, dst in phases:
+            clip = xp[:, :, src.start or 0 : None if src.stop is None else src.stop + (1 if time else 2)]
+            if clip.shape[2] < (2 if time else 3):
+                continue
+            for py in range(2):
+                for px in range(2):
+                    y = F.conv3d(clip[:, :, :, py : py + h + 1, px : px + w + 1], kernels[4 * phase + 2 * py + px],
+                                 self.conv.bias)
+                    if out is None:  # [B, T, h, 2, w, 2, C] in channels-last, else [B, C, T, h, 2, w, 2]
+                        last = y.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous()
+                        out = y.new_empty((b, frames, h, 2, w, 2, c) if last else (b, c, frames, h, 2, w, 2))
+                    if last:
+                        out[:, dst, :, py, :, px] = y.permute(0, 2, 3, 4, 1)
+                    else:
+                        out[:, :, dst, :, py, :, px] = y
+                    del y
         if last:
-            return out.view(b, t, 2 * h, 2 * w, c).permute(0, 4, 1, 2, 3)
-        return out.view(b, c, t, 2 * h, 2 * w)
+            return out.view(b, frames, 2 * h, 2 * w, c).permute(0, 4, 1, 2, 3)
+        return out.view(b, c, frames, 2 * h, 2 * w)
 
-    def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` padded for the conv: replicate in space, the carried tail (or the first frame repeated) in time."""
-        kt, kh, kw = self.conv.kernel_size
+    def _padded(self, x: torch.Tensor, kt: int | None = None) -> torch.Tensor:
+        """``x`` padded for the conv: replicate in space, the carried tail (or the first frame repeated) in
+        time, for a kernel ``kt`` frames long (default: the conv's own)."""
+        kh, kw = self.conv.kernel_size[1:]
+        kt = kt or self.conv.kernel_size[0]
         space = (kw // 2, kw // 2, kh // 2, kh // 2)
         rt = self.runtime
         cache = rt.conv_cache if rt is not None else None
@@ -258,6 +282,8 @@ class Upsample(nn.Module):
         self.conv = CausalConv3d(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.factor in ((1, 2, 2), (2, 2, 2)):  # the released layout: folded into the conv
+            return self.conv.forward_upsampled(x, time=self.factor[0] == 2)
         ft, fh, fw = self.factor
         if ft > 1:  # nearest in time: every frame repeated, but the video's frame 0 only once
             first = self.runtime is None or self.runtime.first_chunk
@@ -265,8 +291,6 @@ class Upsample(nn.Module):
             if rest.shape[2] > 0:
                 rest = F.interpolate(rest, scale_factor=(ft, 1, 1), mode="nearest")  # keeps channels-last
                 x = torch.cat([x[:, :, :1], rest], dim=2) if first else rest
-        if (fh, fw) == (2, 2):
-            return self.conv.forward_upsampled(x)
         return self.conv(F.interpolate(x, scale_factor=(1, fh, fw), mode="nearest"))
 
 
