@@ -77,9 +77,11 @@ class TileSpec:
 
 
 # Elements carried between temporal chunks per latent pixel of a tile, over ``widest``: two frames
-# of every causal conv's input in the decoder head, sum of channels x upscale^2 for the real layout
-# (widths w, 2w, 4w, 4w; three resnets per up block). Measured at 128 px tiles: within 15%.
-CARRIED_PER_WIDEST = 2 * 968
+# of every causal conv's input in the decoder head, but one frame of the low-resolution input of the
+# two upsamplers that double the frame rate (their upsampling is folded into the conv), channels x
+# upscale^2 for the real layout (widths w, 2w, 4w, 4w; three resnets per up block). Counted by the
+# caches after a chunk at a 16x16 latent tile: 1872 (the tile's one-pixel padding included).
+CARRIED_PER_WIDEST = 1768
 
 
 def estimate_peak(spec: TileSpec, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> int:
@@ -106,9 +108,14 @@ MEASURED_DB = {
     "tiles_shared": 30.0,  # spatial tiles, one statistics pass
     "tiles_per_tile": 28.1,  # spatial tiles, each tile its own statistics
     # spatial tiles, one statistics pass, shared_blocks=2 (the rest per tile): measured by the same
-    # command with --variants ours_tiled_shared2 (bench/results/vae_shared_speed_2x24x24_run2.json)
+    # command with --variants ours_untiled ours_tiled_shared2 (bench/results/vae_shared_blocks_2x24x24.json)
     "tiles_shared_2": 28.4,
 }
+# Time of shared statistics (one statistics pass, then the output pass) over per-piece statistics (the
+# output pass alone) at 128/32 px tiles, 17 frames of 256x256, bf16, real widths: 101.8 / 61.7 s, the
+# medians of two interleaved runs (bench/results/vae_shared_speed_5x32x32.json). The statistics pass
+# runs the decoder to its last norm over every pixel once, about one untiled decode.
+MEASURED_SHARED_TIME = 1.65
 
 
 def expected_db(spec: TileSpec, latent_shape: tuple[int, ...]) -> float:
@@ -153,6 +160,13 @@ def auto_choice(
            f"{need / 2**20:.0f} MB within {budget / 2**20:.0f} MB (80% of free)")
     if db < best_db:
         why += "; more accurate modes need more memory"
+    frames, height, width = latent_shape[2:]
+    if spec.shared_norm and (0 < spec.tile < max(height, width) or 0 < spec.chunk < frames):
+        why += ("; shared statistics add a statistics pass over the video before the output pass (one pass: "
+                f"measured {MEASURED_SHARED_TIME:.2f}x the time of per-piece statistics)" if spec.norm_passes == 1
+                else "; shared statistics add " + (f"{spec.norm_passes} statistics passes" if spec.norm_passes
+                                                   else "one statistics pass per GroupNorm")
+                + " (each up to one decode's time) before the output pass")
     return spec, why
 
 

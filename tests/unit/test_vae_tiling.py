@@ -14,6 +14,7 @@ from hunyuan.vae.layers import GroupNorm3d, Runtime, Upsample
 from hunyuan.vae.loader import load_vae
 from hunyuan.vae.tiling import (
     MEASURED_DB,
+    MEASURED_SHARED_TIME,
     TileSpec,
     auto_choice,
     auto_tiling,
@@ -269,6 +270,7 @@ def test_auto_chooses_by_measured_accuracy_then_memory(monkeypatch):
     monkeypatch.setitem(MEASURED_DB, "tiles_shared", 50.0)
     spec, why = auto_choice(frames_only / 0.8, shape)
     assert spec.tile > 0 and spec.shared_norm and "50.0 dB" in why
+    assert f"measured {MEASURED_SHARED_TIME:.2f}x the time of per-piece statistics" in why  # what it costs
 
 
 def test_tile_geometry():
