@@ -34,6 +34,17 @@ class CheckpointError(ValueError):
     """A checkpoint the user pointed at cannot be used; the message says which and why."""
 
 
+def _address_space_limit() -> int | None:
+    """This process's address-space limit (ulimit -v) in bytes, or None where there is none (or no
+    ``resource`` module: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else limit
+
+
 class MapRefused(CheckpointError):
     """The machine refused to memory-map a checkpoint: a map counts the whole file, and without
     enough memory plus swap for it (or under an address-space limit) the kernel says no."""
@@ -41,22 +52,40 @@ class MapRefused(CheckpointError):
     def __init__(self, path: Path, advice: str):
         from .memory import device_free_bytes  # the one figure for the host memory left
 
-        try:
-            import resource
-
-            limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-        except ImportError:  # Windows: no address-space limit to name
-            resource, limit = None, None
+        limit = _address_space_limit()
         self.path, self.size, self.available = path, path.stat().st_size, device_free_bytes("cpu")
         why = [f"{self.available / 2**30:.2f} GiB of memory available"]
         if self.available < self.size:
             why.append("less than the file; without enough swap the kernel refuses the map")
-        if resource is not None and limit != resource.RLIM_INFINITY:
+        if limit is not None:
             why.append(f"this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)")
         super().__init__(
             f"checkpoint {str(path)!r} ({self.size / 2**30:.2f} GiB) cannot be memory-mapped: the system refused "
             f"a map that large ({'; '.join(why)}). {advice}"
         )
+
+
+class HostMemoryError(CheckpointError):
+    """Host memory ran out while a checkpoint's tensors were read into memory of their own: the
+    memory is named, not the file (which is fine)."""
+
+    def __init__(self, path: Path, name: str, nbytes: int):
+        from .memory import device_free_bytes  # the one figure for the host memory left
+
+        limit = _address_space_limit()
+        self.path, self.available = path, device_free_bytes("cpu")
+        why = f"{self.available / 2**30:.2f} GiB of memory available"
+        if limit is not None:
+            why += f"; this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)"
+        super().__init__(
+            f"checkpoint {str(path)!r}: out of host memory while reading tensor {name!r} ({nbytes / 2**20:.0f} MiB; "
+            f"{why}). The file is readable; free memory (unload other models) or load fewer or smaller weights."
+        )
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: MemoryError, or torch's CPU allocator refusing (a RuntimeError)."""
+    return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc).lower()
 
 
 def _refused_map(exc: BaseException) -> bool:
@@ -293,10 +322,12 @@ def read_stored(items: Mapping[str, StoredTensor | torch.Tensor], *, copy: bool 
         else:
             out[name] = item
     for path, group in by_file.items():
+        reading = None  # (name, bytes) of the tensor being read with plain reads
         try:
             if copy:
                 with open(path, "rb") as f:
                     for name, item in group:
+                        reading = (name, item.nbytes)
                         out[name] = _read_into(f, item)
             else:
                 with safe_open(str(path), framework="pt") as f:
@@ -306,6 +337,8 @@ def read_stored(items: Mapping[str, StoredTensor | torch.Tensor], *, copy: bool 
             if not copy and _refused_map(exc):
                 raise MapRefused(path, "Read it with plain reads instead (a loader that converts the tensors "
                                  "does), or free memory, or add swap.") from exc
+            if copy and reading is not None and _out_of_memory(exc):  # the memory, not the file: say so
+                raise HostMemoryError(path, *reading) from exc
             if isinstance(exc, MemoryError):
                 raise
             raise CheckpointError(f"checkpoint {str(path)!r} is not a readable safetensors file: {exc}") from exc

@@ -235,3 +235,29 @@ def test_a_text_encoder_kept_in_its_dtype_that_cannot_be_mapped_says_what_to_do(
     assert "The LLM's float32 tensors are kept in the file's dtype" in message
     assert ("load it with dtype 'bf16' or 'fp16' or 'fp8_e4m3fn (bf16 compute)' or 'fp8_e4m3fn (fp16 compute)', "
             "which converts every tensor with plain reads") in message
+
+
+PLAIN_READ_AS_CHILD = r"""
+import sys, torch
+from hunyuan.checkpoint_io import CheckpointError, index_safetensors, read_stored
+""" + AS_LIMIT + r"""
+try:
+    read_stored(index_safetensors(sys.argv[1]), copy=True)
+except CheckpointError as exc:
+    print("REFUSED", type(exc).__name__, exc)
+else:
+    print("OK")
+"""
+
+
+def test_running_out_of_memory_in_a_plain_read_names_the_memory_not_the_file(tmp_path):
+    """A tensor read with plain reads (a converting loader) into memory that is not there: the
+    error names the tensor, its size, the memory available and the address-space limit, and says
+    the file is readable. It used to say the file was "not a readable safetensors file"."""
+    path = tmp_path / "big.safetensors"
+    save_file({"small": torch.zeros(4), "big": torch.zeros(64 * 2**20)}, str(path))  # 256 MiB float32
+    proc = _limited(PLAIN_READ_AS_CHILD, path, 64 * 2**20)
+    assert proc.returncode == 0 and proc.stdout.startswith("REFUSED HostMemoryError"), (proc.stdout, proc.stderr[-2000:])
+    assert f"checkpoint {str(path)!r}: out of host memory while reading tensor 'big' (256 MiB;" in proc.stdout
+    assert "GiB of memory available" in proc.stdout and "(ulimit -v)" in proc.stdout
+    assert "not a readable safetensors file" not in proc.stdout and "The file is readable" in proc.stdout
