@@ -32,7 +32,8 @@ class Runtime:
     record: bool = False  # norms without shared statistics add each (whole) piece's sums to ``sums``
     stop_at: int | None = None  # id of the norm after whose recording the forward stops (StopPass)
     sums: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # norm id -> [sum, sumsq, count]
-    folded: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # conv id -> its upsampling kernels
+    # (conv id, dtype, device) -> the conv's folded upsampling kernels (CausalConv3d.forward_upsampled)
+    folded: dict[tuple, list[torch.Tensor]] = field(default_factory=dict)
 
     def start_tile(self) -> None:
         self.conv_cache = {}
@@ -78,20 +79,22 @@ class CausalConv3d(nn.Module):
         repeated frames [x0, x1, x1, x2, x2, ...] reads (x[j-1], x[j]) as taps (0+1 | 2) for output
         frame 2j-1 and (0 | 1+2) for frame 2j, so eight 2x2x2 convs (8 of 27). Padding ``x`` by one
         replicated pixel (and, first, one repeated frame) is the upsampled input's padding; the tail
-        carried to the next chunk is ``x``'s last frame, which upsampled is the tail :meth:`forward`
-        would carry. Equal to ``forward`` of the upsampled input up to the rounding of the summed taps
+        carried to the next chunk is ``x``'s last two frames (with ``time``: its last frame), which
+        upsampled are the tail :meth:`forward` would carry. Equal to ``forward`` of the upsampled input up to the rounding of the summed taps
         (summed in float32, then cast to ``x``'s dtype)."""
         if self.conv.kernel_size != (3, 3, 3) or self.conv.stride != (1, 1, 1):
             raise ValueError(f"forward_upsampled needs a 3x3x3 kernel and stride 1, got {self.conv}")
         rt = self.runtime
         first = rt is None or rt.first_chunk
-        kernels = rt.folded.get(id(self)) if rt is not None else None
+        key = (id(self), x.dtype, x.device)
+        kernels = rt.folded.get(key) if rt is not None else None
         if kernels is None:  # folded once per decode: tiles and chunks reuse them
-            weight = self.conv.weight.float()
+            weight = self.conv.weight
+            weight = weight.to(torch.promote_types(weight.dtype, torch.float32))  # summed in float32 at least
             by_time = _fold_taps(weight, 2) if time else (weight,)
             kernels = [k.to(x.dtype) for kt in by_time for ky in _fold_taps(kt, 3) for k in _fold_taps(ky, 4)]
             if rt is not None:
-                rt.folded[id(self)] = kernels
+                rt.folded[key] = kernels
         xp = self._padded(x, 2 if time else 3)
         b, _, n, h, w = x.shape
         # (time phase, input frames, output frames): with ``time`` even frames 2j come from taps (0 | 1+2)
@@ -116,7 +119,10 @@ class CausalConv3d(nn.Module):
                     y = F.conv3d(clip[:, :, :, py : py + h + 1, px : px + w + 1], kernels[4 * phase + 2 * py + px],
                                  self.conv.bias)
                     if out is None:  # [B, T, h, 2, w, 2, C] in channels-last, else [B, C, T, h, 2, w, 2]
-                        last = y.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous()
+                        # the conv's own output layout (oneDNN returns fp32 contiguous, bf16 channels-last);
+                        # where one voxel makes both true, the device's activation layout
+                        last = y.is_contiguous(memory_format=torch.channels_last_3d) and (
+                            not y.is_contiguous() or activation_format(y.device) == torch.channels_last_3d)
                         out = y.new_empty((b, frames, h, 2, w, 2, c) if last else (b, c, frames, h, 2, w, 2))
                     if last:
                         out[:, dst, :, py, :, px] = y.permute(0, 2, 3, 4, 1)

@@ -161,12 +161,13 @@ def auto_choice(
     if db < best_db:
         why += "; more accurate modes need more memory"
     frames, height, width = latent_shape[2:]
-    if spec.shared_norm and (0 < spec.tile < max(height, width) or 0 < spec.chunk < frames):
-        why += ("; shared statistics add a statistics pass over the video before the output pass (one pass: "
-                f"measured {MEASURED_SHARED_TIME:.2f}x the time of per-piece statistics)" if spec.norm_passes == 1
-                else "; shared statistics add " + (f"{spec.norm_passes} statistics passes" if spec.norm_passes
-                                                   else "one statistics pass per GroupNorm")
-                + " (each up to one decode's time) before the output pass")
+    tiled = 0 < spec.tile < max(height, width)
+    if spec.shared_norm and (tiled or 0 < spec.chunk < frames):
+        passes = ("a statistics pass" if spec.norm_passes == 1 else f"{spec.norm_passes} statistics passes"
+                  if spec.norm_passes else "one statistics pass per GroupNorm")
+        why += f"; shared statistics add {passes} (each up to one decode's time) before the output pass"
+        if spec.norm_passes == 1 and tiled:
+            why += f" (measured {MEASURED_SHARED_TIME:.2f}x the time of per-tile statistics at 128/32 px tiles)"
     return spec, why
 
 

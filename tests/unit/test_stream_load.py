@@ -261,3 +261,28 @@ def test_running_out_of_memory_in_a_plain_read_names_the_memory_not_the_file(tmp
     assert f"checkpoint {str(path)!r}: out of host memory while reading tensor 'big' (256 MiB;" in proc.stdout
     assert "GiB of memory available" in proc.stdout and "(ulimit -v)" in proc.stdout
     assert "not a readable safetensors file" not in proc.stdout and "The file is readable" in proc.stdout
+
+
+PT_AS_CHILD = r"""
+import sys, torch
+from hunyuan.checkpoint_io import CheckpointError, load_state_dict
+""" + AS_LIMIT + r"""
+try:
+    load_state_dict(sys.argv[1])
+except CheckpointError as exc:
+    print("REFUSED", type(exc).__name__, exc)
+else:
+    print("OK")
+"""
+
+
+def test_a_pt_file_whose_map_is_refused_says_what_to_do(tmp_path):
+    """A zip ``.pt`` is memory-mapped (never read whole); where the map cannot fit the memory left
+    the error names the file, its size, the memory and the limit, and says to convert it."""
+    path = tmp_path / "model.pt"
+    torch.save({"big": torch.zeros(64 * 2**20)}, str(path))  # 256 MiB
+    proc = _limited(PT_AS_CHILD, path, 64 * 2**20)
+    assert proc.returncode == 0 and proc.stdout.startswith("REFUSED MapRefused"), (proc.stdout, proc.stderr[-2000:])
+    size = path.stat().st_size / 2**30
+    assert f"checkpoint {str(path)!r} ({size:.2f} GiB) cannot be memory-mapped" in proc.stdout
+    assert "(ulimit -v)" in proc.stdout and "Convert it to .safetensors" in proc.stdout

@@ -73,22 +73,25 @@ def _upsample_then_conv(up: Upsample, x: torch.Tensor, first: bool, tail: torch.
     return up.conv.conv(padded), padded[:, :, -2:]
 
 
-@pytest.mark.parametrize("factor", [(1, 2, 2), (2, 2, 2)])
+@pytest.mark.parametrize("factor", [(1, 2, 2), (2, 2, 2), (2, 1, 1)])  # the last one is not folded
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("size", [(5, 6), (1, 1)])
+@pytest.mark.parametrize("chunks", [((0, 1), (1, 3), (3, 5)), ((0, 3), (3, 4), (4, 5))])
 @torch.no_grad()
-def test_folded_upsampling_conv_equals_upsampling_then_convolving(factor, layout):
-    """The upsampler convolves the low-resolution input with summed taps (12 of 27 multiply-adds):
-    the same as upsampling first, frame 0 and streamed chunks included (fp32)."""
+def test_folded_upsampling_conv_equals_upsampling_then_convolving(factor, layout, size, chunks):
+    """The upsampler convolves the low-resolution input with summed taps (12 or 8 of 27 multiply-adds):
+    the same as upsampling first, frame 0 and streamed chunks included (fp32): frame 0 alone or in a
+    first chunk of three, chunks of two or of one frame after it."""
     torch.manual_seed(0)
     up = Upsample(8, factor)
-    x = torch.randn(1, 8, 5, 5, 6).contiguous(memory_format=layout)
+    x = torch.randn(1, 8, 5, *size).contiguous(memory_format=layout)
     want, _ = _upsample_then_conv(up, x, True, None)
     assert rel_err(up(x), want) <= FP32_RTOL
     rt, tail, parts, wants = Runtime(), None, [], []
     up.runtime = up.conv.runtime = rt
     try:
         rt.start_tile()
-        for t0, t1 in ((0, 1), (1, 3), (3, 5)):  # frame 0 alone, then two chunks
+        for t0, t1 in chunks:
             rt.last_chunk = t1 == 5
             parts.append(up(x[:, :, t0:t1]))
             w, tail = _upsample_then_conv(up, x[:, :, t0:t1], t0 == 0, tail)
@@ -98,7 +101,18 @@ def test_folded_upsampling_conv_equals_upsampling_then_convolving(factor, layout
         up.runtime = up.conv.runtime = None
     assert [p.shape for p in parts] == [w.shape for w in wants]
     assert rel_err(torch.cat(parts, 2), torch.cat(wants, 2)) <= FP32_RTOL
-    assert rt.conv_cache == {} and len(rt.folded) == 1  # the last chunk carries nothing; taps folded once
+    assert rt.conv_cache == {}  # the last chunk carries nothing
+    assert len(rt.folded) == (0 if factor == (2, 1, 1) else 1)  # taps folded once per decode
+
+
+@torch.no_grad()
+def test_folded_upsampling_keeps_float64_precision():
+    """Taps are summed in the weights' precision when it is above float32 (a float64 truth stays one)."""
+    torch.manual_seed(0)
+    up = Upsample(8, (2, 2, 2)).double()
+    x = torch.randn(1, 8, 3, 4, 5, dtype=torch.float64)
+    want, _ = _upsample_then_conv(up, x, True, None)
+    assert rel_err(up(x), want) <= 1e-12
 
 
 @torch.no_grad()
@@ -270,7 +284,7 @@ def test_auto_chooses_by_measured_accuracy_then_memory(monkeypatch):
     monkeypatch.setitem(MEASURED_DB, "tiles_shared", 50.0)
     spec, why = auto_choice(frames_only / 0.8, shape)
     assert spec.tile > 0 and spec.shared_norm and "50.0 dB" in why
-    assert f"measured {MEASURED_SHARED_TIME:.2f}x the time of per-piece statistics" in why  # what it costs
+    assert f"measured {MEASURED_SHARED_TIME:.2f}x the time of per-tile statistics" in why  # what it costs
 
 
 def test_tile_geometry():
