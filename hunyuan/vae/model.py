@@ -5,7 +5,10 @@ Each half is split in two so that tiling can run the cheap innermost part (mid b
 whole-frame attention, at latent resolution) on the whole video and tile only the expensive
 full-resolution part:
   encoder = body (conv_in, down blocks)  ->  tail (mid block, norm, conv_out)
-  decoder = stem (conv_in, mid block)    ->  head (up blocks, norm, conv_out)
+  decoder = stem (conv_in, mid block, the first up block's resnets)
+            ->  head (the first up block's upsampler, the other up blocks, norm, conv_out)
+The first up block's resnets run at the latent's resolution, like the mid block: in the stem they
+cost little memory, and a tiled decode gets them exact (no tile borders, whole-video statistics).
 """
 
 from __future__ import annotations
@@ -102,17 +105,24 @@ class Decoder(nn.Module):
         self.conv_out = CausalConv3d(chans[-1], cfg.image_channels)
 
     def stem(self, z: torch.Tensor) -> torch.Tensor:
-        return self.mid_block(self.conv_in(z))
+        h = self.mid_block(self.conv_in(z))
+        for resnet in self.up_blocks[0].resnets:  # still at the latent's resolution
+            h = resnet(h)
+        return h
 
     def head_norms(self, blocks: int = 0) -> list[GroupNorm3d]:
         """The GroupNorms of :meth:`head`, in the order they run: those of the first ``blocks`` up
-        blocks only, or (``blocks=0``) all of them and the final norm."""
-        ups = self.up_blocks[:blocks] if blocks else self.up_blocks
+        blocks only, or (``blocks=0``) all of them and the final norm. The first up block's norms
+        are the stem's, so they are never among them."""
+        ups = self.up_blocks[1:blocks] if blocks else self.up_blocks[1:]
         norms = [m for m in ups.modules() if isinstance(m, GroupNorm3d)]
         return norms if blocks else norms + [self.conv_norm_out]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        for block in self.up_blocks:
+        first = self.up_blocks[0]
+        if first.upsamplers is not None:
+            h = first.upsamplers[0](h)
+        for block in self.up_blocks[1:]:
             h = block(h)
         return self.conv_out(F.silu(self.conv_norm_out(h), inplace=True))
 

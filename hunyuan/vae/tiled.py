@@ -106,7 +106,8 @@ def decode(
 
 
 def _decode_tiled(vae: CausalVAE, latent: torch.Tensor, spec: TileSpec, ticker_args, out_device) -> torch.Tensor:
-    feats = vae.decoder.stem(vae.post_quant_conv(vae.prepare(latent)))  # whole latent: exact mid-block attention
+    # the whole latent: exact mid-block attention and first up block (whole-video statistics, no tile borders)
+    feats = vae.decoder.stem(vae.post_quant_conv(vae.prepare(latent)))
     b, _, frames, height, width = feats.shape
     s = vae.config.spatial_ratio
     grid = (tile_spans(height, spec.tile, spec.overlap), tile_spans(width, spec.tile, spec.overlap), tile_chunks(frames, spec.chunk))

@@ -51,7 +51,8 @@ class TileSpec:
     norm_passes: int = 1  # statistics passes before the output pass (shared_norm only); 0: one per norm (exact)
     # shared_norm only: share the statistics of the norms in the first N up blocks of the decoder
     # (the low-resolution end, cheap to record); later norms normalise each piece on its own. 0: all
-    # norms, the final one included. Decode only: encoding always shares all.
+    # norms, the final one included. The first up block's norms run in the decoder's stem, on the
+    # whole latent, and are exact whatever this says. Decode only: encoding always shares all.
     shared_blocks: int = 0
 
     def __post_init__(self) -> None:

@@ -164,22 +164,29 @@ def test_statistics_passes_stop_after_the_norm_they_record(vae):
 
 @torch.no_grad()
 def test_shared_blocks_stop_the_statistics_pass_after_their_last_norm(vae):
-    """shared_blocks=1: the statistics pass records up block 0's norms and stops at its last one,
-    on tiles of 4x the side; the output pass runs everything."""
-    norms = vae.decoder.head_norms(1)
-    assert norms == [m for m in vae.decoder.up_blocks[0].modules() if isinstance(m, GroupNorm3d)]
-    watched = {"last shared": norms[-1], "block 1": vae.decoder.up_blocks[1].resnets[0].conv1,
+    """shared_blocks=2: the statistics pass records up block 1's norms (block 0's run in the stem, on
+    the whole latent) and stops at its last one, on tiles of 4x the side; the output pass runs
+    everything. shared_blocks=1 shares nothing the stem has not made exact: no statistics pass."""
+    assert vae.decoder.head_norms(1) == []
+    norms = vae.decoder.head_norms(2)
+    assert norms == [m for m in vae.decoder.up_blocks[1].modules() if isinstance(m, GroupNorm3d)]
+    stem = vae.decoder.up_blocks[0].resnets[0].conv1
+    watched = {"stem": stem, "last shared": norms[-1], "block 2": vae.decoder.up_blocks[2].resnets[0].conv1,
                "conv_out": vae.decoder.conv_out}
     calls = dict.fromkeys(watched, 0)
     hooks = [m.register_forward_pre_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1)) for k, m in watched.items()]
     try:
+        tiled.decode(vae, latent(3), TileSpec(tile=4, overlap=1, chunk=1, shared_blocks=2))
+        first = dict(calls)
         tiled.decode(vae, latent(3), TileSpec(tile=4, overlap=1, chunk=1, shared_blocks=1))
     finally:
         for h in hooks:
             h.remove()
-    # 6x8 latent, 3 chunks: output pass 2x3 tiles (overlap) x 3 = 18 pieces; the statistics pass,
-    # which stops in the first two blocks, runs tiles of 4x the side: one 6x8 tile x 3 chunks
-    assert calls == {"last shared": 21, "block 1": 18, "conv_out": 18}
+    # 6x8 latent, 3 chunks: the stem once on the whole latent; output pass 2x3 tiles (overlap) x 3 =
+    # 18 pieces; the statistics pass, which stops in the first two blocks, runs tiles of 4x the side:
+    # one 6x8 tile x 3 chunks
+    assert first == {"stem": 1, "last shared": 21, "block 2": 18, "conv_out": 18}
+    assert {k: calls[k] - first[k] for k in calls} == {"stem": 1, "last shared": 18, "block 2": 18, "conv_out": 18}
 
 
 def bench_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
