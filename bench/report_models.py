@@ -205,7 +205,7 @@ def vae_section(data: dict, results: dict) -> tuple[list[dict], str]:
             "runs once in its own fresh process (bench/bench_vae_decode.py); peak = `VmHWM` during the decode, working "
             "set = peak minus the RSS after loading; PSNR of each tiled decode against the same implementation's "
             "untiled decode. These are single runs per variant, not interleaved repeats.\n\n")
-    body += ("Norm: *shared xN* = GroupNorm statistics from N statistics passes (25 = one per norm: exact with whole "
+    body += ("Norm: *shared xN* = GroupNorm statistics from N statistics passes (19 = one per norm past the stem: exact with whole "
              "frames); *per piece* = each tile or chunk its own statistics. Estimate: our planner's decode peak "
              "(`estimate_peak`) for the row, against the measured working set. Tiny PSNR: the same mode on the tiny "
              "VAE (fp32; ComfyUI builds only the real widths).\n\n")

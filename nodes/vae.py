@@ -60,8 +60,9 @@ def _tiling_inputs() -> list:
         io.Int.Input("norm_passes", default=1, min=0, max=64, optional=True,
                      tooltip="With shared_norm: statistics passes before the output pass. Pass k makes the k-th "
                      "GroupNorm's statistics exact with whole frames (the others are recorded with per-piece "
-                     "normalisation); passes before the last stop at their norm. 0 = one per norm (25 in the "
-                     "released decoder): exact with whole frames. Each pass costs up to one decode's time (less for "
+                     "normalisation); passes before the last stop at their norm. 0 = one per norm (19 in the "
+                     "released decoder's tiled part; the mid block and first up block run whole, exact): exact with "
+                     "whole frames. Each pass costs up to one decode's time (less for "
                      "the early, low-resolution norms). Spatial tiles stay approximate whatever the count."),
     ]
 

@@ -6,8 +6,9 @@ Why tiles seam, and what this module does about each cause:
   latent in chunks of frames and let each causal conv carry the tail of its input into the next
   chunk (:class:`~.layers.Runtime`). Convolutions are then exact across chunk borders and the
   output has exactly 4*(T-1)+1 frames.
-* Whole-frame operations. The mid block (attention over every token of a frame) runs on the
-  whole latent, where it is cheap (1/64 of the pixels); only the full-resolution part is tiled.
+* Whole-frame operations. The mid block (attention over every token of a frame) and the first up
+  block's resnets run on the whole latent, where they are cheap (1/64 of the pixels): exact, with no
+  tile borders. Only the upsampled part is tiled.
 * GroupNorm statistics. Normalising each tile with its own mean/variance shifts brightness and
   contrast from tile to tile. With ``shared_norm``, statistics passes over tiles without overlap
   (each pixel counted once) record every norm's statistics over the whole video, and the output
@@ -80,16 +81,17 @@ class TileSpec:
 # Elements carried between temporal chunks per latent pixel of a tile, over ``widest``: two frames
 # of every causal conv's input in the decoder head, but one frame of the low-resolution input of the
 # two upsamplers that double the frame rate (their upsampling is folded into the conv), channels x
-# upscale^2 for the real layout (widths w, 2w, 4w, 4w; three resnets per up block). Counted by the
-# caches after a chunk at a 16x16 latent tile: 1872 (the tile's one-pixel padding included).
-CARRIED_PER_WIDEST = 1768
+# upscale^2 for the real layout (widths w, 2w, 4w, 4w; three resnets per up block, the first block's
+# in the stem). Counted by the caches after a chunk at a 16x16 latent tile: 1812 (the tile's
+# one-pixel padding included).
+CARRIED_PER_WIDEST = 1720
 
 
 def estimate_peak(spec: TileSpec, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> int:
     """Rough peak bytes of a decode with ``spec``: ~6 live activations of the widest full-resolution
     block (``widest`` channels) per output voxel of one tile-chunk, the tails the causal convs carry
-    from chunk to chunk (only when the frames are split), and the whole-latent mid block (~8 tensors
-    of 512 channels)."""
+    from chunk to chunk (only when the frames are split), and the whole-latent stem: mid block and
+    first up block (~8 tensors of 512 channels)."""
     _, _, frames, height, width = latent_shape
     th, tw = (height, width) if spec.tile == 0 else (min(spec.tile, height), min(spec.tile, width))
     voxels = 4 * (spec.chunk or frames) * th * tw * 64
@@ -104,19 +106,19 @@ def estimate_peak(spec: TileSpec, latent_shape: tuple[int, ...], widest: int = 1
 # one chunk and one tile, and whole frames with norm_passes=0. norm_passes between 1 and the number
 # of norms counts as 1 here: only one pass and all passes were measured.
 MEASURED_DB = {
-    "frames_shared": 45.9,  # whole frames in temporal chunks, one statistics pass
-    "frames_per_chunk": 46.4,  # whole frames in temporal chunks, each chunk its own statistics
-    "tiles_shared": 30.0,  # spatial tiles, one statistics pass
-    "tiles_per_tile": 28.1,  # spatial tiles, each tile its own statistics
+    "frames_shared": 47.5,  # whole frames in temporal chunks, one statistics pass
+    "frames_per_chunk": 48.4,  # whole frames in temporal chunks, each chunk its own statistics
+    "tiles_shared": 36.5,  # spatial tiles, one statistics pass
+    "tiles_per_tile": 31.7,  # spatial tiles, each tile its own statistics
     # spatial tiles, one statistics pass, shared_blocks=2 (the rest per tile): measured by the same
     # command with --variants ours_untiled ours_tiled_shared2 (bench/results/vae_shared_blocks_2x24x24.json)
-    "tiles_shared_2": 28.4,
+    "tiles_shared_2": 32.0,
 }
 # Time of shared statistics (one statistics pass, then the output pass) over per-piece statistics (the
-# output pass alone) at 128/32 px tiles, 17 frames of 256x256, bf16, real widths: 101.8 / 61.7 s, the
+# output pass alone) at 128/32 px tiles, 17 frames of 256x256, bf16, real widths: 100.1 / 60.1 s, the
 # medians of two interleaved runs (bench/results/vae_shared_speed_5x32x32.json). The statistics pass
 # runs the decoder to its last norm over every pixel once, about one untiled decode.
-MEASURED_SHARED_TIME = 1.65
+MEASURED_SHARED_TIME = 1.67
 
 
 def expected_db(spec: TileSpec, latent_shape: tuple[int, ...]) -> float:
