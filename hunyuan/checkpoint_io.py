@@ -9,6 +9,7 @@ read with ``torch.load(weights_only=True)``, which refuses to run code hidden in
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -84,8 +85,11 @@ class HostMemoryError(CheckpointError):
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    """An allocation failure: MemoryError, or torch's CPU allocator refusing (a RuntimeError)."""
-    return isinstance(exc, MemoryError) or "can't allocate memory" in str(exc).lower()
+    """An allocation failure: MemoryError, torch's CPU allocator refusing (a RuntimeError: "can't
+    allocate memory" on Linux and macOS, "not enough memory" on Windows), or a read failing with ENOMEM."""
+    text = str(exc).lower()
+    return (isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM
+            or "can't allocate memory" in text or "not enough memory" in text)
 
 
 def _refused_map(exc: BaseException) -> bool:

@@ -85,18 +85,22 @@ class TileSpec:
 # in the stem). Counted by the caches after a chunk at a 16x16 latent tile: 1812 (the tile's
 # one-pixel padding included).
 CARRIED_PER_WIDEST = 1720
+# Elements of the upsamplers' folded kernels (layers.CausalConv3d.forward_upsampled), over widest^2, for
+# the real layout: 4 kernels of 4w x 4w x 3x2x2 (space only) + 8 of 4w x 4w x 2x2x2 + 8 of 2w x 2w x 2x2x2.
+FOLDED_PER_WIDEST_SQ = 2048
 
 
 def estimate_peak(spec: TileSpec, latent_shape: tuple[int, ...], widest: int = 128, dtype_size: int = 2) -> int:
     """Rough peak bytes of a decode with ``spec``: ~6 live activations of the widest full-resolution
     block (``widest`` channels) per output voxel of one tile-chunk, the tails the causal convs carry
-    from chunk to chunk (only when the frames are split), and the whole-latent stem: mid block and
-    first up block (~8 tensors of 512 channels)."""
+    from chunk to chunk (only when the frames are split), the upsamplers' folded kernels, and the
+    whole-latent stem: mid block and first up block (~8 tensors of 512 channels)."""
     _, _, frames, height, width = latent_shape
     th, tw = (height, width) if spec.tile == 0 else (min(spec.tile, height), min(spec.tile, width))
     voxels = 4 * (spec.chunk or frames) * th * tw * 64
     carried = CARRIED_PER_WIDEST * widest * th * tw if 0 < spec.chunk < frames else 0
-    return int((6 * widest * voxels + carried + 8 * 512 * frames * height * width) * dtype_size)
+    folded = FOLDED_PER_WIDEST_SQ * widest * widest  # the upsamplers' folded kernels, held for the decode
+    return int((6 * widest * voxels + carried + folded + 8 * 512 * frames * height * width) * dtype_size)
 
 
 # Accuracy of each tiling mode: PSNR (dB, range 0..1) of the decode against the untiled one, measured
@@ -126,6 +130,9 @@ def expected_db(spec: TileSpec, latent_shape: tuple[int, ...]) -> float:
     frames, height, width = latent_shape[2:]
     tiled = 0 < spec.tile < max(height, width)
     chunked = 0 < spec.chunk < frames
+    # shared_blocks=1 shares nothing: the first up block's norms run in the stem, exact whatever the mode
+    if spec.shared_norm and spec.shared_blocks == 1:
+        spec = replace(spec, shared_norm=False, shared_blocks=0)
     partial = spec.shared_norm and spec.shared_blocks > 0  # some norms shared, the rest per piece
     if not tiled and (not chunked or (spec.shared_norm and spec.norm_passes == 0 and not partial)):
         return math.inf

@@ -207,7 +207,7 @@ def test_shared_blocks_accuracy_on_the_benchmark_geometry():
     db = {name: bench_psnr(tiled.decode(vae, z, TileSpec(16, 4, 1, shared_norm=shared, shared_blocks=blocks)), full)
           for name, shared, blocks in (("none", False, 0), ("two", True, 2), ("all", True, 0))}
     print(db)
-    assert db["two"] >= 28.7
+    assert db["two"] >= 31.0
     assert db["none"] + 1.0 < db["two"] < db["all"] - 0.3
 
 
@@ -223,7 +223,11 @@ def test_expected_db_of_partly_shared_statistics(monkeypatch):
     monkeypatch.setitem(MEASURED_DB, "tiles_shared_2", 29.0)
     assert expected_db(TileSpec(16, 4, 1, shared_blocks=2), shape) == 29.0
     # not measured: no more than the worse of all shared and per tile
-    assert expected_db(TileSpec(16, 4, 1, shared_blocks=1), shape) == min(MEASURED_DB["tiles_shared"], MEASURED_DB["tiles_per_tile"])
+    monkeypatch.delitem(MEASURED_DB, "tiles_shared_2")
+    assert expected_db(TileSpec(16, 4, 1, shared_blocks=2), shape) == min(MEASURED_DB["tiles_shared"], MEASURED_DB["tiles_per_tile"])
+    # the first up block's norms are the stem's: sharing "one block" is per-piece statistics
+    assert expected_db(TileSpec(16, 4, 1, shared_blocks=1), shape) == MEASURED_DB["tiles_per_tile"]
+    assert expected_db(TileSpec(0, 0, 1, shared_blocks=1), shape) == MEASURED_DB["frames_per_chunk"]
     # whole frames with one pass per norm are exact only when every norm shares
     assert expected_db(TileSpec(0, 0, 1, norm_passes=0), shape) == float("inf")
     partial = expected_db(TileSpec(0, 0, 1, norm_passes=0, shared_blocks=2), shape)
