@@ -80,8 +80,9 @@ class CausalConv3d(nn.Module):
         frame 2j-1 and (0 | 1+2) for frame 2j, so eight 2x2x2 convs (8 of 27). Padding ``x`` by one
         replicated pixel (and, first, one repeated frame) is the upsampled input's padding; the tail
         carried to the next chunk is ``x``'s last two frames (with ``time``: its last frame), which
-        upsampled are the tail :meth:`forward` would carry. Equal to ``forward`` of the upsampled input up to the rounding of the summed taps
-        (summed in float32, then cast to ``x``'s dtype)."""
+        upsampled are the tail :meth:`forward` would carry. Equal to ``forward`` of the upsampled
+        input up to the rounding of the summed taps (summed in float32, or the weights' dtype where
+        that is wider, then cast to ``x``'s dtype)."""
         if self.conv.kernel_size != (3, 3, 3) or self.conv.stride != (1, 1, 1):
             raise ValueError(f"forward_upsampled needs a 3x3x3 kernel and stride 1, got {self.conv}")
         rt = self.runtime
