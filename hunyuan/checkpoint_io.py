@@ -35,15 +35,24 @@ class CheckpointError(ValueError):
     """A checkpoint the user pointed at cannot be used; the message says which and why."""
 
 
-def _address_space_limit() -> int | None:
-    """This process's address-space limit (ulimit -v) in bytes, or None where there is none (or no
-    ``resource`` module: Windows)."""
+def _memory_notes(size: int | None = None) -> tuple[int, list[str]]:
+    """The host memory available and what to say about it: that figure, whether it is less than
+    ``size`` (a file to map), and this process's address-space limit (ulimit -v) where one is set
+    (none without the ``resource`` module: Windows)."""
+    from .memory import device_free_bytes  # the one figure for the host memory left
+
+    available = device_free_bytes("cpu")
+    notes = [f"{available / 2**30:.2f} GiB of memory available"]
+    if size is not None and available < size:
+        notes.append("less than the file; without enough swap the kernel refuses the map")
     try:
         import resource
     except ImportError:
-        return None
+        return available, notes
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    return None if limit == resource.RLIM_INFINITY else limit
+    if limit != resource.RLIM_INFINITY:
+        notes.append(f"this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)")
+    return available, notes
 
 
 class MapRefused(CheckpointError):
@@ -51,15 +60,8 @@ class MapRefused(CheckpointError):
     enough memory plus swap for it (or under an address-space limit) the kernel says no."""
 
     def __init__(self, path: Path, advice: str):
-        from .memory import device_free_bytes  # the one figure for the host memory left
-
-        limit = _address_space_limit()
-        self.path, self.size, self.available = path, path.stat().st_size, device_free_bytes("cpu")
-        why = [f"{self.available / 2**30:.2f} GiB of memory available"]
-        if self.available < self.size:
-            why.append("less than the file; without enough swap the kernel refuses the map")
-        if limit is not None:
-            why.append(f"this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)")
+        self.path, self.size = path, path.stat().st_size
+        self.available, why = _memory_notes(self.size)
         super().__init__(
             f"checkpoint {str(path)!r} ({self.size / 2**30:.2f} GiB) cannot be memory-mapped: the system refused "
             f"a map that large ({'; '.join(why)}). {advice}"
@@ -71,16 +73,12 @@ class HostMemoryError(CheckpointError):
     memory is named, not the file (which is fine)."""
 
     def __init__(self, path: Path, name: str, nbytes: int):
-        from .memory import device_free_bytes  # the one figure for the host memory left
-
-        limit = _address_space_limit()
-        self.path, self.available = path, device_free_bytes("cpu")
-        why = f"{self.available / 2**30:.2f} GiB of memory available"
-        if limit is not None:
-            why += f"; this process's address space is limited to {limit / 2**30:.2f} GiB (ulimit -v)"
+        self.path = path
+        self.available, why = _memory_notes()
         super().__init__(
             f"checkpoint {str(path)!r}: out of host memory while reading tensor {name!r} ({nbytes / 2**20:.0f} MiB; "
-            f"{why}). The file is readable; free memory (unload other models) or load fewer or smaller weights."
+            f"{'; '.join(why)}). The file is readable; free memory (unload other models) or load fewer or smaller "
+            "weights."
         )
 
 

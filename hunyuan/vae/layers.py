@@ -96,15 +96,16 @@ class CausalConv3d(nn.Module):
             kernels = [k.to(x.dtype) for kt in by_time for ky in _fold_taps(kt, 3) for k in _fold_taps(ky, 4)]
             if rt is not None:
                 rt.folded[key] = kernels
-        xp = self._padded(x, 2 if time else 3)
+        kt = 2 if time else 3  # frames each conv reads: two distinct ones once time is folded
+        xp = self._padded(x, kt)
         b, _, n, h, w = x.shape
-        # (time phase, input frames, output frames): with ``time`` even frames 2j come from taps (0 | 1+2)
-        # and odd ones 2j-1 from (0+1 | 2); the video's frame 0 is the pair (x0, x0), which the even phase
-        # would repeat as frame -1.
+        # (time phase, padded input frames, output frames): with ``time`` even frames 2j come from taps
+        # (0 | 1+2) and odd ones 2j-1 from (0+1 | 2); the video's frame 0 is the pair (x0, x0), which the
+        # even phase would repeat as frame -1.
         if not time:
             phases, frames = [(0, slice(None), slice(None))], n
         elif first:
-            phases = [(1, slice(0, 1), slice(0, 1)), (1, slice(1, None), slice(1, None, 2)),
+            phases = [(1, slice(0, 2), slice(0, 1)), (1, slice(1, None), slice(1, None, 2)),
                       (0, slice(1, None), slice(2, None, 2))]
             frames = 2 * n - 1
         else:
@@ -112,24 +113,24 @@ class CausalConv3d(nn.Module):
         c = self.conv.out_channels
         out = None
         for phase, src, dst in phases:
-            clip = xp[:, :, src.start or 0 : None if src.stop is None else src.stop + (1 if time else 2)]
-            if clip.shape[2] < (2 if time else 3):
+            clip = xp[:, :, src]
+            if clip.shape[2] < kt:  # a first chunk of frame 0 alone has no later pair
                 continue
-            for py in range(2):
-                for px in range(2):
-                    y = F.conv3d(clip[:, :, :, py : py + h + 1, px : px + w + 1], kernels[4 * phase + 2 * py + px],
-                                 self.conv.bias)
-                    if out is None:  # [B, T, h, 2, w, 2, C] in channels-last, else [B, C, T, h, 2, w, 2]
-                        # the conv's own output layout (oneDNN returns fp32 contiguous, bf16 channels-last);
-                        # where one voxel makes both true, the device's activation layout
-                        last = y.is_contiguous(memory_format=torch.channels_last_3d) and (
-                            not y.is_contiguous() or activation_format(y.device) == torch.channels_last_3d)
-                        out = y.new_empty((b, frames, h, 2, w, 2, c) if last else (b, c, frames, h, 2, w, 2))
-                    if last:
-                        out[:, dst, :, py, :, px] = y.permute(0, 2, 3, 4, 1)
-                    else:
-                        out[:, :, dst, :, py, :, px] = y
-                    del y
+            for k in range(4):  # the (row, column) parities
+                py, px = divmod(k, 2)
+                y = F.conv3d(clip[:, :, :, py : py + h + 1, px : px + w + 1], kernels[4 * phase + k],
+                             self.conv.bias)
+                if out is None:  # [B, T, h, 2, w, 2, C] in channels-last, else [B, C, T, h, 2, w, 2]
+                    # the conv's own output layout (oneDNN returns fp32 contiguous, bf16 channels-last);
+                    # where one voxel makes both true, the device's activation layout
+                    last = y.is_contiguous(memory_format=torch.channels_last_3d) and (
+                        not y.is_contiguous() or activation_format(y.device) == torch.channels_last_3d)
+                    out = y.new_empty((b, frames, h, 2, w, 2, c) if last else (b, c, frames, h, 2, w, 2))
+                if last:
+                    out[:, dst, :, py, :, px] = y.permute(0, 2, 3, 4, 1)
+                else:
+                    out[:, :, dst, :, py, :, px] = y
+                del y
         if last:
             return out.view(b, frames, 2 * h, 2 * w, c).permute(0, 4, 1, 2, 3)
         return out.view(b, c, frames, 2 * h, 2 * w)
